@@ -1,0 +1,58 @@
+//! Turning flags and the config file into settings.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::{CommonArgs, ServeArgs};
+use crate::service::AuthorityConfig;
+use crate::startup::Settings;
+use crate::token::ScopeRegistry;
+use crate::token::permissions::ScopeConfig;
+
+/// Reads the TOML config file (scopes and composites; see [`ScopeConfig`]).
+///
+/// # Errors
+/// A missing or unreadable file, malformed TOML, or an invalid scope declaration.
+pub fn load_scopes(path: Option<&Path>) -> anyhow::Result<ScopeRegistry> {
+    let Some(path) = path else {
+        return Ok(ScopeRegistry::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let cfg: ScopeConfig = toml::from_str(&text)
+        .with_context(|| format!("parsing config file {}", path.display()))?;
+    ScopeRegistry::new(&cfg)
+        .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}
+
+/// The service settings shared by `serve` and `bootstrap`.
+///
+/// # Errors
+/// As [`load_scopes`].
+pub fn authority_config(common: &CommonArgs) -> anyhow::Result<AuthorityConfig> {
+    Ok(AuthorityConfig {
+        prefix: common.token_prefix.clone(),
+        hash: common.hash,
+        scopes: load_scopes(common.config.as_deref())?,
+        ..AuthorityConfig::default()
+    })
+}
+
+/// The settings of `latchkey serve`.
+///
+/// # Errors
+/// As [`load_scopes`].
+pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let mut authority = authority_config(&args.common)?;
+    authority.cache_capacity = args.cache_capacity;
+    authority.cache_ttl = Duration::from_secs(args.cache_ttl_seconds);
+    Ok(Settings {
+        database_url: args.common.database_url.clone(),
+        listen: args.listen,
+        authority,
+        usage_flush_interval: Duration::from_millis(args.usage_flush_ms.max(10)),
+        max_body_bytes: args.max_body_bytes,
+    })
+}

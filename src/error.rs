@@ -1,0 +1,66 @@
+//! The one domain error. It is turned into an HTTP response in `http::error` and into a
+//! `tonic::Status` by the gRPC transport; nothing else decides status codes.
+
+use std::time::Duration;
+
+/// Everything a service operation can refuse with. Messages are safe to show to the client:
+/// they never contain a token, a verifier or another org's data.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; the message says which field and why.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Missing, malformed, unknown, expired or revoked bearer token: always the same message.
+    #[error("missing or invalid bearer token")]
+    Unauthenticated,
+    /// The caller is authenticated but lacks a permission; the message names it.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The resource does not exist or is outside the caller's reach: always the same message,
+    /// so ids cannot be enumerated.
+    #[error("not found")]
+    NotFound,
+    /// A live resource with that name exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request body is larger than the configured limit.
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    /// A rate limit was hit; retry after the given time.
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: Duration },
+    /// Anything unexpected. Logged with its cause chain, shown to the client as `internal error`.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    /// The stable machine-readable code of the error body (`{"error": {"code": ...}}`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::Unauthenticated => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::NotFound => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::PayloadTooLarge => "payload_too_large",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Conflict(what) => Error::AlreadyExists(what),
+            crate::store::StoreError::Other(e) => Error::Internal(e),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,114 @@
+//! The REST transport (axum). Handlers extract input, call one service method and map the
+//! result; they hold no rules. The router and the OpenAPI document are built from the same
+//! registrations, so the document cannot miss a route.
+
+mod error;
+mod extract;
+mod ops;
+mod orgs;
+mod tokens;
+mod verify;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{ErrorBody, ErrorDetail};
+pub use extract::bearer;
+
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::service::Authority;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub authority: Arc<Authority>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: PrometheusHandle,
+    /// The OpenAPI document, rendered once.
+    pub openapi: Arc<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Latchkey", description = "Self-hosted API token authority."),
+    modifiers(&BearerScheme),
+    components(schemas(ErrorBody, ErrorDetail))
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The routes with their documentation, before state is attached.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::revoke_current_token))
+        .routes(routes!(verify::verify_token))
+        .routes(routes!(tokens::get_token, tokens::revoke_token))
+        .routes(routes!(orgs::create_org))
+        .routes(routes!(orgs::get_org))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The OpenAPI 3.1 document of the REST API, as JSON.
+pub fn openapi_json() -> String {
+    let (_, doc) = api().split_for_parts();
+    doc.to_pretty_json().unwrap_or_default()
+}
+
+async fn no_route() -> Error {
+    Error::NotFound
+}
+
+/// Builds the REST router. `max_body_bytes` bounds every request body (413 beyond).
+pub fn router(
+    authority: Arc<Authority>,
+    clock: Arc<dyn Clock>,
+    metrics: PrometheusHandle,
+    max_body_bytes: usize,
+) -> Router {
+    let (router, _) = api().split_for_parts();
+    let state = AppState {
+        authority,
+        clock,
+        metrics,
+        openapi: Arc::new(openapi_json()),
+    };
+    router
+        .fallback(no_route)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http()
+                // The path only: a query string is the client's and could hold anything.
+                .make_span_with(|req: &Request<_>| {
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+}

@@ -1,0 +1,24 @@
+//! `POST /v1/tokens/verify`: needs no authentication; 200 for every well-formed request.
+
+use axum::Json;
+use axum::extract::State;
+
+use super::AppState;
+use super::error::ErrorBody;
+use super::extract::ApiJson;
+use crate::error::Error;
+use crate::service::model::{VerifyRequest, VerifyResponse};
+
+/// Verify a token, optionally requiring scopes. Every kind of invalid token gets the same body.
+#[utoipa::path(post, path = "/v1/tokens/verify", tag = "verify",
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "The verdict", body = VerifyResponse),
+        (status = 400, description = "No token string, or an unknown required scope", body = ErrorBody),
+    ))]
+pub async fn verify_token(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<VerifyRequest>,
+) -> Result<Json<VerifyResponse>, Error> {
+    Ok(Json(s.authority.verify(&req, s.clock.now()).await?))
+}

@@ -1,0 +1,12 @@
+//! Latchkey: a self-hosted API token authority. See `ARCHITECTURE.md` for the code map.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod token;

@@ -1,0 +1,182 @@
+//! Every business rule, once: who may do what, org isolation, expiry, audit, the verify path.
+//! Operations take the acting [`Caller`] and `now`; both transports call the same methods.
+
+mod audit;
+pub mod model;
+mod orgs;
+mod tokens;
+mod verify;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::store::{Store, TokenRecord};
+use crate::token::{HashAlgorithm, Permissions, Prefix, ScopeRegistry};
+
+pub use orgs::BootstrapOutcome;
+pub use verify::AuthenticatedToken;
+
+/// Who is acting. Today a verified token; later also a signed-in user, so no rule may assume the
+/// caller is a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub kind: PrincipalKind,
+    pub org_id: Uuid,
+    pub permissions: Permissions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    Token(Uuid),
+    User(Uuid),
+    Bootstrap,
+    System,
+}
+
+impl Principal {
+    /// The audit `actor` and `created_by` string: `token:<uuid>`, `user:<uuid>`, `bootstrap`,
+    /// `system`.
+    pub fn actor(&self) -> String {
+        match self.kind {
+            PrincipalKind::Token(id) => format!("token:{id}"),
+            PrincipalKind::User(id) => format!("user:{id}"),
+            PrincipalKind::Bootstrap => "bootstrap".into(),
+            PrincipalKind::System => "system".into(),
+        }
+    }
+
+    /// The bits this principal may use and grant: its own, or every bit for `platform:admin`.
+    pub fn effective(&self) -> Permissions {
+        if self.permissions.contains(Permissions::PLATFORM_ADMIN) {
+            Permissions::from_bits(u64::MAX)
+        } else {
+            self.permissions
+        }
+    }
+
+    fn is_platform_admin(&self) -> bool {
+        self.permissions.contains(Permissions::PLATFORM_ADMIN)
+    }
+
+    /// Fails with `permission_denied` naming the missing permission.
+    fn require(&self, p: Permissions, name: &str) -> Result<()> {
+        if self.effective().contains(p) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!("this operation needs the {name} permission")))
+        }
+    }
+
+    /// Whether `token` is within reach: same org (or `platform:admin`), and either `org:admin`,
+    /// created by this principal, or the principal itself.
+    fn reaches(&self, token: &TokenRecord) -> bool {
+        if self.is_platform_admin() {
+            return true;
+        }
+        if token.org_id != self.org_id {
+            return false;
+        }
+        self.permissions.contains(Permissions::ORG_ADMIN)
+            || token.created_by == self.actor()
+            || self.kind == PrincipalKind::Token(token.id)
+    }
+}
+
+/// Where a request came from, for audit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMeta {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+impl RequestMeta {
+    /// Keeps at most 256 characters of the user agent.
+    pub fn new(ip: Option<IpAddr>, user_agent: Option<&str>) -> Self {
+        Self {
+            ip,
+            user_agent: user_agent.map(|u| u.chars().take(256).collect()),
+        }
+    }
+}
+
+/// An authenticated principal and where its request came from.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub meta: RequestMeta,
+}
+
+/// Settings of the service layer.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    /// Token prefix, default `lk`.
+    pub prefix: Prefix,
+    /// Verifier algorithm for new tokens, default sha256.
+    pub hash: HashAlgorithm,
+    pub scopes: ScopeRegistry,
+    /// Most tokens held by the verify cache, default 100,000.
+    pub cache_capacity: usize,
+    /// How long a cached token is trusted before it is read again, default 5 s.
+    pub cache_ttl: Duration,
+}
+
+impl Default for AuthorityConfig {
+    fn default() -> Self {
+        Self {
+            prefix: Prefix::default(),
+            hash: HashAlgorithm::Sha256,
+            scopes: ScopeRegistry::default(),
+            cache_capacity: 100_000,
+            cache_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The token authority: the service every transport calls.
+pub struct Authority {
+    store: Arc<dyn Store>,
+    config: AuthorityConfig,
+    cache: verify::TokenCache,
+    usage: verify::UsageBuffer,
+    argon2_slots: tokio::sync::Semaphore,
+}
+
+impl Authority {
+    pub fn new(store: Arc<dyn Store>, config: AuthorityConfig) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            cache: verify::TokenCache::new(config.cache_capacity, config.cache_ttl),
+            usage: verify::UsageBuffer::default(),
+            argon2_slots: tokio::sync::Semaphore::new(cpus),
+            store,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &AuthorityConfig {
+        &self.config
+    }
+
+    /// Whether the database answers.
+    pub async fn ready(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
+
+    /// The org a request acts in: the caller's own unless it names another, which only a
+    /// `platform:admin` may, and which must exist. Anything else is the uniform not-found.
+    async fn target_org(&self, caller: &Principal, requested: Option<Uuid>) -> Result<Uuid> {
+        match requested {
+            None => Ok(caller.org_id),
+            Some(id) if id == caller.org_id => Ok(id),
+            Some(id) if caller.is_platform_admin() => match self.store.get_org(id).await? {
+                Some(_) => Ok(id),
+                None => Err(Error::NotFound),
+            },
+            Some(_) => Err(Error::NotFound),
+        }
+    }
+}

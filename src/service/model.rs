@@ -1,0 +1,254 @@
+//! The request and response types of the API, shared by both transports. Field names are the
+//! design's (snake_case); bodies are strict (an unknown field is an error).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::token::TokenKind;
+
+/// Validated name of a token or org: 1-100 characters of `[A-Za-z0-9 ._:-]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name(String);
+
+impl Name {
+    /// # Errors
+    /// `invalid_argument` naming `field` when the name breaks the rule.
+    pub fn parse(field: &str, s: String) -> Result<Self, Error> {
+        let ok = !s.is_empty()
+            && s.chars().count() <= 100
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | ':' | '-'));
+        if ok {
+            Ok(Name(s))
+        } else {
+            Err(Error::invalid(format!(
+                "{field} must be 1-100 characters of letters, digits, space and ._:-"
+            )))
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// The kind of a token. REST writes `"pat"` / `"svc"` and also accepts the gRPC numbers 1 / 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenType {
+    /// Personal access token (type 1), the default.
+    #[default]
+    Pat,
+    /// Service token (type 2).
+    Svc,
+}
+
+impl<'de> Deserialize<'de> for TokenType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(i64),
+            Str(String),
+        }
+        let kind = match Raw::deserialize(d)? {
+            Raw::Num(n) => TokenKind::from_code(n),
+            Raw::Str(s) => TokenKind::from_name(&s),
+        };
+        kind.map(TokenType::from)
+            .ok_or_else(|| serde::de::Error::custom("type must be \"pat\" (1) or \"svc\" (2)"))
+    }
+}
+
+impl From<TokenKind> for TokenType {
+    fn from(k: TokenKind) -> Self {
+        match k {
+            TokenKind::Pat => TokenType::Pat,
+            TokenKind::Svc => TokenType::Svc,
+        }
+    }
+}
+
+impl From<TokenType> for TokenKind {
+    fn from(t: TokenType) -> Self {
+        match t {
+            TokenType::Pat => TokenKind::Pat,
+            TokenType::Svc => TokenKind::Svc,
+        }
+    }
+}
+
+/// The lifecycle state of a token at the time of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenState {
+    Active,
+    Expired,
+    Revoked,
+}
+
+/// `POST /v1/tokens`: create a token. Give `permissions` (the bitmap), `scopes` (names and
+/// composites), or both (their union); neither makes a token that grants nothing. Give at most one
+/// of `expires_at` and `ttl_seconds`; neither makes a token that does not expire.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// The org to create the token in; defaults to the caller's own.
+    pub org_id: Option<Uuid>,
+    /// 1-100 characters of `[A-Za-z0-9 ._:-]`, unique among the org's live tokens.
+    pub name: String,
+    /// `pat` (default) or `svc`; the numbers 1 and 2 are accepted too.
+    #[serde(rename = "type", default)]
+    pub kind: TokenType,
+    /// The permission bitmap.
+    pub permissions: Option<u64>,
+    /// Scope or composite names.
+    pub scopes: Option<Vec<String>>,
+    /// When the token stops working (RFC 3339, in the future).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Lifetime in seconds from now (1 to 10 years' worth).
+    pub ttl_seconds: Option<i64>,
+    /// Free-form JSON object of at most 4 KiB, returned with the token.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A token as the API shows it: metadata only, never the secret or its verifier.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct TokenView {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: TokenType,
+    /// Prefix, kind and the first 8 characters of the id, e.g. `lk_pat_0192f3c4…`.
+    pub display_hint: String,
+    pub permissions: u64,
+    pub scopes: Vec<String>,
+    pub state: TokenState,
+    pub created_at: DateTime<Utc>,
+    /// `token:<uuid>`, `user:<uuid>`, `bootstrap` or `system`.
+    pub created_by: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Updated in batches, at least every second.
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub request_count: i64,
+    pub replaced_by: Option<Uuid>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The answer to a create: the token and its plaintext, which is shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    pub token: TokenView,
+    /// The token itself. Store it now: it cannot be shown again.
+    pub plaintext: String,
+}
+
+/// `GET /v1/tokens` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListTokensRequest {
+    /// Defaults to the caller's org.
+    pub org_id: Option<Uuid>,
+    /// 1-500, default 50; larger values are treated as 500.
+    pub page_size: Option<u32>,
+    /// `next_page_token` of the previous page.
+    pub page_token: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    pub state: Option<TokenState>,
+}
+
+/// One page of tokens, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenPage {
+    pub tokens: Vec<TokenView>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// Optional org scoping of a request about one token.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OrgScope {
+    /// Defaults to the caller's org.
+    pub org_id: Option<Uuid>,
+}
+
+/// `POST /v1/tokens/verify`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The token to check.
+    pub token: String,
+    /// Scope or composite names the token must all hold.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerifyCode {
+    Valid,
+    /// Malformed, unknown, expired or revoked: the body says no more than that.
+    Invalid,
+    /// The token is valid but lacks a required scope.
+    InsufficientPermissions,
+    RateLimited,
+}
+
+/// The answer to every well-formed verification. For `INVALID` only `valid` and `code` are set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct VerifyResponse {
+    pub valid: bool,
+    pub code: VerifyCode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl VerifyResponse {
+    /// The single body for every kind of invalid token.
+    pub fn invalid() -> Self {
+        Self {
+            valid: false,
+            code: VerifyCode::Invalid,
+            token_id: None,
+            org_id: None,
+            permissions: None,
+            scopes: None,
+            expires_at: None,
+        }
+    }
+}
+
+/// `POST /v1/orgs`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrgRequest {
+    /// 1-100 characters of `[A-Za-z0-9 ._:-]`, unique.
+    pub name: String,
+}
+
+/// An org.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct OrgView {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}

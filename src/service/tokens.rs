@@ -1,0 +1,377 @@
+//! Creating, reading, listing and revoking tokens.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::model::{
+    CreateTokenRequest, CreatedToken, ListTokensRequest, Name, OrgScope, TokenPage, TokenState,
+    TokenView,
+};
+use super::{Authority, Caller, PrincipalKind, audit};
+use crate::error::{Error, Result};
+use crate::store::{StateFilter, TokenListQuery, TokenRecord};
+use crate::token::permissions::{GrantError, check_grant};
+use crate::token::{Permissions, Secret, TokenKind, Verifier, format};
+
+/// Metadata objects may be at most this many bytes of JSON.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// Default and maximum page sizes of lists.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 500;
+/// The longest lifetime a token may be given: ten years.
+const MAX_TTL_SECONDS: i64 = 10 * 366 * 24 * 3600;
+
+impl Authority {
+    /// The view of a token at `now`.
+    pub(crate) fn view(&self, t: &TokenRecord, now: DateTime<Utc>) -> TokenView {
+        let state = if t.revoked_at.is_some() {
+            TokenState::Revoked
+        } else if t.expires_at.is_some_and(|e| e <= now) {
+            TokenState::Expired
+        } else {
+            TokenState::Active
+        };
+        TokenView {
+            id: t.id,
+            org_id: t.org_id,
+            name: t.name.clone(),
+            kind: t.kind.into(),
+            display_hint: format::display_hint(&self.config.prefix, t.kind, t.id),
+            permissions: t.permissions.bits(),
+            scopes: self.config.scopes.names(t.permissions),
+            state,
+            created_at: t.created_at,
+            created_by: t.created_by.clone(),
+            expires_at: t.expires_at,
+            revoked_at: t.revoked_at,
+            last_used_at: t.last_used_at,
+            request_count: t.request_count,
+            replaced_by: t.replaced_by,
+            metadata: t.metadata.clone(),
+        }
+    }
+
+    /// The permissions a create asks for, checked against the deployment's names and the
+    /// grantor's own bits.
+    fn requested_permissions(
+        &self,
+        held: Permissions,
+        bits: Option<u64>,
+        scopes: Option<&[String]>,
+    ) -> Result<Permissions> {
+        let registry = &self.config.scopes;
+        let mut p = Permissions::from_bits(bits.unwrap_or(0));
+        if let Some(names) = scopes {
+            p = p.union(registry.resolve(names).map_err(|e| Error::invalid(e.to_string()))?);
+        }
+        registry
+            .check_assigned(p)
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        check_grant(held, p, registry.admin_only()).map_err(|e| match e {
+            GrantError::NotHeld(m) => Error::PermissionDenied(format!(
+                "cannot grant permissions you do not hold: {}",
+                registry.names(m).join(", ")
+            )),
+            GrantError::AdminOnly(m) => Error::PermissionDenied(format!(
+                "granting {} needs the org:admin permission",
+                registry.names(m).join(", ")
+            )),
+        })?;
+        Ok(p)
+    }
+
+    /// Creates a token in the caller's org (or, for `platform:admin`, the named one) and returns
+    /// its plaintext once.
+    ///
+    /// # Errors
+    /// `permission_denied` without `tokens:create` or when asking for bits the caller lacks;
+    /// `invalid_argument` for a bad name, expiry, metadata or unknown scope; `not_found` for an org
+    /// outside reach; `already_exists` for a live token with the same name.
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        req: CreateTokenRequest,
+        now: DateTime<Utc>,
+    ) -> Result<CreatedToken> {
+        let p = &caller.principal;
+        p.require(Permissions::TOKENS_CREATE, "tokens:create")?;
+        let name = Name::parse("name", req.name)?;
+        let expires_at = expiry(req.expires_at, req.ttl_seconds, now)?;
+        let metadata = check_metadata(req.metadata)?;
+        let permissions =
+            self.requested_permissions(p.effective(), req.permissions, req.scopes.as_deref())?;
+        let org_id = self.target_org(p, req.org_id).await?;
+
+        let kind = TokenKind::from(req.kind);
+        let (record, plaintext) = self
+            .new_token_record(org_id, name.into_inner(), kind, permissions, expires_at, metadata, p.actor(), now)
+            .await?;
+        let event = audit::event(
+            org_id,
+            p.actor(),
+            "token_created",
+            Some(record.id),
+            &caller.meta,
+            json!({
+                "name": record.name,
+                "type": kind.as_str(),
+                "permissions": permissions.bits(),
+                "expires_at": expires_at,
+            }),
+            now,
+        );
+        self.store
+            .insert_token(&record, std::slice::from_ref(&event), now)
+            .await?;
+        audit::log(&event);
+        metrics::counter!("latchkey_token_created_total").increment(1);
+        Ok(CreatedToken {
+            token: self.view(&record, now),
+            plaintext: plaintext.expose().clone(),
+        })
+    }
+
+    /// Generates a token and its verifier (Argon2id on a blocking thread).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn new_token_record(
+        &self,
+        org_id: Uuid,
+        name: String,
+        kind: TokenKind,
+        permissions: Permissions,
+        expires_at: Option<DateTime<Utc>>,
+        metadata: Option<serde_json::Value>,
+        created_by: String,
+        now: DateTime<Utc>,
+    ) -> Result<(TokenRecord, Secret<String>)> {
+        let generated = format::generate(&self.config.prefix, kind)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("OS random source failed: {e}")))?;
+        let alg = self.config.hash;
+        let secret = generated.secret.clone();
+        let verifier = match alg {
+            crate::token::HashAlgorithm::Sha256 => Verifier::compute(alg, &secret)?,
+            crate::token::HashAlgorithm::Argon2id => {
+                tokio::task::spawn_blocking(move || Verifier::compute(alg, &secret))
+                    .await
+                    .map_err(|e| Error::Internal(e.into()))??
+            }
+        };
+        let record = TokenRecord {
+            id: generated.id,
+            org_id,
+            name,
+            kind,
+            verifier: verifier.encode(),
+            permissions,
+            created_at: now,
+            created_by,
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+            request_count: 0,
+            replaced_by: None,
+            metadata,
+        };
+        Ok((record, generated.plaintext))
+    }
+
+    /// Loads a token the caller may see, or the uniform not-found.
+    async fn reachable_token(&self, caller: &Caller, org: Option<Uuid>, id: Uuid) -> Result<TokenRecord> {
+        let org_id = self.target_org(&caller.principal, org).await?;
+        match self.store.get_token(id).await? {
+            Some(t) if t.org_id == org_id && caller.principal.reaches(&t) => Ok(t),
+            _ => Err(Error::NotFound),
+        }
+    }
+
+    /// One token's metadata.
+    ///
+    /// # Errors
+    /// `permission_denied` without `tokens:read`; `not_found` when outside reach.
+    pub async fn get_token(
+        &self,
+        caller: &Caller,
+        scope: OrgScope,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<TokenView> {
+        caller.principal.require(Permissions::TOKENS_READ, "tokens:read")?;
+        let t = self.reachable_token(caller, scope.org_id, id).await?;
+        Ok(self.view(&t, now))
+    }
+
+    /// A page of the org's tokens, newest first. Without `org:admin`, only the tokens the caller
+    /// created.
+    ///
+    /// # Errors
+    /// `permission_denied` without `tokens:read`; `invalid_argument` for a bad page token;
+    /// `not_found` for an org outside reach.
+    pub async fn list_tokens(
+        &self,
+        caller: &Caller,
+        req: ListTokensRequest,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPage> {
+        let p = &caller.principal;
+        p.require(Permissions::TOKENS_READ, "tokens:read")?;
+        let limit = match req.page_size {
+            None | Some(0) => DEFAULT_PAGE_SIZE,
+            Some(n) => n.min(MAX_PAGE_SIZE),
+        };
+        let before_id = req
+            .page_token
+            .as_deref()
+            .map(|s| Uuid::try_parse(s).map_err(|_| Error::invalid("page_token is not valid")))
+            .transpose()?;
+        let org_id = self.target_org(p, req.org_id).await?;
+        let sees_all = p.effective().contains(Permissions::ORG_ADMIN);
+        let mut rows = self
+            .store
+            .list_tokens(&TokenListQuery {
+                org_id,
+                created_by: (!sees_all).then(|| p.actor()),
+                state: req.state.map(|s| match s {
+                    TokenState::Active => StateFilter::Active,
+                    TokenState::Expired => StateFilter::Expired,
+                    TokenState::Revoked => StateFilter::Revoked,
+                }),
+                before_id,
+                limit: limit + 1,
+                now,
+            })
+            .await?;
+        let next_page_token = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|t| t.id.to_string())
+        } else {
+            None
+        };
+        metrics::counter!("latchkey_list_tokens_total").increment(1);
+        Ok(TokenPage {
+            tokens: rows.iter().map(|t| self.view(t, now)).collect(),
+            next_page_token,
+        })
+    }
+
+    /// Revokes a token at once. Revoking a revoked token succeeds and changes nothing.
+    ///
+    /// # Errors
+    /// `permission_denied` without `tokens:revoke`; `not_found` when outside reach.
+    pub async fn revoke_token(
+        &self,
+        caller: &Caller,
+        scope: OrgScope,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<TokenView> {
+        caller.principal.require(Permissions::TOKENS_REVOKE, "tokens:revoke")?;
+        let t = self.reachable_token(caller, scope.org_id, id).await?;
+        self.revoke(caller, t, now).await
+    }
+
+    /// Revokes the token the caller authenticated with. Needs no permission.
+    ///
+    /// # Errors
+    /// `invalid_argument` when the caller is not a token.
+    pub async fn revoke_current(&self, caller: &Caller, now: DateTime<Utc>) -> Result<TokenView> {
+        let PrincipalKind::Token(id) = caller.principal.kind else {
+            return Err(Error::invalid("the caller is not a token"));
+        };
+        let t = self.store.get_token(id).await?.ok_or(Error::NotFound)?;
+        self.revoke(caller, t, now).await
+    }
+
+    async fn revoke(&self, caller: &Caller, t: TokenRecord, now: DateTime<Utc>) -> Result<TokenView> {
+        let event = audit::event(
+            t.org_id,
+            caller.principal.actor(),
+            "token_revoked",
+            Some(t.id),
+            &caller.meta,
+            json!({ "name": t.name }),
+            now,
+        );
+        let changed = self.store.revoke_token(t.id, now, &event).await?;
+        // Dropped after the commit, so the next verify on this node reads the revoked row.
+        self.cache.invalidate(t.id);
+        if changed {
+            audit::log(&event);
+            metrics::counter!("latchkey_token_revoked_total").increment(1);
+        }
+        let t = self.store.get_token(t.id).await?.ok_or(Error::NotFound)?;
+        Ok(self.view(&t, now))
+    }
+}
+
+fn expiry(
+    expires_at: Option<DateTime<Utc>>,
+    ttl_seconds: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>> {
+    match (expires_at, ttl_seconds) {
+        (Some(_), Some(_)) => Err(Error::invalid("give at most one of expires_at and ttl_seconds")),
+        (Some(at), None) => {
+            if at <= now {
+                Err(Error::invalid("expires_at must be in the future"))
+            } else if at - now > TimeDelta::seconds(MAX_TTL_SECONDS) {
+                Err(Error::invalid("expires_at must be at most 10 years from now"))
+            } else {
+                // Stored with microsecond precision, like every timestamp.
+                Ok(DateTime::from_timestamp_micros(at.timestamp_micros()))
+            }
+        }
+        (None, Some(ttl)) => {
+            if (1..=MAX_TTL_SECONDS).contains(&ttl) {
+                Ok(Some(now + TimeDelta::seconds(ttl)))
+            } else {
+                Err(Error::invalid(format!(
+                    "ttl_seconds must be between 1 and {MAX_TTL_SECONDS}"
+                )))
+            }
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn check_metadata(m: Option<serde_json::Value>) -> Result<Option<serde_json::Value>> {
+    match m {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v @ serde_json::Value::Object(_)) => {
+            if v.to_string().len() > MAX_METADATA_BYTES {
+                Err(Error::invalid("metadata must be at most 4096 bytes of JSON"))
+            } else {
+                Ok(Some(v))
+            }
+        }
+        Some(_) => Err(Error::invalid("metadata must be a JSON object")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_accepts_one_future_form_and_refuses_the_rest() {
+        let now = Utc::now();
+        assert_eq!(expiry(None, None, now).unwrap(), None);
+        assert_eq!(expiry(None, Some(60), now).unwrap(), Some(now + TimeDelta::seconds(60)));
+        assert!(expiry(None, Some(0), now).is_err());
+        assert!(expiry(None, Some(-5), now).is_err());
+        assert!(expiry(None, Some(MAX_TTL_SECONDS + 1), now).is_err());
+        assert!(expiry(Some(now), None, now).is_err());
+        assert!(expiry(Some(now + TimeDelta::days(1)), Some(5), now).is_err());
+        assert!(expiry(Some(now + TimeDelta::days(1)), None, now).unwrap().is_some());
+    }
+
+    #[test]
+    fn metadata_must_be_a_small_object() {
+        assert!(check_metadata(Some(json!({"team": "a"}))).unwrap().is_some());
+        assert!(check_metadata(Some(json!([1, 2]))).is_err());
+        assert!(check_metadata(Some(json!("x"))).is_err());
+        let big = "x".repeat(MAX_METADATA_BYTES);
+        assert!(check_metadata(Some(json!({ "k": big }))).is_err());
+        assert_eq!(check_metadata(Some(serde_json::Value::Null)).unwrap(), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! The verification hot path: parse, checksum, a bounded in-process cache, a constant-time
+//! compare, state and expiry. In steady state no database round trip; usage is counted in memory
+//! and flushed in batches.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::model::{VerifyCode, VerifyRequest, VerifyResponse};
+use super::{Authority, Principal, PrincipalKind};
+use crate::error::{Error, Result};
+use crate::store::{TokenRecord, UsageDelta};
+use crate::token::{Permissions, TokenKind, Verifier, format, hash};
+
+/// What a successful verification knows about the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedToken {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub kind: TokenKind,
+    pub permissions: Permissions,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl AuthenticatedToken {
+    pub fn principal(&self) -> Principal {
+        Principal {
+            kind: PrincipalKind::Token(self.id),
+            org_id: self.org_id,
+            permissions: self.permissions,
+        }
+    }
+}
+
+struct CachedToken {
+    token: AuthenticatedToken,
+    revoked: bool,
+    verifier: Verifier,
+    /// For Argon2id verifiers: SHA-256 of the secret once it has matched, so later checks of
+    /// the same token skip Argon2id.
+    fast: OnceLock<[u8; 32]>,
+    loaded: Instant,
+}
+
+/// Bounded cache of tokens by id.
+pub(super) struct TokenCache {
+    entries: quick_cache::sync::Cache<Uuid, Arc<CachedToken>>,
+    ttl: Duration,
+    /// Bumped on every invalidation. A load that saw another epoch when it started may have read
+    /// a row older than the invalidation, so it is used once and not cached.
+    epoch: AtomicU64,
+}
+
+impl TokenCache {
+    pub(super) fn new(capacity: usize, ttl: Duration) -> Self {
+        Self {
+            entries: quick_cache::sync::Cache::new(capacity.max(1)),
+            ttl,
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self, id: &Uuid) -> Option<Arc<CachedToken>> {
+        self.entries
+            .get(id)
+            .filter(|e| e.loaded.elapsed() < self.ttl)
+    }
+
+    pub(super) fn invalidate(&self, id: Uuid) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.remove(&id);
+    }
+}
+
+/// Usage counted in memory since the last flush.
+#[derive(Default)]
+pub(super) struct UsageBuffer(Mutex<HashMap<Uuid, (i64, DateTime<Utc>)>>);
+
+impl UsageBuffer {
+    fn record(&self, id: Uuid, now: DateTime<Utc>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(id).or_insert((0, now));
+        entry.0 += 1;
+        entry.1 = entry.1.max(now);
+    }
+
+    fn take(&self) -> Vec<UsageDelta> {
+        let map = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        map.into_iter()
+            .map(|(token_id, (count, last_used_at))| UsageDelta {
+                token_id,
+                count,
+                last_used_at,
+            })
+            .collect()
+    }
+
+    fn put_back(&self, batch: Vec<UsageDelta>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for u in batch {
+            let entry = map.entry(u.token_id).or_insert((0, u.last_used_at));
+            entry.0 += u.count;
+            entry.1 = entry.1.max(u.last_used_at);
+        }
+    }
+}
+
+impl Authority {
+    async fn load(&self, id: Uuid) -> Result<Option<Arc<CachedToken>>> {
+        let epoch = self.cache.epoch.load(Ordering::SeqCst);
+        let Some(t): Option<TokenRecord> = self.store.get_token(id).await? else {
+            return Ok(None);
+        };
+        let verifier: Verifier = t
+            .verifier
+            .parse()
+            .map_err(|e| Error::Internal(anyhow::Error::new(e).context(format!("token {id}"))))?;
+        let entry = Arc::new(CachedToken {
+            token: AuthenticatedToken {
+                id: t.id,
+                org_id: t.org_id,
+                kind: t.kind,
+                permissions: t.permissions,
+                expires_at: t.expires_at,
+            },
+            revoked: t.revoked_at.is_some(),
+            verifier,
+            fast: OnceLock::new(),
+            loaded: Instant::now(),
+        });
+        if self.cache.epoch.load(Ordering::SeqCst) == epoch {
+            self.cache.entries.insert(id, entry.clone());
+        }
+        Ok(Some(entry))
+    }
+
+    async fn secret_matches(&self, entry: &CachedToken, secret: &crate::token::Secret<[u8; 32]>) -> Result<bool> {
+        match &entry.verifier {
+            Verifier::Sha256(d) => Ok(hash::digest_eq(d, &hash::sha256(secret.expose()))),
+            Verifier::Argon2id(_) => {
+                let digest = hash::sha256(secret.expose());
+                if let Some(known) = entry.fast.get() {
+                    return Ok(hash::digest_eq(known, &digest));
+                }
+                // Bounded: at most one Argon2id check per core at a time.
+                let _slot = self
+                    .argon2_slots
+                    .acquire()
+                    .await
+                    .map_err(|e| Error::Internal(e.into()))?;
+                let verifier = entry.verifier.clone();
+                let secret = secret.clone();
+                let ok = tokio::task::spawn_blocking(move || verifier.matches(&secret))
+                    .await
+                    .map_err(|e| Error::Internal(e.into()))?;
+                if ok {
+                    let _ = entry.fast.set(digest);
+                }
+                Ok(ok)
+            }
+        }
+    }
+
+    /// Checks a presented token string. `None` for every kind of invalid: malformed, unknown,
+    /// wrong secret, revoked, expired at `now`. Counts usage on success.
+    ///
+    /// # Errors
+    /// Only `internal` (database unreachable, corrupt row).
+    pub async fn check_token(&self, presented: &str, now: DateTime<Utc>) -> Result<Option<AuthenticatedToken>> {
+        let Ok(parsed) = format::parse(&self.config.prefix, presented) else {
+            return Ok(None);
+        };
+        let entry = match self.cache.get(&parsed.id) {
+            Some(e) => e,
+            None => match self.load(parsed.id).await? {
+                Some(e) => e,
+                None => return Ok(None),
+            },
+        };
+        if entry.token.kind != parsed.kind || !self.secret_matches(&entry, &parsed.secret).await? {
+            return Ok(None);
+        }
+        if entry.revoked || entry.token.expires_at.is_some_and(|e| e <= now) {
+            return Ok(None);
+        }
+        self.usage.record(entry.token.id, now);
+        Ok(Some(entry.token.clone()))
+    }
+
+    /// Authenticates a bearer token for a management call.
+    ///
+    /// # Errors
+    /// `unauthenticated` for every kind of invalid token; `internal` if the store fails.
+    pub async fn authenticate(&self, bearer: &str, now: DateTime<Utc>) -> Result<Principal> {
+        match self.check_token(bearer, now).await? {
+            Some(t) => Ok(t.principal()),
+            None => Err(Error::Unauthenticated),
+        }
+    }
+
+    /// Verifies a token for an API that it protects: `VALID`, `INVALID` (one body for every
+    /// kind), or `INSUFFICIENT_PERMISSIONS` when it lacks one of `required_scopes`. The token's own
+    /// bits are compared; `platform:admin` does not stand for downstream scopes.
+    ///
+    /// # Errors
+    /// `invalid_argument` for an unknown required scope; `internal` if the store fails.
+    pub async fn verify(&self, req: &VerifyRequest, now: DateTime<Utc>) -> Result<VerifyResponse> {
+        let started = Instant::now();
+        let required = self
+            .config
+            .scopes
+            .resolve(&req.required_scopes)
+            .map_err(|e| Error::invalid(format!("required_scopes: {e}")))?;
+        let res = match self.check_token(&req.token, now).await? {
+            None => VerifyResponse::invalid(),
+            Some(t) => {
+                let ok = t.permissions.contains(required);
+                VerifyResponse {
+                    valid: ok,
+                    code: if ok {
+                        VerifyCode::Valid
+                    } else {
+                        VerifyCode::InsufficientPermissions
+                    },
+                    token_id: Some(t.id),
+                    org_id: Some(t.org_id),
+                    permissions: Some(t.permissions.bits()),
+                    scopes: Some(self.config.scopes.names(t.permissions)),
+                    expires_at: t.expires_at,
+                }
+            }
+        };
+        let result = match res.code {
+            VerifyCode::Valid => "valid",
+            VerifyCode::Invalid => "invalid",
+            VerifyCode::InsufficientPermissions => "insufficient_permissions",
+            VerifyCode::RateLimited => "rate_limited",
+        };
+        metrics::counter!("latchkey_verify_total", "result" => result).increment(1);
+        metrics::histogram!("latchkey_verify_duration_seconds").record(started.elapsed().as_secs_f64());
+        Ok(res)
+    }
+
+    /// Writes the usage counted since the last flush. On failure the counts are kept for the
+    /// next flush, so none are lost.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn flush_usage(&self) -> Result<usize> {
+        let batch = self.usage.take();
+        let n = batch.len();
+        if let Err(e) = self.store.add_usage(&batch).await {
+            self.usage.put_back(batch);
+            return Err(e.into());
+        }
+        Ok(n)
+    }
+}

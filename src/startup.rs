@@ -1,0 +1,147 @@
+//! Builds the application: store, service, router; binds the port and reports it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::service::{Authority, AuthorityConfig, BootstrapOutcome};
+use crate::{http, store, telemetry};
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    /// Port 0 picks a free port; see [`Application::local_addr`].
+    pub listen: SocketAddr,
+    pub authority: AuthorityConfig,
+    pub usage_flush_interval: Duration,
+    pub max_body_bytes: usize,
+}
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    authority: Arc<Authority>,
+    flush_interval: Duration,
+}
+
+impl Application {
+    /// Opens and migrates the database, bootstraps an empty one (printing the admin token to
+    /// stderr once), and binds the listen address.
+    ///
+    /// # Errors
+    /// Database, migration, config or bind failures, with context.
+    pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let store = store::connect(&settings.database_url).await?;
+        let authority = Arc::new(Authority::new(store, settings.authority));
+        if let Some(out) = authority.bootstrap_if_empty(clock.now()).await? {
+            print_bootstrap(&out);
+        }
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let router = http::router(
+            authority.clone(),
+            clock,
+            telemetry::metrics(),
+            settings.max_body_bytes,
+        );
+        Ok(Self {
+            listener,
+            router,
+            authority,
+            flush_interval: settings.usage_flush_interval,
+        })
+    }
+
+    /// The bound address (the real port when built with port 0).
+    ///
+    /// # Errors
+    /// If the socket has no local address (does not happen for a bound TCP socket).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn authority(&self) -> Arc<Authority> {
+        self.authority.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains connections and flushes usage counters.
+    ///
+    /// # Errors
+    /// Server I/O failures.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let flusher = {
+            let authority = self.authority.clone();
+            let every = self.flush_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = authority.flush_usage().await {
+                        tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
+                    }
+                }
+            })
+        };
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        flusher.abort();
+        let flushed = self.authority.flush_usage().await;
+        tracing::info!(tokens = flushed.as_ref().ok(), "usage flushed; stopped");
+        served.context("serving HTTP")?;
+        flushed?;
+        Ok(())
+    }
+}
+
+fn print_bootstrap(out: &BootstrapOutcome) {
+    // Straight to stderr, not through the log pipeline: this is the one place a plaintext token
+    // is printed by the server, once.
+    eprintln!(
+        "\nLatchkey bootstrap: created org {:?} ({}) and an admin token (platform:admin and every \
+         system permission).\nIt is shown this once and will not be shown again; store it now:\n\n{}\n",
+        out.org.name,
+        out.org.id,
+        out.plaintext.expose()
+    );
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

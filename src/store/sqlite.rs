@@ -1,0 +1,359 @@
+//! The embedded SQLite backend (sqlx): WAL journal, busy timeout, migrations applied on connect.
+//! Every write transaction starts with `BEGIN IMMEDIATE`, so concurrent writers queue on the
+//! busy timeout instead of failing to upgrade a read lock.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use uuid::Uuid;
+
+use super::{
+    AuditRecord, OrgRecord, StateFilter, Store, StoreError, StoreResult, TokenListQuery,
+    TokenRecord, UsageDelta,
+};
+use crate::token::{Permissions, TokenKind};
+
+/// The SQLite store. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn opt_micros(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(micros)
+}
+
+fn from_micros(v: i64) -> anyhow::Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(v).context("timestamp out of range")
+}
+
+fn opt_from_micros(v: Option<i64>) -> anyhow::Result<Option<DateTime<Utc>>> {
+    v.map(from_micros).transpose()
+}
+
+fn parse_uuid(s: &str) -> anyhow::Result<Uuid> {
+    Uuid::parse_str(s).context("malformed uuid in database")
+}
+
+fn other(e: sqlx::Error) -> StoreError {
+    StoreError::Other(anyhow::Error::new(e))
+}
+
+const TOKEN_COLUMNS: &str = "id, org_id, name, kind, verifier, permissions, created_at, created_by, \
+     expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata";
+
+fn token_from_row(row: &SqliteRow) -> anyhow::Result<TokenRecord> {
+    let kind: i64 = row.try_get("kind")?;
+    let metadata: Option<String> = row.try_get("metadata")?;
+    let replaced_by: Option<String> = row.try_get("replaced_by")?;
+    Ok(TokenRecord {
+        id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+        org_id: parse_uuid(&row.try_get::<String, _>("org_id")?)?,
+        name: row.try_get("name")?,
+        kind: TokenKind::from_code(kind).context("unknown token kind in database")?,
+        verifier: row.try_get("verifier")?,
+        permissions: Permissions::from_bits(row.try_get::<i64, _>("permissions")? as u64),
+        created_at: from_micros(row.try_get("created_at")?)?,
+        created_by: row.try_get("created_by")?,
+        expires_at: opt_from_micros(row.try_get("expires_at")?)?,
+        revoked_at: opt_from_micros(row.try_get("revoked_at")?)?,
+        last_used_at: opt_from_micros(row.try_get("last_used_at")?)?,
+        request_count: row.try_get("request_count")?,
+        replaced_by: replaced_by.as_deref().map(parse_uuid).transpose()?,
+        metadata: metadata
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .context("malformed metadata in database")?,
+    })
+}
+
+fn org_from_row(row: &SqliteRow) -> anyhow::Result<OrgRecord> {
+    Ok(OrgRecord {
+        id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+        name: row.try_get("name")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with its parent folder) and migrates the database at `url`.
+    ///
+    /// # Errors
+    /// A malformed URL, a folder or file that cannot be created, or a failed migration.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .with_context(|| "malformed sqlite database URL")?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let file = opts.get_filename().to_path_buf();
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if file.as_path() != Path::new(":memory:") && !dir.exists() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating database folder {}", dir.display()))?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("opening SQLite database {}", file.display()))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .context("applying SQLite migrations")?;
+        Ok(Self { pool })
+    }
+
+    async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(other)
+    }
+}
+
+async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[AuditRecord]) -> StoreResult<()> {
+    for e in events {
+        sqlx::query(
+            "INSERT INTO audit_events (id, org_id, occurred_at, actor, action, token_id, ip, \
+             user_agent, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.id.to_string())
+        .bind(e.org_id.to_string())
+        .bind(micros(e.occurred_at))
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(e.token_id.map(|t| t.to_string()))
+        .bind(&e.ip)
+        .bind(&e.user_agent)
+        .bind(e.details.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(other)?;
+    }
+    Ok(())
+}
+
+async fn insert_token_row(
+    tx: &mut Transaction<'_, Sqlite>,
+    t: &TokenRecord,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    // A token that expired still holds its name in `live_name`; release it first.
+    sqlx::query(
+        "UPDATE tokens SET live_name = NULL WHERE org_id = ? AND live_name = ? \
+         AND expires_at IS NOT NULL AND expires_at <= ?",
+    )
+    .bind(t.org_id.to_string())
+    .bind(&t.name)
+    .bind(micros(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(other)?;
+    let live = t.revoked_at.is_none() && t.replaced_by.is_none();
+    let res = sqlx::query(
+        "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
+         created_by, expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(t.id.to_string())
+    .bind(t.org_id.to_string())
+    .bind(&t.name)
+    .bind(live.then(|| t.name.clone()))
+    .bind(t.kind.code())
+    .bind(&t.verifier)
+    .bind(t.permissions.bits() as i64)
+    .bind(micros(t.created_at))
+    .bind(&t.created_by)
+    .bind(opt_micros(t.expires_at))
+    .bind(opt_micros(t.revoked_at))
+    .bind(opt_micros(t.last_used_at))
+    .bind(t.request_count)
+    .bind(t.replaced_by.map(|u| u.to_string()))
+    .bind(t.metadata.as_ref().map(|m| m.to_string()))
+    .execute(&mut **tx)
+    .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(StoreError::Conflict(
+            format!("a live token named {:?} already exists in this org", t.name),
+        )),
+        Err(e) => Err(other(e)),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(other)?;
+        Ok(())
+    }
+
+    async fn org_count(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM orgs")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(other)?;
+        row.try_get("n").map_err(other)
+    }
+
+    async fn get_org(&self, id: Uuid) -> StoreResult<Option<OrgRecord>> {
+        let row = sqlx::query("SELECT id, name, created_at FROM orgs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(other)?;
+        Ok(row.as_ref().map(org_from_row).transpose()?)
+    }
+
+    async fn find_org_by_name(&self, name: &str) -> StoreResult<Option<OrgRecord>> {
+        let row = sqlx::query("SELECT id, name, created_at FROM orgs WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(other)?;
+        Ok(row.as_ref().map(org_from_row).transpose()?)
+    }
+
+    async fn create_org(
+        &self,
+        org: &OrgRecord,
+        first_token: Option<&TokenRecord>,
+        events: &[AuditRecord],
+    ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        let res = sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(org.id.to_string())
+            .bind(&org.name)
+            .bind(micros(org.created_at))
+            .execute(&mut *tx)
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "an org named {:?} already exists",
+                    org.name
+                )));
+            }
+            Err(e) => return Err(other(e)),
+        }
+        if let Some(t) = first_token {
+            insert_token_row(&mut tx, t, org.created_at).await?;
+        }
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        events: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        insert_token_row(&mut tx, token, now).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn get_token(&self, id: Uuid) -> StoreResult<Option<TokenRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.as_ref().map(token_from_row).transpose()?)
+    }
+
+    async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>> {
+        let state = match q.state {
+            None => 0,
+            Some(StateFilter::Active) => 1,
+            Some(StateFilter::Expired) => 2,
+            Some(StateFilter::Revoked) => 3,
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens \
+             WHERE org_id = ?1 \
+               AND (?2 IS NULL OR created_by = ?2) \
+               AND (?3 IS NULL OR id < ?3) \
+               AND (?4 = 0 \
+                 OR (?4 = 1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?5)) \
+                 OR (?4 = 2 AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?5) \
+                 OR (?4 = 3 AND revoked_at IS NOT NULL)) \
+             ORDER BY id DESC LIMIT ?6"
+        )))
+        .bind(q.org_id.to_string())
+        .bind(&q.created_by)
+        .bind(q.before_id.map(|u| u.to_string()))
+        .bind(state)
+        .bind(micros(q.now))
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        rows.iter()
+            .map(|r| token_from_row(r).map_err(StoreError::Other))
+            .collect()
+    }
+
+    async fn revoke_token(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+        event: &AuditRecord,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let res = sqlx::query(
+            "UPDATE tokens SET revoked_at = ?, live_name = NULL WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(micros(now))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(other)?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(true)
+    }
+
+    async fn add_usage(&self, batch: &[UsageDelta]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        for u in batch {
+            sqlx::query(
+                "UPDATE tokens SET request_count = request_count + ?, \
+                 last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+            )
+            .bind(u.count)
+            .bind(micros(u.last_used_at))
+            .bind(u.token_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        }
+        tx.commit().await.map_err(other)
+    }
+}

@@ -1,0 +1,439 @@
+//! The token wire format: `<prefix>_<kind>_<id>_<secret><checksum>`.
+//!
+//! - `prefix`: deployment-wide, `[a-z][a-z0-9]{0,15}`, default `lk`;
+//! - `kind`: `pat` or `svc`;
+//! - `id`: the token's UUID v7, lowercase and hyphenated;
+//! - `secret`: 32 CSPRNG bytes as 43 base62 characters (big-endian, zero-padded);
+//! - `checksum`: CRC32 of everything before it, as 6 base62 characters.
+//!
+//! Parsing accepts exactly this grammar; every rejection is the same [`InvalidToken`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use super::secret::Secret;
+
+/// Length of the base62 secret part.
+pub const SECRET_LEN: usize = 43;
+/// Length of the base62 checksum part.
+pub const CHECKSUM_LEN: usize = 6;
+const UUID_LEN: usize = 36;
+const MAX_PREFIX_LEN: usize = 16;
+/// The longest string that can be a token (with a 16-character prefix).
+pub const MAX_TOKEN_LEN: usize = MAX_PREFIX_LEN + 1 + 3 + 1 + UUID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The one error for every string that is not a well-formed token of this deployment.
+/// It deliberately says nothing about what was wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid token")]
+pub struct InvalidToken;
+
+/// A validated token prefix: `[a-z][a-z0-9]{0,15}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefix(String);
+
+impl Prefix {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Prefix {
+    fn default() -> Self {
+        Self("lk".to_string())
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let b = s.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= MAX_PREFIX_LEN
+            && b[0].is_ascii_lowercase()
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!("token prefix must match [a-z][a-z0-9]{{0,15}}, got {s:?}"))
+        }
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The kind of a token: a personal access token (type 1) or a service token (type 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    Pat,
+    Svc,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Pat => "pat",
+            TokenKind::Svc => "svc",
+        }
+    }
+
+    /// The numeric type used on the wire (gRPC enum, database): 1 = pat, 2 = svc.
+    pub fn code(self) -> i64 {
+        match self {
+            TokenKind::Pat => 1,
+            TokenKind::Svc => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            1 => Some(TokenKind::Pat),
+            2 => Some(TokenKind::Svc),
+            _ => None,
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "pat" => Some(TokenKind::Pat),
+            "svc" => Some(TokenKind::Svc),
+            _ => None,
+        }
+    }
+}
+
+/// A token that passed [`parse`]: grammar, checksum and prefix are right. Whether it exists and
+/// its secret matches is for the verifier to say.
+#[derive(Debug, Clone)]
+pub struct ParsedToken {
+    pub kind: TokenKind,
+    pub id: Uuid,
+    pub secret: Secret<[u8; 32]>,
+}
+
+/// A freshly generated token: its id, kind, raw secret and the plaintext string handed to the
+/// client once.
+#[derive(Debug)]
+pub struct GeneratedToken {
+    pub id: Uuid,
+    pub kind: TokenKind,
+    pub secret: Secret<[u8; 32]>,
+    pub plaintext: Secret<String>,
+}
+
+/// Generates a new token of `kind` with a UUID v7 id and 32 bytes from the OS CSPRNG.
+///
+/// # Errors
+/// Only if the operating system's random source fails.
+pub fn generate(prefix: &Prefix, kind: TokenKind) -> Result<GeneratedToken, getrandom::Error> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)?;
+    let id = Uuid::now_v7();
+    let plaintext = format_token(prefix, kind, id, &secret);
+    Ok(GeneratedToken {
+        id,
+        kind,
+        secret: Secret::new(secret),
+        plaintext: Secret::new(plaintext),
+    })
+}
+
+/// Formats the parts of a token into its wire form, checksum included.
+pub fn format_token(prefix: &Prefix, kind: TokenKind, id: Uuid, secret: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(MAX_TOKEN_LEN);
+    s.push_str(prefix.as_str());
+    s.push('_');
+    s.push_str(kind.as_str());
+    s.push('_');
+    s.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+    s.push('_');
+    s.push_str(&encode_secret(secret));
+    let crc = crc32fast::hash(s.as_bytes());
+    s.push_str(&encode_checksum(crc));
+    s
+}
+
+/// The hint shown to people in lists: prefix, kind and the first 8 characters of the id.
+pub fn display_hint(prefix: &Prefix, kind: TokenKind, id: Uuid) -> String {
+    let hex = id.simple().to_string();
+    format!("{}_{}_{}…", prefix.as_str(), kind.as_str(), &hex[..8])
+}
+
+/// Parses a token string of this deployment (`expected` prefix).
+///
+/// # Errors
+/// [`InvalidToken`] for anything that is not exactly the grammar, has a wrong checksum, another
+/// prefix, a non-canonical secret or an id that is not a lowercase hyphenated UUID v7.
+pub fn parse(expected: &Prefix, s: &str) -> Result<ParsedToken, InvalidToken> {
+    if s.len() > MAX_TOKEN_LEN || !s.is_ascii() {
+        return Err(InvalidToken);
+    }
+    let mut parts = s.split('_');
+    let (Some(prefix), Some(kind), Some(id), Some(tail), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(InvalidToken);
+    };
+    if prefix != expected.as_str() || tail.len() != SECRET_LEN + CHECKSUM_LEN {
+        return Err(InvalidToken);
+    }
+    let kind = TokenKind::from_name(kind).ok_or(InvalidToken)?;
+    let id = parse_id(id)?;
+    let (secret_str, checksum_str) = tail.split_at(SECRET_LEN);
+    let body_len = s.len() - CHECKSUM_LEN;
+    let expected_checksum = encode_checksum(crc32fast::hash(&s.as_bytes()[..body_len]));
+    if checksum_str != expected_checksum {
+        return Err(InvalidToken);
+    }
+    let secret = decode_secret(secret_str).ok_or(InvalidToken)?;
+    Ok(ParsedToken {
+        kind,
+        id,
+        secret: Secret::new(secret),
+    })
+}
+
+fn parse_id(s: &str) -> Result<Uuid, InvalidToken> {
+    let b = s.as_bytes();
+    if b.len() != UUID_LEN {
+        return Err(InvalidToken);
+    }
+    for (i, c) in b.iter().enumerate() {
+        let ok = if matches!(i, 8 | 13 | 18 | 23) {
+            *c == b'-'
+        } else {
+            c.is_ascii_digit() || (b'a'..=b'f').contains(c)
+        };
+        if !ok {
+            return Err(InvalidToken);
+        }
+    }
+    let id = Uuid::parse_str(s).map_err(|_| InvalidToken)?;
+    if id.get_version_num() != 7 || id.get_variant() != uuid::Variant::RFC4122 {
+        return Err(InvalidToken);
+    }
+    Ok(id)
+}
+
+fn digit_value(c: u8) -> Option<u32> {
+    match c {
+        b'0'..=b'9' => Some(u32::from(c - b'0')),
+        b'A'..=b'Z' => Some(u32::from(c - b'A') + 10),
+        b'a'..=b'z' => Some(u32::from(c - b'a') + 36),
+        _ => None,
+    }
+}
+
+/// Encodes 32 bytes (a big-endian 256-bit number) as exactly 43 base62 digits.
+fn encode_secret(bytes: &[u8; 32]) -> String {
+    let mut n = *bytes;
+    let mut out = [b'0'; SECRET_LEN];
+    for slot in out.iter_mut().rev() {
+        // Long division of the 256-bit number by 62.
+        let mut rem: u32 = 0;
+        for byte in n.iter_mut() {
+            let cur = (rem << 8) | u32::from(*byte);
+            *byte = (cur / 62) as u8;
+            rem = cur % 62;
+        }
+        *slot = ALPHABET[rem as usize];
+    }
+    // The alphabet is ASCII, so this cannot fail.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
+}
+
+/// Decodes 43 base62 digits; `None` for a bad digit or a value of 2^256 or more, so that every
+/// secret has exactly one spelling.
+fn decode_secret(s: &str) -> Option<[u8; 32]> {
+    let mut n = [0u8; 32];
+    for c in s.bytes() {
+        let d = digit_value(c)?;
+        // n = n * 62 + d, failing on overflow out of 256 bits.
+        let mut carry = d;
+        for byte in n.iter_mut().rev() {
+            let cur = u32::from(*byte) * 62 + carry;
+            *byte = (cur & 0xff) as u8;
+            carry = cur >> 8;
+        }
+        if carry != 0 {
+            return None;
+        }
+    }
+    Some(n)
+}
+
+fn encode_checksum(crc: u32) -> String {
+    let mut n = crc;
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(out.to_vec()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lk() -> Prefix {
+        Prefix::default()
+    }
+
+    fn sample() -> String {
+        generate(&lk(), TokenKind::Pat)
+            .unwrap()
+            .plaintext
+            .expose()
+            .clone()
+    }
+
+    #[test]
+    fn generated_token_has_the_documented_shape() {
+        let t = sample();
+        let parts: Vec<&str> = t.split('_').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0], "lk");
+        assert_eq!(parts[1], "pat");
+        assert_eq!(parts[2].len(), 36);
+        assert_eq!(parts[3].len(), SECRET_LEN + CHECKSUM_LEN);
+        assert!(parts[3].bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn a_generated_token_parses_back_to_its_parts() {
+        let g = generate(&lk(), TokenKind::Svc).unwrap();
+        let p = parse(&lk(), g.plaintext.expose()).unwrap();
+        assert_eq!(p.id, g.id);
+        assert_eq!(p.kind, TokenKind::Svc);
+        assert_eq!(p.secret.expose(), g.secret.expose());
+        assert_eq!(p.id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn a_custom_prefix_is_used_and_required() {
+        let ibex: Prefix = "ibex".parse().unwrap();
+        let t = generate(&ibex, TokenKind::Pat).unwrap();
+        assert!(t.plaintext.expose().starts_with("ibex_pat_"));
+        assert!(parse(&ibex, t.plaintext.expose()).is_ok());
+        assert_eq!(parse(&lk(), t.plaintext.expose()).unwrap_err(), InvalidToken);
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused_by_configuration() {
+        for bad in ["", "Lk", "1lk", "lk_x", "abcdefghijklmnopq", "lk-x"] {
+            assert!(bad.parse::<Prefix>().is_err(), "{bad:?}");
+        }
+        assert!("a".parse::<Prefix>().is_ok());
+        assert!("abcdefghijklmnop".parse::<Prefix>().is_ok());
+    }
+
+    #[test]
+    fn every_malformed_shape_is_rejected() {
+        let t = sample();
+        let (body, checksum) = t.split_at(t.len() - CHECKSUM_LEN);
+        let id = t.split('_').nth(2).unwrap().to_string();
+        let tail = t.split('_').nth(3).unwrap().to_string();
+        let cases: Vec<String> = vec![
+            String::new(),
+            "lk".into(),
+            "lk_pat".into(),
+            format!("{t}x"),
+            t[..t.len() - 1].to_string(),
+            format!("{body}"),
+            format!("lk_bot_{id}_{tail}"),
+            format!("lk_pat_{}_{tail}", id.to_uppercase()),
+            format!("lk_pat_{}_{tail}", id.replace('-', "")),
+            format!("lk_pat_{{{id}}}_{tail}"),
+            format!("lk_pat_{id}_{tail}_x"),
+            format!("lk_pat__{id}_{tail}"),
+            t.replace('_', "-"),
+            format!(" {t}"),
+            format!("{t} "),
+            format!("{body}{}", if checksum == "000000" { "000001" } else { "000000" }),
+            t.replacen('l', "ł", 1),
+            "x".repeat(MAX_TOKEN_LEN + 1),
+        ];
+        for c in cases {
+            assert_eq!(parse(&lk(), &c).unwrap_err(), InvalidToken, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_uuid_that_is_not_version_7_is_rejected_even_with_a_good_checksum() {
+        let v4 = Uuid::from_u128(0x1234_5678_9abc_4def_8123_4567_89ab_cdef);
+        let t = format_token(&lk(), TokenKind::Pat, v4, &[7u8; 32]);
+        assert_eq!(parse(&lk(), &t).unwrap_err(), InvalidToken);
+    }
+
+    #[test]
+    fn a_secret_spelling_above_two_to_the_256_is_rejected() {
+        // "z" * 43 is 62^43 - 1, which is more than 2^256 - 1.
+        let id = Uuid::now_v7();
+        let mut s = format!("lk_pat_{}_{}", id.hyphenated(), "z".repeat(SECRET_LEN));
+        let crc = crc32fast::hash(s.as_bytes());
+        s.push_str(&encode_checksum(crc));
+        assert_eq!(parse(&lk(), &s).unwrap_err(), InvalidToken);
+    }
+
+    #[test]
+    fn secret_encoding_is_fixed_width_for_the_extremes() {
+        assert_eq!(encode_secret(&[0u8; 32]), "0".repeat(SECRET_LEN));
+        let max = encode_secret(&[0xffu8; 32]);
+        assert_eq!(max.len(), SECRET_LEN);
+        assert_eq!(decode_secret(&max), Some([0xffu8; 32]));
+        assert_eq!(encode_checksum(0), "000000");
+        assert_eq!(encode_checksum(u32::MAX).len(), CHECKSUM_LEN);
+    }
+
+    #[test]
+    fn the_display_hint_shows_prefix_kind_and_eight_id_characters() {
+        let id = Uuid::parse_str("0192f3c4-1111-7222-8333-444455556666").unwrap();
+        assert_eq!(display_hint(&lk(), TokenKind::Pat, id), "lk_pat_0192f3c4…");
+    }
+
+    proptest! {
+        #[test]
+        fn generate_format_parse_round_trips(secret in any::<[u8; 32]>(), svc in any::<bool>(), ts in 0u64..(1u64 << 47)) {
+            let kind = if svc { TokenKind::Svc } else { TokenKind::Pat };
+            let id = uuid::Builder::from_unix_timestamp_millis(ts, &[9u8; 10]).into_uuid();
+            let t = format_token(&lk(), kind, id, &secret);
+            let p = parse(&lk(), &t).unwrap();
+            prop_assert_eq!(p.id, id);
+            prop_assert_eq!(p.kind, kind);
+            prop_assert_eq!(p.secret.expose(), &secret);
+        }
+
+        #[test]
+        fn any_single_character_change_is_rejected(secret in any::<[u8; 32]>(), pos in 0usize..200, repl in proptest::char::any()) {
+            let id = Uuid::now_v7();
+            let t = format_token(&lk(), TokenKind::Pat, id, &secret);
+            let pos = pos % t.len();
+            let original = t.as_bytes()[pos] as char;
+            prop_assume!(repl != original);
+            let mut changed: String = t.chars().take(pos).collect();
+            changed.push(repl);
+            changed.extend(t.chars().skip(pos + 1));
+            prop_assert_eq!(parse(&lk(), &changed).unwrap_err(), InvalidToken);
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic_the_parser(s in ".{0,120}") {
+            let _ = parse(&lk(), &s);
+        }
+    }
+}

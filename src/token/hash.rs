@@ -1,0 +1,187 @@
+//! Verifiers: what is stored instead of a token's secret.
+//!
+//! A verifier is a self-describing string so algorithms can coexist and migrate:
+//! `sha256:<hex>` or an Argon2id PHC string (`$argon2id$v=19$...`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::secret::Secret;
+
+/// Which algorithm new verifiers use. Existing verifiers keep their own algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HashAlgorithm {
+    /// SHA-256 of the 256-bit secret: microseconds to check, and a 256-bit random secret cannot
+    /// be brute-forced from its hash.
+    #[default]
+    Sha256,
+    /// Argon2id with OWASP's parameters (19 MiB, 2 passes, 1 lane), run on a blocking thread.
+    Argon2id,
+}
+
+impl fmt::Display for HashAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::Argon2id => "argon2id",
+        })
+    }
+}
+
+/// A stored verifier, decoded.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Verifier {
+    Sha256([u8; 32]),
+    Argon2id(String),
+}
+
+impl fmt::Debug for Verifier {
+    // A verifier is not a secret in the cryptographic sense, but it must never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verifier::Sha256(_) => f.write_str("Verifier::Sha256([redacted])"),
+            Verifier::Argon2id(_) => f.write_str("Verifier::Argon2id([redacted])"),
+        }
+    }
+}
+
+/// A stored verifier string that could not be decoded (corrupt row, unknown algorithm).
+#[derive(Debug, thiserror::Error)]
+#[error("unrecognised verifier format")]
+pub struct BadVerifier;
+
+/// SHA-256 of a secret.
+pub fn sha256(secret: &[u8; 32]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+/// Constant-time equality of two digests.
+pub fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}
+
+impl Verifier {
+    /// Computes the verifier of `secret` with `alg`. Argon2id costs tens of milliseconds of CPU:
+    /// call it from a blocking thread.
+    ///
+    /// # Errors
+    /// Only if Argon2 fails (random salt unavailable).
+    pub fn compute(alg: HashAlgorithm, secret: &Secret<[u8; 32]>) -> anyhow::Result<Self> {
+        Ok(match alg {
+            HashAlgorithm::Sha256 => Verifier::Sha256(sha256(secret.expose())),
+            HashAlgorithm::Argon2id => {
+                let phc = Argon2::default()
+                    .hash_password(secret.expose())
+                    .map_err(|e| anyhow::anyhow!("argon2id hashing failed: {e}"))?;
+                Verifier::Argon2id(phc.to_string())
+            }
+        })
+    }
+
+    pub fn algorithm(&self) -> HashAlgorithm {
+        match self {
+            Verifier::Sha256(_) => HashAlgorithm::Sha256,
+            Verifier::Argon2id(_) => HashAlgorithm::Argon2id,
+        }
+    }
+
+    /// Checks `secret` against this verifier. SHA-256 compares in constant time; Argon2id costs
+    /// its full work factor (call it from a blocking thread).
+    pub fn matches(&self, secret: &Secret<[u8; 32]>) -> bool {
+        match self {
+            Verifier::Sha256(d) => digest_eq(d, &sha256(secret.expose())),
+            Verifier::Argon2id(phc) => match PasswordHash::new(phc) {
+                Ok(parsed) => Argon2::default()
+                    .verify_password(secret.expose(), &parsed)
+                    .is_ok(),
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// The self-describing string stored in the database.
+    pub fn encode(&self) -> String {
+        match self {
+            Verifier::Sha256(d) => {
+                let mut s = String::with_capacity(7 + 64);
+                s.push_str("sha256:");
+                for b in d {
+                    s.push_str(&format!("{b:02x}"));
+                }
+                s
+            }
+            Verifier::Argon2id(phc) => phc.clone(),
+        }
+    }
+}
+
+impl FromStr for Verifier {
+    type Err = BadVerifier;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(hex) = s.strip_prefix("sha256:") {
+            if hex.len() != 64 {
+                return Err(BadVerifier);
+            }
+            let mut d = [0u8; 32];
+            for (i, byte) in d.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| BadVerifier)?;
+            }
+            Ok(Verifier::Sha256(d))
+        } else if s.starts_with("$argon2id$") {
+            PasswordHash::new(s).map_err(|_| BadVerifier)?;
+            Ok(Verifier::Argon2id(s.to_string()))
+        } else {
+            Err(BadVerifier)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(b: u8) -> Secret<[u8; 32]> {
+        Secret::new([b; 32])
+    }
+
+    #[test]
+    fn sha256_verifier_matches_only_its_secret_and_round_trips() {
+        let v = Verifier::compute(HashAlgorithm::Sha256, &secret(1)).unwrap();
+        assert!(v.matches(&secret(1)));
+        assert!(!v.matches(&secret(2)));
+        let enc = v.encode();
+        assert!(enc.starts_with("sha256:"));
+        assert_eq!(enc.parse::<Verifier>().unwrap(), v);
+    }
+
+    #[test]
+    fn argon2id_verifier_is_a_phc_string_that_matches_only_its_secret() {
+        let v = Verifier::compute(HashAlgorithm::Argon2id, &secret(3)).unwrap();
+        let enc = v.encode();
+        assert!(enc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{enc}");
+        assert!(v.matches(&secret(3)));
+        assert!(!v.matches(&secret(4)));
+        assert_eq!(enc.parse::<Verifier>().unwrap(), v);
+    }
+
+    #[test]
+    fn corrupt_verifiers_are_rejected() {
+        for bad in ["", "sha256:", "sha256:zz", "md5:abcd", "$argon2id$garbage", &format!("sha256:{}", "g".repeat(64))] {
+            assert!(bad.parse::<Verifier>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_the_digest() {
+        let v = Verifier::compute(HashAlgorithm::Sha256, &secret(5)).unwrap();
+        let enc = v.encode();
+        assert!(!format!("{v:?}").contains(&enc[7..]));
+    }
+}

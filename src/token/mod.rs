@@ -1,0 +1,12 @@
+//! The token core: wire format, generation, parsing, verifiers and permissions.
+//! Pure functions and newtypes; no I/O.
+
+pub mod format;
+pub mod hash;
+pub mod permissions;
+pub mod secret;
+
+pub use format::{InvalidToken, ParsedToken, Prefix, TokenKind};
+pub use hash::{HashAlgorithm, Verifier};
+pub use permissions::{Permissions, ScopeRegistry};
+pub use secret::Secret;

@@ -1,0 +1,378 @@
+//! The 64-bit permission bitmap and the names of its bits.
+//!
+//! Bits 0-15 are the authority's own (`tokens:create` ... `platform:admin`, the rest reserved);
+//! bits 16-63 are the deployment's scopes, declared in the config file together with named
+//! composites (a name that stands for several bits).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+
+/// A set of permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Permissions(u64);
+
+impl Permissions {
+    pub const NONE: Permissions = Permissions(0);
+    pub const TOKENS_CREATE: Permissions = Permissions(1 << 0);
+    pub const TOKENS_REVOKE: Permissions = Permissions(1 << 1);
+    pub const TOKENS_READ: Permissions = Permissions(1 << 2);
+    pub const TOKENS_ROTATE: Permissions = Permissions(1 << 3);
+    pub const AUDIT_READ: Permissions = Permissions(1 << 4);
+    /// Acts on every token of its org, not only on the ones its holder created.
+    pub const ORG_ADMIN: Permissions = Permissions(1 << 5);
+    /// Acts in every org and holds every bit.
+    pub const PLATFORM_ADMIN: Permissions = Permissions(1 << 6);
+    /// Every named system bit (0-6): what a bootstrap admin token carries.
+    pub const ALL_SYSTEM: Permissions = Permissions(0x7f);
+    /// Bits 7-15: reserved for the authority's future use, never grantable.
+    pub const RESERVED: Permissions = Permissions(0xff80);
+
+    pub const fn from_bits(bits: u64) -> Self {
+        Permissions(bits)
+    }
+
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+
+    pub const fn contains(self, other: Permissions) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub const fn intersects(self, other: Permissions) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub const fn union(self, other: Permissions) -> Permissions {
+        Permissions(self.0 | other.0)
+    }
+
+    /// The bits of `self` that are not in `other`.
+    pub const fn minus(self, other: Permissions) -> Permissions {
+        Permissions(self.0 & !other.0)
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+const SYSTEM_NAMES: [(&str, u32); 7] = [
+    ("tokens:create", 0),
+    ("tokens:revoke", 1),
+    ("tokens:read", 2),
+    ("tokens:rotate", 3),
+    ("audit:read", 4),
+    ("org:admin", 5),
+    ("platform:admin", 6),
+];
+
+/// The scopes section of the config file (`--config FILE`, TOML):
+///
+/// ```toml
+/// [[scopes]]
+/// name = "runs:read"
+/// bit = 16
+///
+/// [[scopes]]
+/// name = "billing:write"
+/// bit = 17
+/// admin_only = true          # granting it needs org:admin
+///
+/// [composites]
+/// "runs:all" = ["runs:read", "runs:write"]
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    #[serde(default)]
+    pub scopes: Vec<ScopeDecl>,
+    #[serde(default)]
+    pub composites: BTreeMap<String, Vec<String>>,
+}
+
+/// One custom scope: a name on one of bits 16-63.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeDecl {
+    pub name: String,
+    pub bit: u32,
+    #[serde(default)]
+    pub admin_only: bool,
+}
+
+/// Why a requested set of scopes or bits was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    #[error("unknown scope {0:?}")]
+    UnknownScope(String),
+    #[error("permission bits {0:#x} are not assigned to any scope")]
+    UnknownBits(u64),
+}
+
+/// The names of every bit and composite of this deployment. Built once from config.
+#[derive(Debug, Clone)]
+pub struct ScopeRegistry {
+    by_name: HashMap<String, Permissions>,
+    bit_names: Vec<Option<String>>,
+    assigned: Permissions,
+    admin_only: Permissions,
+}
+
+fn valid_scope_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b':' | b'_' | b'-' | b'.')
+        })
+}
+
+impl Default for ScopeRegistry {
+    fn default() -> Self {
+        Self::new(&ScopeConfig::default()).expect("the system scopes are valid")
+    }
+}
+
+impl ScopeRegistry {
+    /// Builds the registry from the config's scopes and composites.
+    ///
+    /// # Errors
+    /// A message naming the offending entry for: a bit outside 16-63, a bit or name used twice,
+    /// a name that is not `[a-z][a-z0-9:_.-]*` (at most 64), a composite naming an unknown scope.
+    pub fn new(cfg: &ScopeConfig) -> Result<Self, String> {
+        let mut by_name = HashMap::new();
+        let mut bit_names = vec![None; 64];
+        for (name, bit) in SYSTEM_NAMES {
+            by_name.insert(name.to_string(), Permissions(1 << bit));
+            bit_names[bit as usize] = Some(name.to_string());
+        }
+        let mut assigned = Permissions::ALL_SYSTEM;
+        let mut admin_only = Permissions::NONE;
+        for decl in &cfg.scopes {
+            if !(16..=63).contains(&decl.bit) {
+                return Err(format!("scope {:?}: bit {} is outside 16-63", decl.name, decl.bit));
+            }
+            if !valid_scope_name(&decl.name) {
+                return Err(format!("scope name {:?} must match [a-z][a-z0-9:_.-]*", decl.name));
+            }
+            if by_name.contains_key(&decl.name) {
+                return Err(format!("scope name {:?} is declared twice", decl.name));
+            }
+            let p = Permissions(1 << decl.bit);
+            if assigned.intersects(p) {
+                return Err(format!("bit {} is declared twice", decl.bit));
+            }
+            assigned = assigned.union(p);
+            if decl.admin_only {
+                admin_only = admin_only.union(p);
+            }
+            by_name.insert(decl.name.clone(), p);
+            bit_names[decl.bit as usize] = Some(decl.name.clone());
+        }
+        for (name, members) in &cfg.composites {
+            if !valid_scope_name(name) {
+                return Err(format!("composite name {name:?} must match [a-z][a-z0-9:_.-]*"));
+            }
+            if by_name.contains_key(name) {
+                return Err(format!("composite name {name:?} is already a scope"));
+            }
+            let mut p = Permissions::NONE;
+            for m in members {
+                // Composites may only name single scopes, so there are no cycles to worry about.
+                let Some(bit) = bit_names.iter().position(|n| n.as_deref() == Some(m)) else {
+                    return Err(format!("composite {name:?} names unknown scope {m:?}"));
+                };
+                p = p.union(Permissions(1 << bit));
+            }
+            by_name.insert(name.clone(), p);
+        }
+        Ok(Self {
+            by_name,
+            bit_names,
+            assigned,
+            admin_only,
+        })
+    }
+
+    /// The bits that the given names (scopes or composites) stand for.
+    ///
+    /// # Errors
+    /// [`ScopeError::UnknownScope`] for the first name that is neither.
+    pub fn resolve<S: AsRef<str>>(&self, names: &[S]) -> Result<Permissions, ScopeError> {
+        let mut p = Permissions::NONE;
+        for n in names {
+            let n = n.as_ref();
+            let bits = self
+                .by_name
+                .get(n)
+                .ok_or_else(|| ScopeError::UnknownScope(n.to_string()))?;
+            p = p.union(*bits);
+        }
+        Ok(p)
+    }
+
+    /// Checks that every bit of `p` has a name in this deployment.
+    ///
+    /// # Errors
+    /// [`ScopeError::UnknownBits`] with the unassigned bits.
+    pub fn check_assigned(&self, p: Permissions) -> Result<(), ScopeError> {
+        let unknown = p.minus(self.assigned);
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(ScopeError::UnknownBits(unknown.bits()))
+        }
+    }
+
+    /// The names of the bits set in `p`, lowest bit first. Composites are never listed; a bit
+    /// with no name (declared once, then removed from config) shows as `bit:N`.
+    pub fn names(&self, p: Permissions) -> Vec<String> {
+        (0..64)
+            .filter(|b| p.bits() & (1u64 << b) != 0)
+            .map(|b| {
+                self.bit_names[b]
+                    .clone()
+                    .unwrap_or_else(|| format!("bit:{b}"))
+            })
+            .collect()
+    }
+
+    /// The scopes that only a holder of `org:admin` may grant.
+    pub fn admin_only(&self) -> Permissions {
+        self.admin_only
+    }
+}
+
+/// Why a grant was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantError {
+    /// The grantor does not hold these bits itself.
+    NotHeld(Permissions),
+    /// These admin-only scopes need `org:admin`.
+    AdminOnly(Permissions),
+}
+
+/// The rule that a grantor hands out only what it holds. `held` is the grantor's effective set
+/// (a `platform:admin` holds every bit); admin-only scopes additionally need `org:admin`.
+///
+/// # Errors
+/// [`GrantError`] naming the offending bits.
+pub fn check_grant(
+    held: Permissions,
+    requested: Permissions,
+    admin_only: Permissions,
+) -> Result<(), GrantError> {
+    let missing = requested.minus(held);
+    if !missing.is_empty() {
+        return Err(GrantError::NotHeld(missing));
+    }
+    let needs_admin = Permissions(requested.bits() & admin_only.bits());
+    if !needs_admin.is_empty() && !held.contains(Permissions::ORG_ADMIN) {
+        return Err(GrantError::AdminOnly(needs_admin));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> ScopeRegistry {
+        let cfg: ScopeConfig = toml::from_str(
+            r#"
+            [[scopes]]
+            name = "runs:read"
+            bit = 16
+            [[scopes]]
+            name = "runs:write"
+            bit = 17
+            [[scopes]]
+            name = "billing:write"
+            bit = 63
+            admin_only = true
+            [composites]
+            "runs:all" = ["runs:read", "runs:write"]
+            "#,
+        )
+        .unwrap();
+        ScopeRegistry::new(&cfg).unwrap()
+    }
+
+    #[test]
+    fn system_names_map_to_their_bits() {
+        let r = ScopeRegistry::default();
+        assert_eq!(r.resolve(&["tokens:create"]).unwrap(), Permissions::TOKENS_CREATE);
+        assert_eq!(r.resolve(&["platform:admin"]).unwrap().bits(), 1 << 6);
+        assert_eq!(r.names(Permissions::ALL_SYSTEM).len(), 7);
+        assert_eq!(
+            r.names(Permissions::TOKENS_READ.union(Permissions::AUDIT_READ)),
+            vec!["tokens:read", "audit:read"]
+        );
+    }
+
+    #[test]
+    fn custom_scopes_and_composites_convert_both_ways() {
+        let r = registry();
+        let all = r.resolve(&["runs:all"]).unwrap();
+        assert_eq!(all.bits(), (1 << 16) | (1 << 17));
+        assert_eq!(r.names(all), vec!["runs:read", "runs:write"]);
+        let p = r.resolve(&["billing:write", "tokens:read"]).unwrap();
+        assert_eq!(p.bits(), (1u64 << 63) | 4);
+        assert_eq!(r.resolve(&r.names(p)).unwrap(), p);
+        assert_eq!(
+            r.resolve(&["nope"]).unwrap_err(),
+            ScopeError::UnknownScope("nope".into())
+        );
+    }
+
+    #[test]
+    fn unassigned_and_reserved_bits_are_reported() {
+        let r = registry();
+        assert!(r.check_assigned(Permissions::from_bits(1 << 16)).is_ok());
+        assert_eq!(
+            r.check_assigned(Permissions::from_bits((1 << 20) | (1 << 8))),
+            Err(ScopeError::UnknownBits((1 << 20) | (1 << 8)))
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_reason() {
+        let cases = [
+            ("[[scopes]]\nname = \"a\"\nbit = 3", "outside 16-63"),
+            ("[[scopes]]\nname = \"a\"\nbit = 64", "outside 16-63"),
+            ("[[scopes]]\nname = \"A b\"\nbit = 20", "must match"),
+            ("[[scopes]]\nname = \"tokens:read\"\nbit = 20", "twice"),
+            ("[[scopes]]\nname = \"a\"\nbit = 20\n[[scopes]]\nname = \"b\"\nbit = 20", "twice"),
+            ("[composites]\n\"x\" = [\"missing\"]", "unknown scope"),
+        ];
+        for (src, want) in cases {
+            let cfg: ScopeConfig = toml::from_str(src).unwrap();
+            let err = ScopeRegistry::new(&cfg).unwrap_err();
+            assert!(err.contains(want), "{src}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_grantor_grants_only_bits_it_holds() {
+        let held = Permissions::TOKENS_CREATE.union(Permissions::TOKENS_READ);
+        assert!(check_grant(held, Permissions::TOKENS_READ, Permissions::NONE).is_ok());
+        assert_eq!(
+            check_grant(held, Permissions::TOKENS_REVOKE.union(Permissions::TOKENS_READ), Permissions::NONE),
+            Err(GrantError::NotHeld(Permissions::TOKENS_REVOKE))
+        );
+    }
+
+    #[test]
+    fn admin_only_scopes_need_org_admin_even_when_held() {
+        let billing = Permissions::from_bits(1 << 63);
+        let held = billing.union(Permissions::TOKENS_CREATE);
+        assert_eq!(
+            check_grant(held, billing, billing),
+            Err(GrantError::AdminOnly(billing))
+        );
+        assert!(check_grant(held.union(Permissions::ORG_ADMIN), billing, billing).is_ok());
+    }
+}
