@@ -34,7 +34,11 @@ pub enum LogFormat {
 #[derive(Debug, Args)]
 pub struct CommonArgs {
     /// Database URL: `sqlite://PATH` (created if missing) or `postgres://...`.
-    #[arg(long, env = "LATCHKEY_DATABASE_URL", default_value = "sqlite://latchkey-data/latchkey.db")]
+    #[arg(
+        long,
+        env = "LATCHKEY_DATABASE_URL",
+        default_value = "sqlite://latchkey-data/latchkey.db"
+    )]
     pub database_url: String,
 
     /// TOML file declaring custom scopes (bits 16-63) and composites.

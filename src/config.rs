@@ -21,10 +21,9 @@ pub fn load_scopes(path: Option<&Path>) -> anyhow::Result<ScopeRegistry> {
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
-    let cfg: ScopeConfig = toml::from_str(&text)
-        .with_context(|| format!("parsing config file {}", path.display()))?;
-    ScopeRegistry::new(&cfg)
-        .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    let cfg: ScopeConfig =
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+    ScopeRegistry::new(&cfg).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
 }
 
 /// The service settings shared by `serve` and `bootstrap`.

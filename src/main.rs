@@ -24,7 +24,9 @@ async fn main() -> anyhow::Result<()> {
                 store::connect(&args.common.database_url).await?,
                 config::authority_config(&args.common)?,
             );
-            let out = authority.bootstrap(&args.org_name, SystemClock.now()).await?;
+            let out = authority
+                .bootstrap(&args.org_name, SystemClock.now())
+                .await?;
             eprintln!(
                 "{} org {:?} ({}); admin token {} follows on stdout. It will not be shown again.",
                 if out.created_org { "created" } else { "using" },

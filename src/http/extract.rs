@@ -22,7 +22,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::BytesRejection(r)) if r.status() == 413 => Err(Error::PayloadTooLarge),
+            Err(JsonRejection::BytesRejection(r)) if r.status() == 413 => {
+                Err(Error::PayloadTooLarge)
+            }
             Err(JsonRejection::MissingJsonContentType(_)) => Err(Error::invalid(
                 "expected a JSON body with Content-Type: application/json",
             )),
@@ -91,9 +93,15 @@ pub struct Authenticated(pub Caller);
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(Error::Unauthenticated)?;
-        let principal = state.authority.authenticate(token, state.clock.now()).await?;
+        let principal = state
+            .authority
+            .authenticate(token, state.clock.now())
+            .await?;
         let Meta(meta) = Meta::from_request_parts(parts, state).await?;
         Ok(Authenticated(Caller { principal, meta }))
     }

@@ -109,6 +109,7 @@ pub fn router(
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
                 })
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                // Per-request lines at DEBUG: the verify path runs millions of times a day.
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
         )
 }

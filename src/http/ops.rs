@@ -22,7 +22,10 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if s.authority.ready().await {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable" })),
+        )
     }
 }
 

@@ -30,7 +30,10 @@ pub async fn create_token(
     Authenticated(caller): Authenticated,
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), Error> {
-    let created = s.authority.create_token(&caller, req, s.clock.now()).await?;
+    let created = s
+        .authority
+        .create_token(&caller, req, s.clock.now())
+        .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -49,7 +52,9 @@ pub async fn list_tokens(
     Authenticated(caller): Authenticated,
     ApiQuery(req): ApiQuery<ListTokensRequest>,
 ) -> Result<Json<TokenPage>, Error> {
-    Ok(Json(s.authority.list_tokens(&caller, req, s.clock.now()).await?))
+    Ok(Json(
+        s.authority.list_tokens(&caller, req, s.clock.now()).await?,
+    ))
 }
 
 /// One token's metadata.
@@ -68,7 +73,11 @@ pub async fn get_token(
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(scope): ApiQuery<OrgScope>,
 ) -> Result<Json<TokenView>, Error> {
-    Ok(Json(s.authority.get_token(&caller, scope, id, s.clock.now()).await?))
+    Ok(Json(
+        s.authority
+            .get_token(&caller, scope, id, s.clock.now())
+            .await?,
+    ))
 }
 
 /// Revoke a token, at once. Revoking a revoked token succeeds and changes nothing.
@@ -87,7 +96,11 @@ pub async fn revoke_token(
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(scope): ApiQuery<OrgScope>,
 ) -> Result<Json<TokenView>, Error> {
-    Ok(Json(s.authority.revoke_token(&caller, scope, id, s.clock.now()).await?))
+    Ok(Json(
+        s.authority
+            .revoke_token(&caller, scope, id, s.clock.now())
+            .await?,
+    ))
 }
 
 /// Revoke the bearer token itself. Needs no permission.
@@ -100,5 +113,7 @@ pub async fn revoke_current_token(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
 ) -> Result<Json<TokenView>, Error> {
-    Ok(Json(s.authority.revoke_current(&caller, s.clock.now()).await?))
+    Ok(Json(
+        s.authority.revoke_current(&caller, s.clock.now()).await?,
+    ))
 }

@@ -67,7 +67,9 @@ impl Principal {
         if self.effective().contains(p) {
             Ok(())
         } else {
-            Err(Error::PermissionDenied(format!("this operation needs the {name} permission")))
+            Err(Error::PermissionDenied(format!(
+                "this operation needs the {name} permission"
+            )))
         }
     }
 

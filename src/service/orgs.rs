@@ -33,8 +33,15 @@ impl Authority {
     ///
     /// # Errors
     /// `permission_denied`, `invalid_argument` for a bad name, `already_exists` for a taken name.
-    pub async fn create_org(&self, caller: &Caller, req: CreateOrgRequest, now: DateTime<Utc>) -> Result<OrgView> {
-        caller.principal.require(Permissions::PLATFORM_ADMIN, "platform:admin")?;
+    pub async fn create_org(
+        &self,
+        caller: &Caller,
+        req: CreateOrgRequest,
+        now: DateTime<Utc>,
+    ) -> Result<OrgView> {
+        caller
+            .principal
+            .require(Permissions::PLATFORM_ADMIN, "platform:admin")?;
         let name = Name::parse("name", req.name)?.into_inner();
         let org = OrgRecord {
             id: Uuid::now_v7(),
@@ -113,7 +120,11 @@ impl Authority {
         }
     }
 
-    async fn bootstrap_new_org(&self, name: String, now: DateTime<Utc>) -> Result<BootstrapOutcome> {
+    async fn bootstrap_new_org(
+        &self,
+        name: String,
+        now: DateTime<Utc>,
+    ) -> Result<BootstrapOutcome> {
         let org = OrgRecord {
             id: Uuid::now_v7(),
             name,
@@ -146,7 +157,11 @@ impl Authority {
         })
     }
 
-    async fn admin_token(&self, org_id: Uuid, now: DateTime<Utc>) -> Result<(crate::store::TokenRecord, Secret<String>)> {
+    async fn admin_token(
+        &self,
+        org_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(crate::store::TokenRecord, Secret<String>)> {
         // The timestamp keeps the name unique among the org's live tokens.
         let name = format!("bootstrap {}", now.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
         self.new_token_record(

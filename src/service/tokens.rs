@@ -63,7 +63,11 @@ impl Authority {
         let registry = &self.config.scopes;
         let mut p = Permissions::from_bits(bits.unwrap_or(0));
         if let Some(names) = scopes {
-            p = p.union(registry.resolve(names).map_err(|e| Error::invalid(e.to_string()))?);
+            p = p.union(
+                registry
+                    .resolve(names)
+                    .map_err(|e| Error::invalid(e.to_string()))?,
+            );
         }
         registry
             .check_assigned(p)
@@ -105,7 +109,16 @@ impl Authority {
 
         let kind = TokenKind::from(req.kind);
         let (record, plaintext) = self
-            .new_token_record(org_id, name.into_inner(), kind, permissions, expires_at, metadata, p.actor(), now)
+            .new_token_record(
+                org_id,
+                name.into_inner(),
+                kind,
+                permissions,
+                expires_at,
+                metadata,
+                p.actor(),
+                now,
+            )
             .await?;
         let event = audit::event(
             org_id,
@@ -177,7 +190,12 @@ impl Authority {
     }
 
     /// Loads a token the caller may see, or the uniform not-found.
-    async fn reachable_token(&self, caller: &Caller, org: Option<Uuid>, id: Uuid) -> Result<TokenRecord> {
+    async fn reachable_token(
+        &self,
+        caller: &Caller,
+        org: Option<Uuid>,
+        id: Uuid,
+    ) -> Result<TokenRecord> {
         let org_id = self.target_org(&caller.principal, org).await?;
         match self.store.get_token(id).await? {
             Some(t) if t.org_id == org_id && caller.principal.reaches(&t) => Ok(t),
@@ -196,7 +214,9 @@ impl Authority {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<TokenView> {
-        caller.principal.require(Permissions::TOKENS_READ, "tokens:read")?;
+        caller
+            .principal
+            .require(Permissions::TOKENS_READ, "tokens:read")?;
         let t = self.reachable_token(caller, scope.org_id, id).await?;
         Ok(self.view(&t, now))
     }
@@ -265,7 +285,9 @@ impl Authority {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<TokenView> {
-        caller.principal.require(Permissions::TOKENS_REVOKE, "tokens:revoke")?;
+        caller
+            .principal
+            .require(Permissions::TOKENS_REVOKE, "tokens:revoke")?;
         let t = self.reachable_token(caller, scope.org_id, id).await?;
         self.revoke(caller, t, now).await
     }
@@ -282,7 +304,12 @@ impl Authority {
         self.revoke(caller, t, now).await
     }
 
-    async fn revoke(&self, caller: &Caller, t: TokenRecord, now: DateTime<Utc>) -> Result<TokenView> {
+    async fn revoke(
+        &self,
+        caller: &Caller,
+        t: TokenRecord,
+        now: DateTime<Utc>,
+    ) -> Result<TokenView> {
         let event = audit::event(
             t.org_id,
             caller.principal.actor(),
@@ -310,12 +337,16 @@ fn expiry(
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>> {
     match (expires_at, ttl_seconds) {
-        (Some(_), Some(_)) => Err(Error::invalid("give at most one of expires_at and ttl_seconds")),
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "give at most one of expires_at and ttl_seconds",
+        )),
         (Some(at), None) => {
             if at <= now {
                 Err(Error::invalid("expires_at must be in the future"))
             } else if at - now > TimeDelta::seconds(MAX_TTL_SECONDS) {
-                Err(Error::invalid("expires_at must be at most 10 years from now"))
+                Err(Error::invalid(
+                    "expires_at must be at most 10 years from now",
+                ))
             } else {
                 // Stored with microsecond precision, like every timestamp.
                 Ok(DateTime::from_timestamp_micros(at.timestamp_micros()))
@@ -339,7 +370,9 @@ fn check_metadata(m: Option<serde_json::Value>) -> Result<Option<serde_json::Val
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v @ serde_json::Value::Object(_)) => {
             if v.to_string().len() > MAX_METADATA_BYTES {
-                Err(Error::invalid("metadata must be at most 4096 bytes of JSON"))
+                Err(Error::invalid(
+                    "metadata must be at most 4096 bytes of JSON",
+                ))
             } else {
                 Ok(Some(v))
             }
@@ -356,18 +389,29 @@ mod tests {
     fn expiry_accepts_one_future_form_and_refuses_the_rest() {
         let now = Utc::now();
         assert_eq!(expiry(None, None, now).unwrap(), None);
-        assert_eq!(expiry(None, Some(60), now).unwrap(), Some(now + TimeDelta::seconds(60)));
+        assert_eq!(
+            expiry(None, Some(60), now).unwrap(),
+            Some(now + TimeDelta::seconds(60))
+        );
         assert!(expiry(None, Some(0), now).is_err());
         assert!(expiry(None, Some(-5), now).is_err());
         assert!(expiry(None, Some(MAX_TTL_SECONDS + 1), now).is_err());
         assert!(expiry(Some(now), None, now).is_err());
         assert!(expiry(Some(now + TimeDelta::days(1)), Some(5), now).is_err());
-        assert!(expiry(Some(now + TimeDelta::days(1)), None, now).unwrap().is_some());
+        assert!(
+            expiry(Some(now + TimeDelta::days(1)), None, now)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
     fn metadata_must_be_a_small_object() {
-        assert!(check_metadata(Some(json!({"team": "a"}))).unwrap().is_some());
+        assert!(
+            check_metadata(Some(json!({"team": "a"})))
+                .unwrap()
+                .is_some()
+        );
         assert!(check_metadata(Some(json!([1, 2]))).is_err());
         assert!(check_metadata(Some(json!("x"))).is_err());
         let big = "x".repeat(MAX_METADATA_BYTES);

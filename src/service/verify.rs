@@ -138,7 +138,11 @@ impl Authority {
         Ok(Some(entry))
     }
 
-    async fn secret_matches(&self, entry: &CachedToken, secret: &crate::token::Secret<[u8; 32]>) -> Result<bool> {
+    async fn secret_matches(
+        &self,
+        entry: &CachedToken,
+        secret: &crate::token::Secret<[u8; 32]>,
+    ) -> Result<bool> {
         match &entry.verifier {
             Verifier::Sha256(d) => Ok(hash::digest_eq(d, &hash::sha256(secret.expose()))),
             Verifier::Argon2id(_) => {
@@ -170,7 +174,11 @@ impl Authority {
     ///
     /// # Errors
     /// Only `internal` (database unreachable, corrupt row).
-    pub async fn check_token(&self, presented: &str, now: DateTime<Utc>) -> Result<Option<AuthenticatedToken>> {
+    pub async fn check_token(
+        &self,
+        presented: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AuthenticatedToken>> {
         let Ok(parsed) = format::parse(&self.config.prefix, presented) else {
             return Ok(None);
         };
@@ -241,7 +249,8 @@ impl Authority {
             VerifyCode::RateLimited => "rate_limited",
         };
         metrics::counter!("latchkey_verify_total", "result" => result).increment(1);
-        metrics::histogram!("latchkey_verify_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("latchkey_verify_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(res)
     }
 

@@ -103,11 +103,12 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let file = opts.get_filename().to_path_buf();
-        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if file.as_path() != Path::new(":memory:") && !dir.exists() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating database folder {}", dir.display()))?;
-            }
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+            && file.as_path() != Path::new(":memory:")
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating database folder {}", dir.display()))?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -126,7 +127,10 @@ impl SqliteStore {
     }
 }
 
-async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[AuditRecord]) -> StoreResult<()> {
+async fn insert_events(
+    tx: &mut Transaction<'_, Sqlite>,
+    events: &[AuditRecord],
+) -> StoreResult<()> {
     for e in events {
         sqlx::query(
             "INSERT INTO audit_events (id, org_id, occurred_at, actor, action, token_id, ip, \
@@ -199,7 +203,10 @@ async fn insert_token_row(
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(other)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(other)?;
         Ok(())
     }
 

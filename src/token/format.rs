@@ -22,7 +22,8 @@ pub const CHECKSUM_LEN: usize = 6;
 const UUID_LEN: usize = 36;
 const MAX_PREFIX_LEN: usize = 16;
 /// The longest string that can be a token (with a 16-character prefix).
-pub const MAX_TOKEN_LEN: usize = MAX_PREFIX_LEN + 1 + 3 + 1 + UUID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+pub const MAX_TOKEN_LEN: usize =
+    MAX_PREFIX_LEN + 1 + 3 + 1 + UUID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -56,11 +57,14 @@ impl FromStr for Prefix {
         let ok = !b.is_empty()
             && b.len() <= MAX_PREFIX_LEN
             && b[0].is_ascii_lowercase()
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if ok {
             Ok(Self(s.to_string()))
         } else {
-            Err(format!("token prefix must match [a-z][a-z0-9]{{0,15}}, got {s:?}"))
+            Err(format!(
+                "token prefix must match [a-z][a-z0-9]{{0,15}}, got {s:?}"
+            ))
         }
     }
 }
@@ -330,7 +334,10 @@ mod tests {
         let t = generate(&ibex, TokenKind::Pat).unwrap();
         assert!(t.plaintext.expose().starts_with("ibex_pat_"));
         assert!(parse(&ibex, t.plaintext.expose()).is_ok());
-        assert_eq!(parse(&lk(), t.plaintext.expose()).unwrap_err(), InvalidToken);
+        assert_eq!(
+            parse(&lk(), t.plaintext.expose()).unwrap_err(),
+            InvalidToken
+        );
     }
 
     #[test]
@@ -364,7 +371,14 @@ mod tests {
             t.replace('_', "-"),
             format!(" {t}"),
             format!("{t} "),
-            format!("{body}{}", if checksum == "000000" { "000001" } else { "000000" }),
+            format!(
+                "{body}{}",
+                if checksum == "000000" {
+                    "000001"
+                } else {
+                    "000000"
+                }
+            ),
             t.replacen('l', "ł", 1),
             "x".repeat(MAX_TOKEN_LEN + 1),
         ];

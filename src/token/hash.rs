@@ -173,7 +173,14 @@ mod tests {
 
     #[test]
     fn corrupt_verifiers_are_rejected() {
-        for bad in ["", "sha256:", "sha256:zz", "md5:abcd", "$argon2id$garbage", &format!("sha256:{}", "g".repeat(64))] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:zz",
+            "md5:abcd",
+            "$argon2id$garbage",
+            &format!("sha256:{}", "g".repeat(64)),
+        ] {
             assert!(bad.parse::<Verifier>().is_err(), "{bad:?}");
         }
     }

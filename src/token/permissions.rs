@@ -153,10 +153,16 @@ impl ScopeRegistry {
         let mut admin_only = Permissions::NONE;
         for decl in &cfg.scopes {
             if !(16..=63).contains(&decl.bit) {
-                return Err(format!("scope {:?}: bit {} is outside 16-63", decl.name, decl.bit));
+                return Err(format!(
+                    "scope {:?}: bit {} is outside 16-63",
+                    decl.name, decl.bit
+                ));
             }
             if !valid_scope_name(&decl.name) {
-                return Err(format!("scope name {:?} must match [a-z][a-z0-9:_.-]*", decl.name));
+                return Err(format!(
+                    "scope name {:?} must match [a-z][a-z0-9:_.-]*",
+                    decl.name
+                ));
             }
             if by_name.contains_key(&decl.name) {
                 return Err(format!("scope name {:?} is declared twice", decl.name));
@@ -174,7 +180,9 @@ impl ScopeRegistry {
         }
         for (name, members) in &cfg.composites {
             if !valid_scope_name(name) {
-                return Err(format!("composite name {name:?} must match [a-z][a-z0-9:_.-]*"));
+                return Err(format!(
+                    "composite name {name:?} must match [a-z][a-z0-9:_.-]*"
+                ));
             }
             if by_name.contains_key(name) {
                 return Err(format!("composite name {name:?} is already a scope"));
@@ -304,7 +312,10 @@ mod tests {
     #[test]
     fn system_names_map_to_their_bits() {
         let r = ScopeRegistry::default();
-        assert_eq!(r.resolve(&["tokens:create"]).unwrap(), Permissions::TOKENS_CREATE);
+        assert_eq!(
+            r.resolve(&["tokens:create"]).unwrap(),
+            Permissions::TOKENS_CREATE
+        );
         assert_eq!(r.resolve(&["platform:admin"]).unwrap().bits(), 1 << 6);
         assert_eq!(r.names(Permissions::ALL_SYSTEM).len(), 7);
         assert_eq!(
@@ -345,7 +356,10 @@ mod tests {
             ("[[scopes]]\nname = \"a\"\nbit = 64", "outside 16-63"),
             ("[[scopes]]\nname = \"A b\"\nbit = 20", "must match"),
             ("[[scopes]]\nname = \"tokens:read\"\nbit = 20", "twice"),
-            ("[[scopes]]\nname = \"a\"\nbit = 20\n[[scopes]]\nname = \"b\"\nbit = 20", "twice"),
+            (
+                "[[scopes]]\nname = \"a\"\nbit = 20\n[[scopes]]\nname = \"b\"\nbit = 20",
+                "twice",
+            ),
             ("[composites]\n\"x\" = [\"missing\"]", "unknown scope"),
         ];
         for (src, want) in cases {
@@ -360,7 +374,11 @@ mod tests {
         let held = Permissions::TOKENS_CREATE.union(Permissions::TOKENS_READ);
         assert!(check_grant(held, Permissions::TOKENS_READ, Permissions::NONE).is_ok());
         assert_eq!(
-            check_grant(held, Permissions::TOKENS_REVOKE.union(Permissions::TOKENS_READ), Permissions::NONE),
+            check_grant(
+                held,
+                Permissions::TOKENS_REVOKE.union(Permissions::TOKENS_READ),
+                Permissions::NONE
+            ),
             Err(GrantError::NotHeld(Permissions::TOKENS_REVOKE))
         );
     }

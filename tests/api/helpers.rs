@@ -1,0 +1,323 @@
+//! Starting servers for tests: the real binary on a free port with its own SQLite file (and its
+//! logs captured), or the same application in-process with a controllable clock.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use latchkey::clock::{Clock, ManualClock};
+use latchkey::service::{Authority, AuthorityConfig};
+use latchkey::startup::{Application, Settings};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
+
+/// A running server under test. The process is killed (or the task stopped) on drop.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// The bootstrap admin token (platform:admin and every system bit) of the `default` org.
+    pub admin_token: String,
+    pub org_id: Uuid,
+    pub dir: Arc<TempDir>,
+    child: Option<Child>,
+    logs: Arc<Mutex<String>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub clock: Option<Arc<ManualClock>>,
+}
+
+pub fn db_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("latchkey.db").display())
+}
+
+/// Starts the real binary with a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts the real binary with a fresh database and extra `serve` flags.
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let dir = Arc::new(TempDir::new().expect("temp dir"));
+    spawn_binary(dir, extra).await
+}
+
+/// Starts the real binary on the database in `dir` (for restarts).
+pub async fn spawn_binary(dir: Arc<TempDir>, extra: &[&str]) -> TestApp {
+    let url = db_url(dir.path());
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--database-url",
+            &url,
+        ])
+        .args(extra)
+        .env("LATCHKEY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start latchkey");
+    let stderr = child.stderr.take().expect("stderr");
+    let logs = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["fields"]["message"] == "listening"
+                {
+                    let _ = tx.send(v["fields"]["address"].as_str().unwrap_or("").to_string());
+                }
+                let mut l = logs.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap_or_else(|_| panic!("server did not start; logs:\n{}", logs.lock().unwrap()));
+    let admin_token = logs
+        .lock()
+        .unwrap()
+        .lines()
+        .find(|l| !l.starts_with('{') && l.contains("_pat_"))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default();
+    let mut app = TestApp {
+        address: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        admin_token,
+        org_id: Uuid::nil(),
+        dir,
+        child: Some(child),
+        logs,
+        shutdown: None,
+        clock: None,
+    };
+    app.org_id = app
+        .org_of(&app.admin_token.clone())
+        .await
+        .unwrap_or(Uuid::nil());
+    app
+}
+
+/// Runs the application in-process with a [`ManualClock`], for rules that depend on time.
+pub async fn spawn_with_clock() -> TestApp {
+    let dir = Arc::new(TempDir::new().expect("temp dir"));
+    let clock = Arc::new(ManualClock::new());
+    let url = db_url(dir.path());
+    // Bootstrap first, so the token is in hand and the application finds a non-empty database.
+    let authority = Authority::new(
+        latchkey::store::connect(&url).await.unwrap(),
+        AuthorityConfig::default(),
+    );
+    let boot = authority.bootstrap("default", clock.now()).await.unwrap();
+    let settings = Settings {
+        database_url: url,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        authority: AuthorityConfig::default(),
+        usage_flush_interval: Duration::from_millis(100),
+        max_body_bytes: 65_536,
+    };
+    let app = Application::build(settings, clock.clone()).await.unwrap();
+    let addr = app.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        admin_token: boot.plaintext.expose().clone(),
+        org_id: boot.org.id,
+        dir,
+        child: None,
+        logs: Arc::new(Mutex::new(String::new())),
+        shutdown: Some(tx),
+        clock: Some(clock),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    /// Everything the server wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
+    pub fn stop_gracefully(&mut self) -> bool {
+        let mut c = self.child.take().expect("a process-backed app");
+        let status = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        c.wait().expect("wait").success()
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut rb = self
+            .client
+            .request(method, format!("{}{}", self.address, path));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        rb.send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
+        self.request(Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.request(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Sends a raw body with the given content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        self.client
+            .post(format!("{}{}", self.address, path))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a token with `body`, asserting 201; returns (plaintext, token view).
+    pub async fn create_token(&self, token: &str, body: Value) -> (String, Value) {
+        let res = self.post("/v1/tokens", token, body).await;
+        let status = res.status();
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        (
+            v["plaintext"].as_str().unwrap().to_string(),
+            v["token"].clone(),
+        )
+    }
+
+    /// Creates a token with these scopes in the caller's org.
+    pub async fn token_with(&self, token: &str, name: &str, scopes: &[&str]) -> (String, Value) {
+        self.create_token(token, json!({ "name": name, "scopes": scopes }))
+            .await
+    }
+
+    pub async fn verify(&self, token: &str, required: &[&str]) -> Value {
+        let res = self
+            .request(
+                Method::POST,
+                "/v1/tokens/verify",
+                None,
+                Some(json!({ "token": token, "required_scopes": required })),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+
+    async fn org_of(&self, token: &str) -> Option<Uuid> {
+        let v = self.verify(token, &[]).await;
+        v["org_id"].as_str().and_then(|s| s.parse().ok())
+    }
+
+    /// A second org with an org admin token (every system bit but platform:admin).
+    pub async fn second_org(&self, name: &str) -> (Uuid, String) {
+        let res = self
+            .post("/v1/orgs", &self.admin_token, json!({ "name": name }))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let org: Value = res.json().await.unwrap();
+        let org_id: Uuid = org["id"].as_str().unwrap().parse().unwrap();
+        let (t, _) = self
+            .create_token(
+                &self.admin_token,
+                json!({
+                    "org_id": org_id,
+                    "name": "org admin",
+                    "scopes": ["tokens:create", "tokens:read", "tokens:revoke", "tokens:rotate", "audit:read", "org:admin"],
+                }),
+            )
+            .await;
+        (org_id, t)
+    }
+
+    /// Reads a value straight from the database file.
+    pub async fn db_scalar(&self, sql: &'static str, id: &str) -> i64 {
+        use sqlx::Row;
+        let pool = sqlx::SqlitePool::connect(&db_url(self.dir.path()))
+            .await
+            .unwrap();
+        let row = sqlx::query(sql).bind(id).fetch_one(&pool).await.unwrap();
+        let v: i64 = row.try_get(0).unwrap();
+        pool.close().await;
+        v
+    }
+}
+
+/// The JSON error body, asserting the status.
+pub async fn error_of(res: Response, status: StatusCode) -> Value {
+    let got = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    assert_eq!(got, status, "body: {body}");
+    body
+}
+
+/// A well-formed token (right checksum) with the id of `token` but another kind and/or secret.
+pub fn forge(
+    token: &str,
+    kind: Option<latchkey::token::TokenKind>,
+    secret: Option<[u8; 32]>,
+) -> String {
+    use latchkey::token::format;
+    let p = format::parse(&Default::default(), token).expect("a token of this deployment");
+    format::format_token(
+        &Default::default(),
+        kind.unwrap_or(p.kind),
+        p.id,
+        &secret.unwrap_or(*p.secret.expose()),
+    )
+}

@@ -1,0 +1,87 @@
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{forge, spawn_app};
+
+#[tokio::test]
+async fn no_plaintext_token_or_verifier_reaches_the_logs_audit_or_metrics() {
+    // Arrange
+    let app = spawn_app().await;
+    let mut issued = Vec::new();
+
+    // Act: create, use, fail, revoke, and present garbage, valid and invalid tokens.
+    for i in 0..3 {
+        let (t, _) = app
+            .token_with(&app.admin_token, &format!("log {i}"), &["tokens:read"])
+            .await;
+        app.verify(&t, &["tokens:read"]).await;
+        app.verify(&t, &["tokens:create"]).await;
+        app.get("/v1/tokens", &t).await;
+        issued.push(t);
+    }
+    let forged = forge(&issued[0], None, Some([5u8; 32]));
+    app.verify(&forged, &[]).await;
+    app.get("/v1/tokens", &forged).await;
+    app.request(
+        Method::POST,
+        "/v1/tokens",
+        Some(&forged),
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    app.delete("/v1/tokens/current", &issued[2]).await;
+    app.verify(&issued[2], &[]).await;
+    let metrics = app
+        .request(Method::GET, "/metrics", None, None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let verifiers: Vec<String> = {
+        use sqlx::Row;
+        let pool = sqlx::SqlitePool::connect(&crate::helpers::db_url(app.dir.path()))
+            .await
+            .unwrap();
+        let rows = sqlx::query("SELECT verifier FROM tokens")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<String, _>(0)).collect()
+    };
+    let audit: String = {
+        use sqlx::Row;
+        let pool = sqlx::SqlitePool::connect(&crate::helpers::db_url(app.dir.path()))
+            .await
+            .unwrap();
+        let rows = sqlx::query("SELECT actor || action || COALESCE(details, '') || COALESCE(user_agent, '') FROM audit_events")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<String, _>(0)).collect()
+    };
+
+    // Assert: the bootstrap token's one-time line is the only place a token appears.
+    let logs = app.logs();
+    let logs_without_bootstrap: String = logs
+        .lines()
+        .filter(|l| l.trim() != app.admin_token)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        logs.contains("audit event"),
+        "the audit lines are there to be searched"
+    );
+    let secret_part = |t: &str| t[t.len() - 49..t.len() - 6].to_string();
+    for t in issued.iter().chain([&forged, &app.admin_token]) {
+        for haystack in [&logs_without_bootstrap, &metrics, &audit] {
+            assert!(!haystack.contains(t.as_str()));
+            assert!(!haystack.contains(&secret_part(t)));
+        }
+    }
+    for v in &verifiers {
+        let digest = v.trim_start_matches("sha256:");
+        for haystack in [&logs, &metrics, &audit] {
+            assert!(!haystack.contains(digest));
+        }
+    }
+}
