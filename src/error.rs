@@ -49,6 +49,12 @@ impl Error {
         }
     }
 
+    /// The message shown to clients: the `Display` text with anything token-shaped redacted, since
+    /// some messages quote client input (a serde error, an unknown scope name).
+    pub fn public_message(&self) -> String {
+        crate::token::format::redact(&self.to_string())
+    }
+
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
     }

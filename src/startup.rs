@@ -81,6 +81,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop_flusher, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let flusher = {
             let authority = self.authority.clone();
             let every = self.flush_interval;
@@ -88,7 +89,11 @@ impl Application {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    tick.tick().await;
+                    // A flush in progress is never cancelled: only the wait between flushes is.
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = &mut stopped => break,
+                    }
                     if let Err(e) = authority.flush_usage().await {
                         tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
                     }
@@ -102,7 +107,8 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown)
         .await;
-        flusher.abort();
+        let _ = stop_flusher.send(());
+        let _ = flusher.await;
         let flushed = self.authority.flush_usage().await;
         tracing::info!(tokens = flushed.as_ref().ok(), "usage flushed; stopped");
         served.context("serving HTTP")?;

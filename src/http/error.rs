@@ -41,7 +41,7 @@ impl IntoResponse for Error {
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code().to_string(),
-                message: self.to_string(),
+                message: self.public_message(),
             },
         };
         let mut res = (status, Json(body)).into_response();

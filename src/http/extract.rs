@@ -57,7 +57,8 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| ApiPath(p.0))
-            .map_err(|r: PathRejection| Error::invalid(r.body_text()))
+            // A fixed message: the rejection would quote the value, which may be a pasted token.
+            .map_err(|_: PathRejection| Error::invalid("malformed path: expected a UUID"))
     }
 }
 

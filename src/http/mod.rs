@@ -12,8 +12,9 @@ mod verify;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::Request;
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -84,6 +85,16 @@ async fn no_route() -> Error {
     Error::NotFound
 }
 
+async fn wrong_method() -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: "method_not_allowed".into(),
+            message: "this endpoint does not accept that method".into(),
+        },
+    };
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
 /// Builds the REST router. `max_body_bytes` bounds every request body (413 beyond).
 pub fn router(
     authority: Arc<Authority>,
@@ -100,13 +111,18 @@ pub fn router(
     };
     router
         .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(
             TraceLayer::new_for_http()
-                // The path only: a query string is the client's and could hold anything.
+                // The route template, never the raw path or query: a client may paste a token there.
                 .make_span_with(|req: &Request<_>| {
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("<unmatched>", MatchedPath::as_str);
+                    tracing::info_span!("request", method = %req.method(), route = %route)
                 })
                 .on_request(())
                 // Per-request lines at DEBUG: the verify path runs millions of times a day.

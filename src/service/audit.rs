@@ -44,5 +44,8 @@ pub(crate) fn log(e: &AuditRecord) {
         "user_agent": e.user_agent,
         "details": e.details,
     });
-    tracing::info!(target: "latchkey::audit", audit = %line, "audit event");
+    // One JSON object per line on stderr, whatever the log format, so the audit trail can be
+    // shipped and parsed on its own.
+    let line = json!({ "timestamp": Utc::now(), "target": "latchkey::audit", "audit": line });
+    eprintln!("{line}");
 }

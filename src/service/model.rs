@@ -205,20 +205,24 @@ pub enum VerifyCode {
     RateLimited,
 }
 
-/// The answer to every well-formed verification. For `INVALID` only `valid` and `code` are set.
+/// The answer to every well-formed verification. For `INVALID` only `valid` and `code` are
+/// present, one body for every kind of invalid token.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct VerifyResponse {
     pub valid: bool,
     pub code: VerifyCode,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_id: Option<Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub org_id: Option<Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub permissions: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scopes: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(flatten)]
+    pub token: Option<VerifiedToken>,
+}
+
+/// What a verification tells about a genuine token (also with `INSUFFICIENT_PERMISSIONS`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct VerifiedToken {
+    pub token_id: Uuid,
+    pub org_id: Uuid,
+    pub permissions: u64,
+    pub scopes: Vec<String>,
+    /// `null` for a token that does not expire.
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -228,11 +232,7 @@ impl VerifyResponse {
         Self {
             valid: false,
             code: VerifyCode::Invalid,
-            token_id: None,
-            org_id: None,
-            permissions: None,
-            scopes: None,
-            expires_at: None,
+            token: None,
         }
     }
 }

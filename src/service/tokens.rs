@@ -137,6 +137,7 @@ impl Authority {
         self.store
             .insert_token(&record, std::slice::from_ref(&event), now)
             .await?;
+        self.cache.created(record.id);
         audit::log(&event);
         metrics::counter!("latchkey_token_created_total").increment(1);
         Ok(CreatedToken {

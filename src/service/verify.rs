@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::model::{VerifyCode, VerifyRequest, VerifyResponse};
+use super::model::{VerifiedToken, VerifyCode, VerifyRequest, VerifyResponse};
 use super::{Authority, Principal, PrincipalKind};
 use crate::error::{Error, Result};
 use crate::store::{TokenRecord, UsageDelta};
@@ -49,9 +49,12 @@ struct CachedToken {
 /// Bounded cache of tokens by id.
 pub(super) struct TokenCache {
     entries: quick_cache::sync::Cache<Uuid, Arc<CachedToken>>,
+    /// Ids recently looked up and not found, so that well-formed garbage (ids are public and the
+    /// checksum is no secret) does not cost a database read every time.
+    missing: quick_cache::sync::Cache<Uuid, Instant>,
     ttl: Duration,
-    /// Bumped on every invalidation. A load that saw another epoch when it started may have read
-    /// a row older than the invalidation, so it is used once and not cached.
+    /// Bumped on every invalidation. A load during which the epoch moved may have read a row older
+    /// than the invalidation, so it is used once and not cached.
     epoch: AtomicU64,
 }
 
@@ -59,6 +62,7 @@ impl TokenCache {
     pub(super) fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             entries: quick_cache::sync::Cache::new(capacity.max(1)),
+            missing: quick_cache::sync::Cache::new((capacity / 10).max(1)),
             ttl,
             epoch: AtomicU64::new(0),
         }
@@ -68,6 +72,17 @@ impl TokenCache {
         self.entries
             .get(id)
             .filter(|e| e.loaded.elapsed() < self.ttl)
+    }
+
+    fn known_missing(&self, id: &Uuid) -> bool {
+        self.missing
+            .get(id)
+            .is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    /// Forgets that `id` was missing (it has just been created on this node).
+    pub(super) fn created(&self, id: Uuid) {
+        self.missing.remove(&id);
     }
 
     pub(super) fn invalidate(&self, id: Uuid) {
@@ -113,6 +128,7 @@ impl Authority {
     async fn load(&self, id: Uuid) -> Result<Option<Arc<CachedToken>>> {
         let epoch = self.cache.epoch.load(Ordering::SeqCst);
         let Some(t): Option<TokenRecord> = self.store.get_token(id).await? else {
+            self.cache.missing.insert(id, Instant::now());
             return Ok(None);
         };
         let verifier: Verifier = t
@@ -134,6 +150,11 @@ impl Authority {
         });
         if self.cache.epoch.load(Ordering::SeqCst) == epoch {
             self.cache.entries.insert(id, entry.clone());
+            // An invalidation between the check and the insert would find nothing to remove, so
+            // look again: if one happened, the entry may be older than it and must go.
+            if self.cache.epoch.load(Ordering::SeqCst) != epoch {
+                self.cache.entries.remove(&id);
+            }
         }
         Ok(Some(entry))
     }
@@ -184,6 +205,7 @@ impl Authority {
         };
         let entry = match self.cache.get(&parsed.id) {
             Some(e) => e,
+            None if self.cache.known_missing(&parsed.id) => return Ok(None),
             None => match self.load(parsed.id).await? {
                 Some(e) => e,
                 None => return Ok(None),
@@ -211,22 +233,21 @@ impl Authority {
     }
 
     /// Verifies a token for an API that it protects: `VALID`, `INVALID` (one body for every
-    /// kind), or `INSUFFICIENT_PERMISSIONS` when it lacks one of `required_scopes`. The token's own
-    /// bits are compared; `platform:admin` does not stand for downstream scopes.
+    /// kind), or `INSUFFICIENT_PERMISSIONS` when it lacks one of `required_scopes` (an unknown
+    /// scope name is lacked by every token). The token's own bits are compared; `platform:admin`
+    /// does not stand for downstream scopes.
     ///
     /// # Errors
-    /// `invalid_argument` for an unknown required scope; `internal` if the store fails.
+    /// Only `internal`, if the store fails.
     pub async fn verify(&self, req: &VerifyRequest, now: DateTime<Utc>) -> Result<VerifyResponse> {
         let started = Instant::now();
-        let required = self
-            .config
-            .scopes
-            .resolve(&req.required_scopes)
-            .map_err(|e| Error::invalid(format!("required_scopes: {e}")))?;
+        // A scope this deployment does not know is held by no token: the answer is
+        // INSUFFICIENT_PERMISSIONS, as the design keeps 400 for a missing token string only.
+        let required = self.config.scopes.resolve(&req.required_scopes).ok();
         let res = match self.check_token(&req.token, now).await? {
             None => VerifyResponse::invalid(),
             Some(t) => {
-                let ok = t.permissions.contains(required);
+                let ok = required.is_some_and(|r| t.permissions.contains(r));
                 VerifyResponse {
                     valid: ok,
                     code: if ok {
@@ -234,11 +255,13 @@ impl Authority {
                     } else {
                         VerifyCode::InsufficientPermissions
                     },
-                    token_id: Some(t.id),
-                    org_id: Some(t.org_id),
-                    permissions: Some(t.permissions.bits()),
-                    scopes: Some(self.config.scopes.names(t.permissions)),
-                    expires_at: t.expires_at,
+                    token: Some(VerifiedToken {
+                        token_id: t.id,
+                        org_id: t.org_id,
+                        permissions: t.permissions.bits(),
+                        scopes: self.config.scopes.names(t.permissions),
+                        expires_at: t.expires_at,
+                    }),
                 }
             }
         };

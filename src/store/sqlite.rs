@@ -290,32 +290,37 @@ impl Store for SqliteStore {
     }
 
     async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>> {
-        let state = match q.state {
-            None => 0,
-            Some(StateFilter::Active) => 1,
-            Some(StateFilter::Expired) => 2,
-            Some(StateFilter::Revoked) => 3,
-        };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens \
-             WHERE org_id = ?1 \
-               AND (?2 IS NULL OR created_by = ?2) \
-               AND (?3 IS NULL OR id < ?3) \
-               AND (?4 = 0 \
-                 OR (?4 = 1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?5)) \
-                 OR (?4 = 2 AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?5) \
-                 OR (?4 = 3 AND revoked_at IS NOT NULL)) \
-             ORDER BY id DESC LIMIT ?6"
-        )))
-        .bind(q.org_id.to_string())
-        .bind(&q.created_by)
-        .bind(q.before_id.map(|u| u.to_string()))
-        .bind(state)
-        .bind(micros(q.now))
-        .bind(i64::from(q.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?;
+        // Only the filters that are present go into the SQL, so SQLite can pick
+        // tokens_org_creator or tokens_org_id and seek straight to the cursor.
+        let mut qb = sqlx::QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE org_id = "
+        ));
+        qb.push_bind(q.org_id.to_string());
+        if let Some(creator) = &q.created_by {
+            qb.push(" AND created_by = ").push_bind(creator.clone());
+        }
+        if let Some(before) = q.before_id {
+            qb.push(" AND id < ").push_bind(before.to_string());
+        }
+        let now = micros(q.now);
+        match q.state {
+            None => {}
+            Some(StateFilter::Active) => {
+                qb.push(" AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
+                    .push_bind(now)
+                    .push(")");
+            }
+            Some(StateFilter::Expired) => {
+                qb.push(" AND revoked_at IS NULL AND expires_at <= ")
+                    .push_bind(now);
+            }
+            Some(StateFilter::Revoked) => {
+                qb.push(" AND revoked_at IS NOT NULL");
+            }
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
         rows.iter()
             .map(|r| token_from_row(r).map_err(StoreError::Other))
             .collect()

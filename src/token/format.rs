@@ -172,6 +172,38 @@ pub fn display_hint(prefix: &Prefix, kind: TokenKind, id: Uuid) -> String {
     format!("{}_{}_{}…", prefix.as_str(), kind.as_str(), &hex[..8])
 }
 
+/// Replaces every word that looks like a token (`..._pat_...` or `..._svc_...`) with
+/// `[redacted]`. Used on every error message that may quote client input.
+pub fn redact(text: &str) -> String {
+    let is_sep = |c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '"' | '`' | '\'' | ',' | '(' | ')' | '[' | ']' | '{' | '}'
+            )
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains("_pat_") || word.contains("_svc_") {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if is_sep(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 /// Parses a token string of this deployment (`expected` prefix).
 ///
 /// # Errors
@@ -412,6 +444,42 @@ mod tests {
         assert_eq!(decode_secret(&max), Some([0xffu8; 32]));
         assert_eq!(encode_checksum(0), "000000");
         assert_eq!(encode_checksum(u32::MAX).len(), CHECKSUM_LEN);
+    }
+
+    #[test]
+    fn redact_hides_token_shaped_words_and_keeps_the_rest() {
+        let t = sample();
+        let msg =
+            format!("unknown variant `{t}`, expected one of `active`; value \"{t}\" at line 1");
+        let r = redact(&msg);
+        assert!(!r.contains(&t[8..]));
+        assert_eq!(r.matches("[redacted]").count(), 2);
+        assert!(r.contains("expected one of `active`"));
+        assert_eq!(
+            redact("name must be 1-100 characters"),
+            "name must be 1-100 characters"
+        );
+    }
+
+    #[test]
+    fn a_non_base62_secret_character_is_rejected_even_with_a_good_checksum() {
+        let id = Uuid::now_v7();
+        let mut s = format!(
+            "lk_pat_{}_{}-{}",
+            id.hyphenated(),
+            "A".repeat(21),
+            "B".repeat(21)
+        );
+        s.push_str(&encode_checksum(crc32fast::hash(s.as_bytes())));
+        assert_eq!(parse(&lk(), &s).unwrap_err(), InvalidToken);
+    }
+
+    #[test]
+    fn a_version_7_uuid_with_a_foreign_variant_is_rejected_even_with_a_good_checksum() {
+        // Variant bits 110 (Microsoft) instead of 10 (RFC 4122).
+        let id = Uuid::parse_str("0192f3c4-1111-7222-c333-444455556666").unwrap();
+        let t = format_token(&lk(), TokenKind::Pat, id, &[7u8; 32]);
+        assert_eq!(parse(&lk(), &t).unwrap_err(), InvalidToken);
     }
 
     #[test]

@@ -2,7 +2,7 @@ use chrono::TimeDelta;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_with_clock;
+use crate::helpers::{error_of, spawn_with_clock};
 
 #[tokio::test]
 async fn a_token_stops_working_when_the_clock_passes_its_expiry() {
@@ -27,9 +27,13 @@ async fn a_token_stops_working_when_the_clock_passes_its_expiry() {
     // Assert
     assert_eq!(before["code"], "VALID");
     assert_eq!(at, json!({"valid": false, "code": "INVALID"}));
+    let expired_bearer = app.get("/v1/tokens", &t).await;
+    assert_eq!(expired_bearer.headers()["www-authenticate"], "Bearer");
+    let expired_body = error_of(expired_bearer, StatusCode::UNAUTHORIZED).await;
+    let garbage = app.get("/v1/tokens", "garbage").await;
     assert_eq!(
-        app.get("/v1/tokens", &t).await.status(),
-        StatusCode::UNAUTHORIZED
+        expired_body,
+        error_of(garbage, StatusCode::UNAUTHORIZED).await
     );
     let got: Value = app
         .get(&format!("/v1/tokens/{id}"), &app.admin_token)

@@ -42,12 +42,21 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the real binary with a fresh database and extra `serve` flags.
 pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    spawn_app_with_env(extra, &[]).await
+}
+
+/// Starts the real binary with a fresh database, extra flags and environment variables.
+pub async fn spawn_app_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestApp {
     let dir = Arc::new(TempDir::new().expect("temp dir"));
-    spawn_binary(dir, extra).await
+    spawn_binary_env(dir, extra, env).await
 }
 
 /// Starts the real binary on the database in `dir` (for restarts).
 pub async fn spawn_binary(dir: Arc<TempDir>, extra: &[&str]) -> TestApp {
+    spawn_binary_env(dir, extra, &[]).await
+}
+
+async fn spawn_binary_env(dir: Arc<TempDir>, extra: &[&str], env: &[(&str, &str)]) -> TestApp {
     let url = db_url(dir.path());
     let mut child = Command::new(BIN)
         .args([
@@ -61,6 +70,7 @@ pub async fn spawn_binary(dir: Arc<TempDir>, extra: &[&str]) -> TestApp {
         ])
         .args(extra)
         .env("LATCHKEY_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

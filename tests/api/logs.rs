@@ -1,12 +1,12 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{forge, spawn_app};
+use crate::helpers::{forge, spawn_app_with_env};
 
 #[tokio::test]
 async fn no_plaintext_token_or_verifier_reaches_the_logs_audit_or_metrics() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_env(&[], &[("LATCHKEY_LOG", "debug")]).await;
     let mut issued = Vec::new();
 
     // Act: create, use, fail, revoke, and present garbage, valid and invalid tokens.
@@ -21,6 +21,45 @@ async fn no_plaintext_token_or_verifier_reaches_the_logs_audit_or_metrics() {
     }
     let forged = forge(&issued[0], None, Some([5u8; 32]));
     app.verify(&forged, &[]).await;
+    // Tokens pasted where they do not belong: a path, a query, a wrongly typed field, a scope.
+    let mut error_bodies = String::new();
+    for (path, body) in [
+        (format!("/v1/tokens/{}", issued[0]), None),
+        (format!("/v1/tokens?state={}", issued[0]), None),
+        (format!("/v1/tokens?org_id={}", issued[0]), None),
+        (format!("/v1/orgs/{}", issued[0]), None),
+        (
+            "/v1/tokens/verify".to_string(),
+            Some(json!({"token": "x", "required_scopes": issued[0]})),
+        ),
+        (
+            "/v1/tokens/verify".to_string(),
+            Some(json!({"token": issued[0], "extra": issued[0]})),
+        ),
+        (
+            "/v1/tokens".to_string(),
+            Some(json!({"name": "n", "scopes": [issued[0]]})),
+        ),
+        (
+            "/v1/tokens".to_string(),
+            Some(json!({"name": "n", "type": issued[0]})),
+        ),
+        (
+            "/v1/tokens".to_string(),
+            Some(json!({"name": "n", "org_id": issued[0]})),
+        ),
+    ] {
+        let method = if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let res = app
+            .request(method, &path, Some(&app.admin_token), body)
+            .await;
+        assert!(res.status().is_client_error(), "{path}: {}", res.status());
+        error_bodies.push_str(&res.text().await.unwrap());
+    }
     app.get("/v1/tokens", &forged).await;
     app.request(
         Method::POST,
@@ -68,12 +107,12 @@ async fn no_plaintext_token_or_verifier_reaches_the_logs_audit_or_metrics() {
         .collect::<Vec<_>>()
         .join("\n");
     assert!(
-        logs.contains("audit event"),
+        logs.contains("latchkey::audit") && logs.contains("\"route\":\"/v1/tokens/{id}\""),
         "the audit lines are there to be searched"
     );
     let secret_part = |t: &str| t[t.len() - 49..t.len() - 6].to_string();
     for t in issued.iter().chain([&forged, &app.admin_token]) {
-        for haystack in [&logs_without_bootstrap, &metrics, &audit] {
+        for haystack in [&logs_without_bootstrap, &metrics, &audit, &error_bodies] {
             assert!(!haystack.contains(t.as_str()));
             assert!(!haystack.contains(&secret_part(t)));
         }

@@ -1,6 +1,7 @@
 //! Integration tests: the real server over real HTTP.
 
 mod auth;
+mod cache;
 mod cli;
 mod create;
 mod expiry;
@@ -8,6 +9,7 @@ mod helpers;
 mod logs;
 mod ops;
 mod orgs;
+mod quickstart;
 mod read;
 mod revoke;
 mod verify;

@@ -21,6 +21,21 @@ async fn an_unknown_route_is_a_json_404() {
     assert_eq!(v["error"]["code"], "not_found");
 }
 
+#[tokio::test]
+async fn a_wrong_method_is_a_json_405() {
+    let app = spawn_app().await;
+    for (m, path) in [
+        (Method::PUT, "/v1/tokens"),
+        (Method::GET, "/v1/tokens/current"),
+        (Method::GET, "/v1/tokens/verify"),
+    ] {
+        let res = app.request(m, path, None, None).await;
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "method_not_allowed");
+    }
+}
+
 fn counter(metrics: &str, line_prefix: &str) -> f64 {
     metrics
         .lines()

@@ -19,6 +19,29 @@ async fn a_valid_token_verifies_with_its_identity_and_scopes() {
 }
 
 #[tokio::test]
+async fn a_token_without_expiry_verifies_with_expires_at_null() {
+    let app = spawn_app().await;
+    let (t, _) = app.token_with(&app.admin_token, "forever", &[]).await;
+    let v = app.verify(&t, &[]).await;
+    assert_eq!(v["code"], "VALID");
+    assert!(v.as_object().unwrap().contains_key("expires_at"));
+    assert_eq!(v["expires_at"], Value::Null);
+}
+
+#[tokio::test]
+async fn an_unknown_required_scope_is_held_by_no_token() {
+    let app = spawn_app().await;
+    let (t, _) = app
+        .token_with(&app.admin_token, "v", &["tokens:read"])
+        .await;
+    let v = app.verify(&t, &["no:such"]).await;
+    assert_eq!(v["code"], "INSUFFICIENT_PERMISSIONS");
+    assert_eq!(v["valid"], false);
+    let v = app.verify("garbage", &["no:such"]).await;
+    assert_eq!(v, json!({"valid": false, "code": "INVALID"}));
+}
+
+#[tokio::test]
 async fn a_missing_scope_is_insufficient_permissions() {
     let app = spawn_app().await;
     let (t, _) = app
@@ -109,8 +132,9 @@ async fn a_request_without_a_token_string_is_400() {
     for body in [
         json!({}),
         json!({"token": 5}),
+        json!({"token": null}),
         json!({"token": "x", "extra": 1}),
-        json!({"token": "x", "required_scopes": ["no:such"]}),
+        json!({"token": "x", "required_scopes": "tokens:read"}),
     ] {
         let res = app
             .request(Method::POST, "/v1/tokens/verify", None, Some(body.clone()))

@@ -1,0 +1,216 @@
+//! Conversions between protobuf messages and the service's types. Input checks that only
+//! concern the wire (a UUID string, an enum number) live here; every rule stays in `service/`.
+
+use chrono::{DateTime, Utc};
+use prost_types::{ListValue, Struct, Timestamp, Value as PValue, value::Kind};
+use serde_json::{Map, Number, Value};
+use uuid::Uuid;
+
+use super::pb;
+use crate::error::Error;
+use crate::service::model::{
+    CreateTokenRequest, CreatedToken, ListTokensRequest, TokenPage, TokenState, TokenType,
+    TokenView, VerifyCode, VerifyResponse,
+};
+
+pub fn uuid_field(field: &str, s: &str) -> Result<Uuid, Error> {
+    Uuid::try_parse(s).map_err(|_| Error::invalid(format!("{field} is not a valid UUID")))
+}
+
+/// An optional UUID: empty means absent.
+pub fn opt_uuid(field: &str, s: &str) -> Result<Option<Uuid>, Error> {
+    if s.is_empty() { Ok(None) } else { uuid_field(field, s).map(Some) }
+}
+
+pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn from_timestamp(field: &str, t: &Timestamp) -> Result<DateTime<Utc>, Error> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+        .ok_or_else(|| Error::invalid(format!("{field} is not a valid timestamp")))
+}
+
+pub fn to_struct(v: &Value) -> Option<Struct> {
+    match to_value(v).kind {
+        Some(Kind::StructValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn to_value(v: &Value) -> PValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(to_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+        }),
+    };
+    PValue { kind: Some(kind) }
+}
+
+pub fn from_struct(s: &Struct) -> Value {
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), from_value(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn from_value(v: &PValue) -> Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => {
+            // Whole numbers come back as integers, as they went in over REST.
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                Value::Number(Number::from(*n as i64))
+            } else {
+                Number::from_f64(*n).map_or(Value::Null, Value::Number)
+            }
+        }
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(from_value).collect()),
+        Some(Kind::StructValue(s)) => from_struct(s),
+    }
+}
+
+fn token_type(t: TokenType) -> pb::TokenType {
+    match t {
+        TokenType::Pat => pb::TokenType::Pat,
+        TokenType::Svc => pb::TokenType::Svc,
+    }
+}
+
+fn token_state(s: TokenState) -> pb::TokenState {
+    match s {
+        TokenState::Active => pb::TokenState::Active,
+        TokenState::Expired => pb::TokenState::Expired,
+        TokenState::Revoked => pb::TokenState::Revoked,
+    }
+}
+
+pub fn token(v: TokenView) -> pb::Token {
+    pb::Token {
+        id: v.id.to_string(),
+        org_id: v.org_id.to_string(),
+        name: v.name,
+        r#type: token_type(v.kind) as i32,
+        display_hint: v.display_hint,
+        permissions: v.permissions as i64,
+        scopes: v.scopes,
+        state: token_state(v.state) as i32,
+        created_at: Some(timestamp(v.created_at)),
+        created_by: v.created_by,
+        expires_at: v.expires_at.map(timestamp),
+        revoked_at: v.revoked_at.map(timestamp),
+        last_used_at: v.last_used_at.map(timestamp),
+        request_count: v.request_count,
+        replaced_by: v.replaced_by.map(|u| u.to_string()).unwrap_or_default(),
+        metadata: v.metadata.as_ref().and_then(to_struct),
+    }
+}
+
+pub fn create_request(r: pb::CreateTokenRequest) -> Result<CreateTokenRequest, Error> {
+    let kind = match pb::TokenType::try_from(r.r#type) {
+        Ok(pb::TokenType::Unspecified | pb::TokenType::Pat) => TokenType::Pat,
+        Ok(pb::TokenType::Svc) => TokenType::Svc,
+        Err(_) => return Err(Error::invalid("type must be 1 (pat) or 2 (svc)")),
+    };
+    Ok(CreateTokenRequest {
+        org_id: opt_uuid("org_id", &r.org_id)?,
+        name: r.name,
+        kind,
+        permissions: (r.permissions != 0).then_some(r.permissions as u64),
+        scopes: (!r.scopes.is_empty()).then_some(r.scopes),
+        expires_at: r
+            .expires_at
+            .as_ref()
+            .map(|t| from_timestamp("expires_at", t))
+            .transpose()?,
+        ttl_seconds: r.ttl_seconds,
+        metadata: r.metadata.as_ref().map(from_struct),
+    })
+}
+
+pub fn created(c: CreatedToken) -> pb::CreateTokenResponse {
+    pb::CreateTokenResponse {
+        token: Some(token(c.token)),
+        plaintext: c.plaintext,
+    }
+}
+
+pub fn list_request(r: pb::ListTokensRequest) -> Result<ListTokensRequest, Error> {
+    let page_size = match r.page_size {
+        0 => None,
+        n => Some(u32::try_from(n).map_err(|_| Error::invalid("page_size must not be negative"))?),
+    };
+    let state = match pb::TokenState::try_from(r.state) {
+        Ok(pb::TokenState::Unspecified) => None,
+        Ok(pb::TokenState::Active) => Some(TokenState::Active),
+        Ok(pb::TokenState::Expired) => Some(TokenState::Expired),
+        Ok(pb::TokenState::Revoked) => Some(TokenState::Revoked),
+        Err(_) => return Err(Error::invalid("state is not a known token state")),
+    };
+    Ok(ListTokensRequest {
+        org_id: opt_uuid("org_id", &r.org_id)?,
+        page_size,
+        page_token: (!r.page_token.is_empty()).then_some(r.page_token),
+        state,
+    })
+}
+
+pub fn page(p: TokenPage) -> pb::ListTokensResponse {
+    pb::ListTokensResponse {
+        tokens: p.tokens.into_iter().map(token).collect(),
+        next_page_token: p.next_page_token.unwrap_or_default(),
+    }
+}
+
+pub fn validation(v: VerifyResponse) -> pb::ValidateTokenResponse {
+    let code = match v.code {
+        VerifyCode::Valid => pb::ValidationCode::Valid,
+        VerifyCode::Invalid => pb::ValidationCode::Invalid,
+        VerifyCode::InsufficientPermissions => pb::ValidationCode::InsufficientPermissions,
+        VerifyCode::RateLimited => pb::ValidationCode::RateLimited,
+    };
+    pb::ValidateTokenResponse {
+        valid: v.valid,
+        code: code as i32,
+        token_id: v.token_id.map(|u| u.to_string()).unwrap_or_default(),
+        org_id: v.org_id.map(|u| u.to_string()).unwrap_or_default(),
+        permissions: v.permissions.map_or(0, |p| p as i64),
+        scopes: v.scopes.unwrap_or_default(),
+        expires_at: v.expires_at.map(timestamp),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn metadata_survives_a_round_trip_through_struct() {
+        let v = json!({"team": "infra", "n": 3, "ratio": 0.5, "tags": ["a", null, true], "nested": {"k": "v"}});
+        assert_eq!(from_struct(&to_struct(&v).unwrap()), v);
+    }
+
+    #[test]
+    fn timestamps_round_trip_at_microsecond_precision() {
+        let t = DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap();
+        assert_eq!(from_timestamp("t", &timestamp(t)).unwrap(), t);
+        assert!(from_timestamp("t", &Timestamp { seconds: 0, nanos: -1 }).is_err());
+    }
+}

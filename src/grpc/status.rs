@@ -1,0 +1,29 @@
+//! The one mapping from the domain error to `tonic::Status`, with the same messages as REST.
+
+use tonic::{Code, Status};
+
+use crate::error::Error;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Unauthenticated => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::NotFound => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::PayloadTooLarge | Error::RateLimited { .. } => Code::ResourceExhausted,
+            Error::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+                Code::Internal
+            }
+        };
+        let mut status = Status::new(code, e.to_string());
+        if let Error::RateLimited { retry_after } = &e
+            && let Ok(v) = retry_after.as_secs().max(1).to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", v);
+        }
+        status
+    }
+}

@@ -1,0 +1,220 @@
+//! The verify path's cache, observed through a store wrapper that counts and can hold reads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use latchkey::clock::{Clock, SystemClock};
+use latchkey::service::model::{
+    CreateTokenRequest, OrgScope, TokenType, VerifyCode, VerifyRequest,
+};
+use latchkey::service::{Authority, AuthorityConfig, Caller, RequestMeta};
+use latchkey::store::{
+    AuditRecord, OrgRecord, Store, StoreResult, TokenListQuery, TokenRecord, UsageDelta,
+};
+use tempfile::TempDir;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::helpers::db_url;
+
+/// Passes everything to SQLite, counting token reads; when `hold_next` is set, the next token
+/// read fetches its row and then waits for `release` before returning it.
+struct SpyStore {
+    inner: Arc<dyn Store>,
+    token_reads: AtomicUsize,
+    hold_next: AtomicBool,
+    holding: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl Store for SpyStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn org_count(&self) -> StoreResult<i64> {
+        self.inner.org_count().await
+    }
+    async fn get_org(&self, id: Uuid) -> StoreResult<Option<OrgRecord>> {
+        self.inner.get_org(id).await
+    }
+    async fn find_org_by_name(&self, name: &str) -> StoreResult<Option<OrgRecord>> {
+        self.inner.find_org_by_name(name).await
+    }
+    async fn create_org(
+        &self,
+        org: &OrgRecord,
+        t: Option<&TokenRecord>,
+        e: &[AuditRecord],
+    ) -> StoreResult<()> {
+        self.inner.create_org(org, t, e).await
+    }
+    async fn insert_token(
+        &self,
+        t: &TokenRecord,
+        e: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.inner.insert_token(t, e, now).await
+    }
+    async fn get_token(&self, id: Uuid) -> StoreResult<Option<TokenRecord>> {
+        self.token_reads.fetch_add(1, Ordering::SeqCst);
+        let row = self.inner.get_token(id).await;
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.holding.notify_one();
+            self.release.notified().await;
+        }
+        row
+    }
+    async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>> {
+        self.inner.list_tokens(q).await
+    }
+    async fn revoke_token(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+        e: &AuditRecord,
+    ) -> StoreResult<bool> {
+        self.inner.revoke_token(id, now, e).await
+    }
+    async fn add_usage(&self, batch: &[UsageDelta]) -> StoreResult<()> {
+        self.inner.add_usage(batch).await
+    }
+}
+
+struct Fixture {
+    _dir: TempDir,
+    spy: Arc<SpyStore>,
+    authority: Arc<Authority>,
+    admin: Caller,
+}
+
+async fn fixture() -> Fixture {
+    let dir = TempDir::new().unwrap();
+    let spy = Arc::new(SpyStore {
+        inner: latchkey::store::connect(&db_url(dir.path())).await.unwrap(),
+        token_reads: AtomicUsize::new(0),
+        hold_next: AtomicBool::new(false),
+        holding: Notify::new(),
+        release: Notify::new(),
+    });
+    let authority = Arc::new(Authority::new(spy.clone(), AuthorityConfig::default()));
+    let boot = authority
+        .bootstrap("default", SystemClock.now())
+        .await
+        .unwrap();
+    let principal = authority
+        .authenticate(boot.plaintext.expose(), SystemClock.now())
+        .await
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        spy,
+        authority,
+        admin: Caller {
+            principal,
+            meta: RequestMeta::default(),
+        },
+    }
+}
+
+async fn create(f: &Fixture, name: &str) -> (String, Uuid) {
+    let req = CreateTokenRequest {
+        org_id: None,
+        name: name.into(),
+        kind: TokenType::Pat,
+        permissions: None,
+        scopes: None,
+        expires_at: None,
+        ttl_seconds: None,
+        metadata: None,
+    };
+    let c = f
+        .authority
+        .create_token(&f.admin, req, SystemClock.now())
+        .await
+        .unwrap();
+    (c.plaintext, c.token.id)
+}
+
+async fn verify(f: &Fixture, token: &str) -> VerifyCode {
+    let req = VerifyRequest {
+        token: token.into(),
+        required_scopes: vec![],
+    };
+    f.authority
+        .verify(&req, SystemClock.now())
+        .await
+        .unwrap()
+        .code
+}
+
+#[tokio::test]
+async fn steady_state_verifications_make_no_database_round_trip() {
+    // Arrange
+    let f = fixture().await;
+    let (t, _) = create(&f, "hot").await;
+    let before = f.spy.token_reads.load(Ordering::SeqCst);
+
+    // Act
+    for _ in 0..100 {
+        assert_eq!(verify(&f, &t).await, VerifyCode::Valid);
+    }
+
+    // Assert: one read to fill the cache, none after.
+    assert_eq!(f.spy.token_reads.load(Ordering::SeqCst) - before, 1);
+}
+
+#[tokio::test]
+async fn well_formed_unknown_ids_are_remembered_as_missing() {
+    let f = fixture().await;
+    let unknown = latchkey::token::format::format_token(
+        &Default::default(),
+        latchkey::token::TokenKind::Pat,
+        Uuid::now_v7(),
+        &[4u8; 32],
+    );
+    let before = f.spy.token_reads.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(verify(&f, &unknown).await, VerifyCode::Invalid);
+    }
+    assert_eq!(f.spy.token_reads.load(Ordering::SeqCst) - before, 1);
+}
+
+#[tokio::test]
+async fn a_cache_fill_that_raced_a_revoke_does_not_keep_the_token_alive() {
+    // Arrange: a verification whose cache fill has read the live row and is held there.
+    let f = fixture().await;
+    let (t, id) = create(&f, "racy").await;
+    f.spy.hold_next.store(true, Ordering::SeqCst);
+    let held = {
+        let authority = f.authority.clone();
+        let t = t.clone();
+        tokio::spawn(async move {
+            let req = VerifyRequest {
+                token: t,
+                required_scopes: vec![],
+            };
+            authority
+                .verify(&req, SystemClock.now())
+                .await
+                .unwrap()
+                .code
+        })
+    };
+    f.spy.holding.notified().await;
+
+    // Act: the revoke commits while the old row is in flight; then the fill completes.
+    f.authority
+        .revoke_token(&f.admin, OrgScope::default(), id, SystemClock.now())
+        .await
+        .unwrap();
+    f.spy.release.notify_one();
+    let in_flight = held.await.unwrap();
+
+    // Assert: the request that started before the revoke may pass; the next one must not.
+    assert_eq!(in_flight, VerifyCode::Valid);
+    assert_eq!(verify(&f, &t).await, VerifyCode::Invalid);
+}
