@@ -4,6 +4,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod service;
 pub mod startup;

@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 use crate::clock::Clock;
 use crate::service::{Authority, AuthorityConfig, BootstrapOutcome};
-use crate::{http, store, telemetry};
+use crate::{grpc, http, store, telemetry};
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
@@ -47,12 +48,14 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
-        let router = http::router(
+        let rest = http::router(
             authority.clone(),
-            clock,
+            clock.clone(),
             telemetry::metrics(),
             settings.max_body_bytes,
         );
+        let grpc = grpc::router(authority.clone(), clock, settings.max_body_bytes).await?;
+        let router = one_port(rest, grpc);
         Ok(Self {
             listener,
             router,
@@ -115,6 +118,20 @@ impl Application {
         flushed?;
         Ok(())
     }
+}
+
+/// REST and gRPC on one listener: requests with an `application/grpc` content type go to tonic,
+/// everything else to the REST router.
+fn one_port(rest: Router, grpc: Router) -> Router {
+    let svc = tower::service_fn(move |req: axum::extract::Request| {
+        let is_grpc = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let target = if is_grpc { grpc.clone() } else { rest.clone() };
+        async move { target.oneshot(req).await }
+    });
+    Router::new().fallback_service(svc)
 }
 
 fn print_bootstrap(out: &BootstrapOutcome) {

@@ -185,15 +185,19 @@ pub fn validation(v: VerifyResponse) -> pb::ValidateTokenResponse {
         VerifyCode::InsufficientPermissions => pb::ValidationCode::InsufficientPermissions,
         VerifyCode::RateLimited => pb::ValidationCode::RateLimited,
     };
-    pb::ValidateTokenResponse {
+    let mut out = pb::ValidateTokenResponse {
         valid: v.valid,
         code: code as i32,
-        token_id: v.token_id.map(|u| u.to_string()).unwrap_or_default(),
-        org_id: v.org_id.map(|u| u.to_string()).unwrap_or_default(),
-        permissions: v.permissions.map_or(0, |p| p as i64),
-        scopes: v.scopes.unwrap_or_default(),
-        expires_at: v.expires_at.map(timestamp),
+        ..Default::default()
+    };
+    if let Some(t) = v.token {
+        out.token_id = t.token_id.to_string();
+        out.org_id = t.org_id.to_string();
+        out.permissions = t.permissions as i64;
+        out.scopes = t.scopes;
+        out.expires_at = t.expires_at.map(timestamp);
     }
+    out
 }
 
 #[cfg(test)]

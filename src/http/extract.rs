@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -81,9 +81,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
     }
 }
 
-/// The bearer token of the `Authorization` header, if the header is well-formed.
-pub fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+/// The bearer token of the `Authorization` header, if the header is well-formed. Shared by the
+/// REST extractor and the gRPC layer.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -98,7 +99,7 @@ impl FromRequestParts<AppState> for Authenticated {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(Error::Unauthenticated)?;
+        let token = bearer(&parts.headers).ok_or(Error::Unauthenticated)?;
         let principal = state
             .authority
             .authenticate(token, state.clock.now())

@@ -5,6 +5,7 @@ mod cache;
 mod cli;
 mod create;
 mod expiry;
+mod grpc;
 mod helpers;
 mod logs;
 mod ops;
