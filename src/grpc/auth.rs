@@ -24,7 +24,11 @@ pub struct AuthLayerState {
 /// ValidateToken needs no caller; skipping it keeps the verify path free of a second check.
 const UNAUTHENTICATED_RPC: &str = "/latchkey.auth.v1.AuthService/ValidateToken";
 
-pub async fn authenticate(State(s): State<AuthLayerState>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(s): State<AuthLayerState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if req.uri().path() != UNAUTHENTICATED_RPC
         && let Some(token) = bearer(req.headers())
     {

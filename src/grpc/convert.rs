@@ -19,7 +19,11 @@ pub fn uuid_field(field: &str, s: &str) -> Result<Uuid, Error> {
 
 /// An optional UUID: empty means absent.
 pub fn opt_uuid(field: &str, s: &str) -> Result<Option<Uuid>, Error> {
-    if s.is_empty() { Ok(None) } else { uuid_field(field, s).map(Some) }
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        uuid_field(field, s).map(Some)
+    }
 }
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
@@ -215,6 +219,15 @@ mod tests {
     fn timestamps_round_trip_at_microsecond_precision() {
         let t = DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap();
         assert_eq!(from_timestamp("t", &timestamp(t)).unwrap(), t);
-        assert!(from_timestamp("t", &Timestamp { seconds: 0, nanos: -1 }).is_err());
+        assert!(
+            from_timestamp(
+                "t",
+                &Timestamp {
+                    seconds: 0,
+                    nanos: -1
+                }
+            )
+            .is_err()
+        );
     }
 }

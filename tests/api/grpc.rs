@@ -11,7 +11,9 @@ use tonic::{Code, Request};
 use crate::helpers::{TestApp, error_of, spawn_app};
 
 async fn client(app: &TestApp) -> AuthServiceClient<Channel> {
-    AuthServiceClient::connect(app.address.clone()).await.expect("gRPC connect")
+    AuthServiceClient::connect(app.address.clone())
+        .await
+        .expect("gRPC connect")
 }
 
 fn authed<T>(msg: T, token: &str) -> Request<T> {
@@ -59,7 +61,10 @@ async fn create_validate_revoke_then_the_revoked_bearer_is_unauthenticated() {
         .list_tokens(authed(pb::ListTokensRequest::default(), &plaintext))
         .await;
     c.revoke_token(authed(
-        pb::RevokeTokenRequest { org_id: String::new(), token_id: token.id.clone() },
+        pb::RevokeTokenRequest {
+            org_id: String::new(),
+            token_id: token.id.clone(),
+        },
         &app.admin_token,
     ))
     .await
@@ -94,7 +99,13 @@ async fn the_plaintext_is_returned_once_and_never_by_get_or_list() {
         .into_inner();
     let id = created.token.unwrap().id;
     let got = c
-        .get_token(authed(pb::GetTokenRequest { org_id: String::new(), token_id: id.clone() }, &app.admin_token))
+        .get_token(authed(
+            pb::GetTokenRequest {
+                org_id: String::new(),
+                token_id: id.clone(),
+            },
+            &app.admin_token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -126,14 +137,20 @@ async fn cross_org_revoke_is_not_found_and_escalation_is_permission_denied() {
     // Act
     let cross = c
         .revoke_token(authed(
-            pb::RevokeTokenRequest { org_id: String::new(), token_id: in_a.token.unwrap().id },
+            pb::RevokeTokenRequest {
+                org_id: String::new(),
+                token_id: in_a.token.unwrap().id,
+            },
             &admin_b,
         ))
         .await
         .unwrap_err();
     let missing = c
         .revoke_token(authed(
-            pb::RevokeTokenRequest { org_id: String::new(), token_id: uuid::Uuid::now_v7().to_string() },
+            pb::RevokeTokenRequest {
+                org_id: String::new(),
+                token_id: uuid::Uuid::now_v7().to_string(),
+            },
             &admin_b,
         ))
         .await
@@ -145,10 +162,16 @@ async fn cross_org_revoke_is_not_found_and_escalation_is_permission_denied() {
 
     // Assert
     assert_eq!(cross.code(), Code::NotFound);
-    assert_eq!((cross.code(), cross.message()), (missing.code(), missing.message()));
+    assert_eq!(
+        (cross.code(), cross.message()),
+        (missing.code(), missing.message())
+    );
     assert_eq!(escalation.code(), Code::PermissionDenied);
     assert!(escalation.message().contains("platform:admin"));
-    assert_eq!(validate(&mut c, &in_a.plaintext).await.code, pb::ValidationCode::Valid as i32);
+    assert_eq!(
+        validate(&mut c, &in_a.plaintext).await.code,
+        pb::ValidationCode::Valid as i32
+    );
 }
 
 #[tokio::test]
@@ -160,15 +183,33 @@ async fn malformed_input_is_invalid_argument() {
     let mut bad_type = create_req("x", 0);
     bad_type.r#type = 7;
     let cases = [
-        c.create_token(authed(bad_org, &app.admin_token)).await.unwrap_err(),
-        c.create_token(authed(bad_type, &app.admin_token)).await.unwrap_err(),
-        c.create_token(authed(create_req("", 0), &app.admin_token)).await.unwrap_err(),
-        c.get_token(authed(pb::GetTokenRequest { org_id: String::new(), token_id: "12".into() }, &app.admin_token))
+        c.create_token(authed(bad_org, &app.admin_token))
             .await
             .unwrap_err(),
-        c.list_tokens(authed(pb::ListTokensRequest { page_size: -1, ..Default::default() }, &app.admin_token))
+        c.create_token(authed(bad_type, &app.admin_token))
             .await
             .unwrap_err(),
+        c.create_token(authed(create_req("", 0), &app.admin_token))
+            .await
+            .unwrap_err(),
+        c.get_token(authed(
+            pb::GetTokenRequest {
+                org_id: String::new(),
+                token_id: "12".into(),
+            },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap_err(),
+        c.list_tokens(authed(
+            pb::ListTokensRequest {
+                page_size: -1,
+                ..Default::default()
+            },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap_err(),
     ];
     for s in cases {
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
@@ -181,14 +222,20 @@ async fn rpcs_without_a_bearer_are_unauthenticated_except_validate() {
     let mut c = client(&app).await;
     let s = c.create_token(create_req("x", 0)).await.unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
-    let s = c.revoke_current_token(pb::RevokeCurrentTokenRequest {}).await.unwrap_err();
+    let s = c
+        .revoke_current_token(pb::RevokeCurrentTokenRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
     let s = c
         .list_tokens(authed(pb::ListTokensRequest::default(), "garbage"))
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
-    assert_eq!(validate(&mut c, "garbage").await.code, pb::ValidationCode::Invalid as i32);
+    assert_eq!(
+        validate(&mut c, "garbage").await.code,
+        pb::ValidationCode::Invalid as i32
+    );
 }
 
 #[tokio::test]
@@ -206,7 +253,10 @@ async fn a_token_revokes_itself_over_grpc() {
         .unwrap()
         .into_inner();
     assert_eq!(revoked.state, pb::TokenState::Revoked as i32);
-    assert_eq!(validate(&mut c, &t.plaintext).await.code, pb::ValidationCode::Invalid as i32);
+    assert_eq!(
+        validate(&mut c, &t.plaintext).await.code,
+        pb::ValidationCode::Invalid as i32
+    );
 }
 
 #[tokio::test]
@@ -219,7 +269,10 @@ async fn rotate_and_audit_answer_unimplemented_until_their_logic_lands() {
         .unwrap_err();
     assert_eq!(s.code(), Code::Unimplemented);
     let s = c
-        .list_audit_events(authed(pb::ListAuditEventsRequest::default(), &app.admin_token))
+        .list_audit_events(authed(
+            pb::ListAuditEventsRequest::default(),
+            &app.admin_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::Unimplemented);
@@ -230,11 +283,17 @@ async fn the_health_service_reports_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let app = spawn_app().await;
-    let channel = Channel::from_shared(app.address.clone()).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(app.address.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut h = HealthClient::new(channel);
     for service in ["", "latchkey.auth.v1.AuthService"] {
         let r = h
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -276,40 +335,115 @@ async fn rest_and_grpc_give_the_same_outcomes_for_the_same_calls() {
 
     // Act: the same sequence over REST...
     let mut rest = Vec::new();
-    let res = app.post("/v1/tokens", &app.admin_token, json!({"name": "p", "permissions": 4})).await;
+    let res = app
+        .post(
+            "/v1/tokens",
+            &app.admin_token,
+            json!({"name": "p", "permissions": 4}),
+        )
+        .await;
     rest.push(rest_code(res.status()));
     let created: Value = res.json().await.unwrap();
-    let (rt, rid) = (created["plaintext"].as_str().unwrap().to_string(), created["token"]["id"].as_str().unwrap().to_string());
-    rest.push(rest_code(app.post("/v1/tokens", &app.admin_token, json!({"name": "p"})).await.status()));
-    rest.push(rest_code(app.post("/v1/tokens", &rt, json!({"name": "q"})).await.status()));
-    rest.push(rest_code(app.get(&format!("/v1/tokens/{rid}"), &admin_b).await.status()));
-    rest.push(rest_code(app.get("/v1/tokens?org_id=zz", &app.admin_token).await.status()));
-    rest.push(rest_code(app.delete(&format!("/v1/tokens/{rid}"), &app.admin_token).await.status()));
-    rest.push(rest_code(app.delete(&format!("/v1/tokens/{rid}"), &app.admin_token).await.status()));
+    let (rt, rid) = (
+        created["plaintext"].as_str().unwrap().to_string(),
+        created["token"]["id"].as_str().unwrap().to_string(),
+    );
+    rest.push(rest_code(
+        app.post("/v1/tokens", &app.admin_token, json!({"name": "p"}))
+            .await
+            .status(),
+    ));
+    rest.push(rest_code(
+        app.post("/v1/tokens", &rt, json!({"name": "q"}))
+            .await
+            .status(),
+    ));
+    rest.push(rest_code(
+        app.get(&format!("/v1/tokens/{rid}"), &admin_b)
+            .await
+            .status(),
+    ));
+    rest.push(rest_code(
+        app.get("/v1/tokens?org_id=zz", &app.admin_token)
+            .await
+            .status(),
+    ));
+    rest.push(rest_code(
+        app.delete(&format!("/v1/tokens/{rid}"), &app.admin_token)
+            .await
+            .status(),
+    ));
+    rest.push(rest_code(
+        app.delete(&format!("/v1/tokens/{rid}"), &app.admin_token)
+            .await
+            .status(),
+    ));
     rest.push(rest_code(app.get("/v1/tokens", &rt).await.status()));
-    let rest_message = error_of(app.get(&format!("/v1/tokens/{rid}"), &admin_b).await, StatusCode::NOT_FOUND).await;
+    let rest_message = error_of(
+        app.get(&format!("/v1/tokens/{rid}"), &admin_b).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
 
     // ...and over gRPC.
     let mut grpc = Vec::new();
-    let r = c.create_token(authed(create_req("g", 4), &app.admin_token)).await;
+    let r = c
+        .create_token(authed(create_req("g", 4), &app.admin_token))
+        .await;
     grpc.push(grpc_code(&r));
     let created = r.unwrap().into_inner();
     let (gt, gid) = (created.plaintext, created.token.unwrap().id);
-    grpc.push(grpc_code(&c.create_token(authed(create_req("g", 0), &app.admin_token)).await));
-    grpc.push(grpc_code(&c.create_token(authed(create_req("h", 0), &gt)).await));
-    let get_req = || pb::GetTokenRequest { org_id: String::new(), token_id: gid.clone() };
+    grpc.push(grpc_code(
+        &c.create_token(authed(create_req("g", 0), &app.admin_token))
+            .await,
+    ));
+    grpc.push(grpc_code(
+        &c.create_token(authed(create_req("h", 0), &gt)).await,
+    ));
+    let get_req = || pb::GetTokenRequest {
+        org_id: String::new(),
+        token_id: gid.clone(),
+    };
     grpc.push(grpc_code(&c.get_token(authed(get_req(), &admin_b)).await));
-    grpc.push(grpc_code(&c.list_tokens(authed(pb::ListTokensRequest { org_id: "zz".into(), ..Default::default() }, &app.admin_token)).await));
-    let rev = || pb::RevokeTokenRequest { org_id: String::new(), token_id: gid.clone() };
-    grpc.push(grpc_code(&c.revoke_token(authed(rev(), &app.admin_token)).await));
-    grpc.push(grpc_code(&c.revoke_token(authed(rev(), &app.admin_token)).await));
-    grpc.push(grpc_code(&c.list_tokens(authed(pb::ListTokensRequest::default(), &gt)).await));
+    grpc.push(grpc_code(
+        &c.list_tokens(authed(
+            pb::ListTokensRequest {
+                org_id: "zz".into(),
+                ..Default::default()
+            },
+            &app.admin_token,
+        ))
+        .await,
+    ));
+    let rev = || pb::RevokeTokenRequest {
+        org_id: String::new(),
+        token_id: gid.clone(),
+    };
+    grpc.push(grpc_code(
+        &c.revoke_token(authed(rev(), &app.admin_token)).await,
+    ));
+    grpc.push(grpc_code(
+        &c.revoke_token(authed(rev(), &app.admin_token)).await,
+    ));
+    grpc.push(grpc_code(
+        &c.list_tokens(authed(pb::ListTokensRequest::default(), &gt))
+            .await,
+    ));
     let grpc_status = c.get_token(authed(get_req(), &admin_b)).await.unwrap_err();
 
     // Assert
     assert_eq!(
         rest,
-        vec!["ok", "already_exists", "permission_denied", "not_found", "invalid_argument", "ok", "ok", "unauthenticated"]
+        vec![
+            "ok",
+            "already_exists",
+            "permission_denied",
+            "not_found",
+            "invalid_argument",
+            "ok",
+            "ok",
+            "unauthenticated"
+        ]
     );
     assert_eq!(grpc, rest);
     assert_eq!(grpc_status.message(), rest_message["error"]["message"]);
