@@ -42,6 +42,7 @@ impl Application {
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let store = store::connect(&settings.database_url).await?;
         let authority = Arc::new(Authority::new(store, settings.authority));
+        authority.spawn_invalidation_listener().await?;
         if let Some(out) = authority.bootstrap_if_empty(clock.now()).await? {
             print_bootstrap(&out);
         }

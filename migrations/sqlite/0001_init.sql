@@ -2,9 +2,12 @@
 -- Ids are lowercase hyphenated UUIDs; UUID v7 ids sort by creation time as text.
 
 CREATE TABLE orgs (
-    id         TEXT PRIMARY KEY NOT NULL,
-    name       TEXT NOT NULL UNIQUE,
-    created_at INTEGER NOT NULL
+    id                  TEXT PRIMARY KEY NOT NULL,
+    name                TEXT NOT NULL UNIQUE,
+    created_at          INTEGER NOT NULL,
+    -- Lifetime policy: the longest lifetime a token may get, and the one it gets by default.
+    max_ttl_seconds     INTEGER,
+    default_ttl_seconds INTEGER
 ) STRICT;
 
 CREATE TABLE tokens (
@@ -24,12 +27,18 @@ CREATE TABLE tokens (
     last_used_at  INTEGER,
     request_count INTEGER NOT NULL DEFAULT 0,
     replaced_by   TEXT,
-    metadata      TEXT
+    metadata      TEXT,
+    -- The id of the first token of its rotation family (its own id when never rotated).
+    family_id     TEXT NOT NULL,
+    disabled_at   INTEGER,
+    -- JSON array of the last distinct client addresses: [{"ip": "...", "last_seen_at": micros}].
+    client_ips    TEXT NOT NULL DEFAULT '[]'
 ) STRICT;
 
 CREATE UNIQUE INDEX tokens_live_name ON tokens (org_id, live_name) WHERE live_name IS NOT NULL;
 CREATE INDEX tokens_org_id ON tokens (org_id, id);
 CREATE INDEX tokens_org_creator ON tokens (org_id, created_by, id);
+CREATE INDEX tokens_family ON tokens (family_id);
 
 CREATE TABLE audit_events (
     id          TEXT PRIMARY KEY NOT NULL,
@@ -45,3 +54,4 @@ CREATE TABLE audit_events (
 
 CREATE INDEX audit_events_org ON audit_events (org_id, id);
 CREATE INDEX audit_events_token ON audit_events (token_id, id);
+CREATE INDEX audit_events_org_action ON audit_events (org_id, action, id);

@@ -32,12 +32,12 @@ pub async fn authenticate(
     if req.uri().path() != UNAUTHENTICATED_RPC
         && let Some(token) = bearer(req.headers())
     {
-        match s.authority.authenticate(token, s.clock.now()).await {
+        let ip = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        match s.authority.authenticate(token, ip, s.clock.now()).await {
             Ok(principal) => {
-                let ip = req
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip());
                 let ua = req
                     .headers()
                     .get(header::USER_AGENT)

@@ -129,12 +129,16 @@ impl AuthService for AuthGrpc {
         &self,
         req: Request<pb::ValidateTokenRequest>,
     ) -> Result<Response<pb::ValidateTokenResponse>, Status> {
+        let ip = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
         let r = req.into_inner();
         let input = VerifyRequest {
             token: r.token,
             required_scopes: r.required_scopes,
         };
-        let res = self.authority.verify(&input, self.clock.now()).await?;
+        let res = self.authority.verify(&input, ip, self.clock.now()).await?;
         Ok(Response::new(convert::validation(res)))
     }
 

@@ -99,12 +99,12 @@ impl FromRequestParts<AppState> for Authenticated {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let Meta(meta) = Meta::from_request_parts(parts, state).await?;
         let token = bearer(&parts.headers).ok_or(Error::Unauthenticated)?;
         let principal = state
             .authority
-            .authenticate(token, state.clock.now())
+            .authenticate(token, meta.ip, state.clock.now())
             .await?;
-        let Meta(meta) = Meta::from_request_parts(parts, state).await?;
         Ok(Authenticated(Caller { principal, meta }))
     }
 }

@@ -5,7 +5,7 @@ use axum::extract::State;
 
 use super::AppState;
 use super::error::ErrorBody;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, Meta};
 use crate::error::Error;
 use crate::service::model::{VerifyRequest, VerifyResponse};
 
@@ -18,7 +18,10 @@ use crate::service::model::{VerifyRequest, VerifyResponse};
     ))]
 pub async fn verify_token(
     State(s): State<AppState>,
+    Meta(meta): Meta,
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, Error> {
-    Ok(Json(s.authority.verify(&req, s.clock.now()).await?))
+    Ok(Json(
+        s.authority.verify(&req, meta.ip, s.clock.now()).await?,
+    ))
 }

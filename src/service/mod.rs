@@ -163,6 +163,24 @@ impl Authority {
         &self.config
     }
 
+    /// Listens for cache invalidations published by other nodes (PostgreSQL) and applies them
+    /// until the stream ends. A no-op for single-node backends.
+    ///
+    /// # Errors
+    /// If the store cannot start listening.
+    pub async fn spawn_invalidation_listener(self: &Arc<Self>) -> Result<()> {
+        if let Some(mut rx) = self.store.invalidations().await? {
+            let me = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(inv) = rx.recv().await {
+                    let Some(authority) = me.upgrade() else { break };
+                    authority.apply_invalidation(inv);
+                }
+            });
+        }
+        Ok(())
+    }
+
     /// Whether the database answers.
     pub async fn ready(&self) -> bool {
         self.store.ping().await.is_ok()

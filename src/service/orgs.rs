@@ -47,6 +47,8 @@ impl Authority {
             id: Uuid::now_v7(),
             name,
             created_at: now,
+            max_ttl_seconds: None,
+            default_ttl_seconds: None,
         };
         let event = audit::event(
             org.id,
@@ -129,6 +131,8 @@ impl Authority {
             id: Uuid::now_v7(),
             name,
             created_at: now,
+            max_ttl_seconds: None,
+            default_ttl_seconds: None,
         };
         let (record, plaintext) = self.admin_token(org.id, now).await?;
         let events = [

@@ -186,6 +186,9 @@ impl Authority {
             request_count: 0,
             replaced_by: None,
             metadata,
+            family_id: generated.id,
+            disabled_at: None,
+            client_ips: Vec::new(),
         };
         Ok((record, generated.plaintext))
     }

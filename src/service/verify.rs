@@ -3,6 +3,7 @@
 //! and flushed in batches.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use uuid::Uuid;
 use super::model::{VerifiedToken, VerifyCode, VerifyRequest, VerifyResponse};
 use super::{Authority, Principal, PrincipalKind};
 use crate::error::{Error, Result};
-use crate::store::{TokenRecord, UsageDelta};
+use crate::store::{ClientIp, Invalidation, TokenRecord, UsageDelta, merge_client_ips};
 use crate::token::{Permissions, TokenKind, Verifier, format, hash};
 
 /// What a successful verification knows about the token.
@@ -85,6 +86,12 @@ impl TokenCache {
         self.missing.remove(&id);
     }
 
+    fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.clear();
+        self.missing.clear();
+    }
+
     pub(super) fn invalidate(&self, id: Uuid) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.remove(&id);
@@ -93,33 +100,49 @@ impl TokenCache {
 
 /// Usage counted in memory since the last flush.
 #[derive(Default)]
-pub(super) struct UsageBuffer(Mutex<HashMap<Uuid, (i64, DateTime<Utc>)>>);
+pub(super) struct UsageBuffer(Mutex<HashMap<Uuid, UsageDelta>>);
 
 impl UsageBuffer {
-    fn record(&self, id: Uuid, now: DateTime<Utc>) {
+    fn record(&self, id: Uuid, ip: Option<IpAddr>, now: DateTime<Utc>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(id).or_insert((0, now));
-        entry.0 += 1;
-        entry.1 = entry.1.max(now);
+        let entry = map.entry(id).or_insert_with(|| UsageDelta {
+            token_id: id,
+            count: 0,
+            last_used_at: now,
+            ips: Vec::new(),
+        });
+        entry.count += 1;
+        entry.last_used_at = entry.last_used_at.max(now);
+        if let Some(ip) = ip {
+            // Bounded like the stored list, so a token used from many addresses costs no more.
+            merge_client_ips(
+                &mut entry.ips,
+                &[ClientIp {
+                    ip: ip.to_string(),
+                    last_seen_at: now,
+                }],
+            );
+        }
     }
 
     fn take(&self) -> Vec<UsageDelta> {
         let map = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        map.into_iter()
-            .map(|(token_id, (count, last_used_at))| UsageDelta {
-                token_id,
-                count,
-                last_used_at,
-            })
-            .collect()
+        map.into_values().collect()
     }
 
     fn put_back(&self, batch: Vec<UsageDelta>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for u in batch {
-            let entry = map.entry(u.token_id).or_insert((0, u.last_used_at));
-            entry.0 += u.count;
-            entry.1 = entry.1.max(u.last_used_at);
+            match map.get_mut(&u.token_id) {
+                Some(e) => {
+                    e.count += u.count;
+                    e.last_used_at = e.last_used_at.max(u.last_used_at);
+                    merge_client_ips(&mut e.ips, &u.ips);
+                }
+                None => {
+                    map.insert(u.token_id, u);
+                }
+            }
         }
     }
 }
@@ -198,6 +221,7 @@ impl Authority {
     pub async fn check_token(
         &self,
         presented: &str,
+        ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<Option<AuthenticatedToken>> {
         let Ok(parsed) = format::parse(&self.config.prefix, presented) else {
@@ -217,7 +241,7 @@ impl Authority {
         if entry.revoked || entry.token.expires_at.is_some_and(|e| e <= now) {
             return Ok(None);
         }
-        self.usage.record(entry.token.id, now);
+        self.usage.record(entry.token.id, ip, now);
         Ok(Some(entry.token.clone()))
     }
 
@@ -225,8 +249,13 @@ impl Authority {
     ///
     /// # Errors
     /// `unauthenticated` for every kind of invalid token; `internal` if the store fails.
-    pub async fn authenticate(&self, bearer: &str, now: DateTime<Utc>) -> Result<Principal> {
-        match self.check_token(bearer, now).await? {
+    pub async fn authenticate(
+        &self,
+        bearer: &str,
+        ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<Principal> {
+        match self.check_token(bearer, ip, now).await? {
             Some(t) => Ok(t.principal()),
             None => Err(Error::Unauthenticated),
         }
@@ -239,12 +268,17 @@ impl Authority {
     ///
     /// # Errors
     /// Only `internal`, if the store fails.
-    pub async fn verify(&self, req: &VerifyRequest, now: DateTime<Utc>) -> Result<VerifyResponse> {
+    pub async fn verify(
+        &self,
+        req: &VerifyRequest,
+        ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<VerifyResponse> {
         let started = Instant::now();
         // A scope this deployment does not know is held by no token: the answer is
         // INSUFFICIENT_PERMISSIONS, as the design keeps 400 for a missing token string only.
         let required = self.config.scopes.resolve(&req.required_scopes).ok();
-        let res = match self.check_token(&req.token, now).await? {
+        let res = match self.check_token(&req.token, ip, now).await? {
             None => VerifyResponse::invalid(),
             Some(t) => {
                 let ok = required.is_some_and(|r| t.permissions.contains(r));
@@ -275,6 +309,14 @@ impl Authority {
         metrics::histogram!("latchkey_verify_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(res)
+    }
+
+    /// Applies a change published by another node: drops the token, or everything.
+    pub fn apply_invalidation(&self, inv: Invalidation) {
+        match inv {
+            Invalidation::Token(id) => self.cache.invalidate(id),
+            Invalidation::All => self.cache.clear(),
+        }
     }
 
     /// Writes the usage counted since the last flush. On failure the counts are kept for the

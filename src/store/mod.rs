@@ -25,12 +25,39 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// An organisation: the tenant every token belongs to.
+/// An organisation: the tenant every token belongs to, with its lifetime policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrgRecord {
     pub id: Uuid,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// The longest lifetime a new token may get; `None`: no limit.
+    pub max_ttl_seconds: Option<i64>,
+    /// The lifetime of tokens created without one; `None`: they do not expire.
+    pub default_ttl_seconds: Option<i64>,
+}
+
+/// One client address that used a token, and when it was last seen.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientIp {
+    pub ip: String,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// How many distinct client addresses a token remembers.
+pub const MAX_CLIENT_IPS: usize = 5;
+
+/// Merges `seen` into `known`, keeping the [`MAX_CLIENT_IPS`] most recently seen distinct
+/// addresses, newest first. Shared by every backend so they agree.
+pub fn merge_client_ips(known: &mut Vec<ClientIp>, seen: &[ClientIp]) {
+    for s in seen {
+        match known.iter_mut().find(|k| k.ip == s.ip) {
+            Some(k) => k.last_seen_at = k.last_seen_at.max(s.last_seen_at),
+            None => known.push(s.clone()),
+        }
+    }
+    known.sort_by(|a, b| b.last_seen_at.cmp(&a.last_seen_at).then(a.ip.cmp(&b.ip)));
+    known.truncate(MAX_CLIENT_IPS);
 }
 
 /// A token row. `verifier` is the self-describing verifier string, never a secret.
@@ -50,6 +77,11 @@ pub struct TokenRecord {
     pub request_count: i64,
     pub replaced_by: Option<Uuid>,
     pub metadata: Option<serde_json::Value>,
+    /// The first token of its rotation family (its own id when never rotated).
+    pub family_id: Uuid,
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// The last distinct client addresses, newest first (at most [`MAX_CLIENT_IPS`]).
+    pub client_ips: Vec<ClientIp>,
 }
 
 /// One audit event, written in the same transaction as the change it records.
@@ -66,12 +98,14 @@ pub struct AuditRecord {
     pub details: serde_json::Value,
 }
 
-/// The state filter of a token list.
+/// The state filter of a token list. A token is in exactly one state, checked in this order:
+/// revoked, expired, disabled, active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateFilter {
     Active,
     Expired,
     Revoked,
+    Disabled,
 }
 
 /// A page request for tokens of one org, newest first.
@@ -88,11 +122,37 @@ pub struct TokenListQuery {
 }
 
 /// Usage accumulated in memory for one token, added to its row by [`Store::add_usage`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {
     pub token_id: Uuid,
     pub count: i64,
     pub last_used_at: DateTime<Utc>,
+    /// Client addresses seen since the last flush.
+    pub ips: Vec<ClientIp>,
+}
+
+/// A page request for an org's audit events, newest first. Every filter is optional.
+#[derive(Debug, Clone)]
+pub struct AuditListQuery {
+    pub org_id: Uuid,
+    pub token_id: Option<Uuid>,
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    /// Events at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Events before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only events with an id below this one (the cursor).
+    pub before_id: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// What a node must drop from its verify cache because another node changed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    Token(Uuid),
+    /// The notification channel was lost and re-established: anything may have changed.
+    All,
 }
 
 /// The persistence operations the service needs. Every method that changes state takes the
@@ -142,8 +202,52 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
 
     /// Adds usage counts atomically (`request_count = request_count + n`), keeping the latest
-    /// `last_used_at`.
+    /// `last_used_at` and merging client addresses with [`merge_client_ips`].
     async fn add_usage(&self, batch: &[UsageDelta]) -> StoreResult<()>;
+
+    /// Updates an org's lifetime policy and writes `event`, in one transaction.
+    async fn update_org(&self, org: &OrgRecord, event: &AuditRecord) -> StoreResult<()>;
+
+    /// Rotates `old_id`: inserts `new_token` (same family), sets the old token's `replaced_by` to
+    /// it and its `expires_at` to `old_expires_at`, and writes `events`, in one transaction, but
+    /// only if the old token is neither revoked nor already replaced. Returns whether it rotated.
+    async fn rotate_token(
+        &self,
+        old_id: Uuid,
+        old_expires_at: DateTime<Utc>,
+        new_token: &TokenRecord,
+        events: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Revokes every not-yet-revoked token of a family at `now` and writes `event`, in one
+    /// transaction. Returns the ids it revoked.
+    async fn revoke_family(
+        &self,
+        family_id: Uuid,
+        now: DateTime<Utc>,
+        event: &AuditRecord,
+    ) -> StoreResult<Vec<Uuid>>;
+
+    /// Sets (`Some`) or clears (`None`) `disabled_at` and writes `event`, both only if that
+    /// changes the token. Returns whether it changed.
+    async fn set_disabled(
+        &self,
+        id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+        event: &AuditRecord,
+    ) -> StoreResult<bool>;
+
+    /// Up to `limit` audit events, newest first.
+    async fn list_audit(&self, q: &AuditListQuery) -> StoreResult<Vec<AuditRecord>>;
+
+    /// A stream of cache invalidations published by other nodes, for backends shared by several
+    /// nodes. `None` (the default) for a single-node backend.
+    async fn invalidations(
+        &self,
+    ) -> StoreResult<Option<tokio::sync::mpsc::Receiver<Invalidation>>> {
+        Ok(None)
+    }
 }
 
 /// Opens the store named by `url`: `sqlite:...` (the default) or, later, `postgres:...`.

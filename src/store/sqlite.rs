@@ -17,8 +17,8 @@ use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::{
-    AuditRecord, OrgRecord, StateFilter, Store, StoreError, StoreResult, TokenListQuery,
-    TokenRecord, UsageDelta,
+    AuditListQuery, AuditRecord, ClientIp, OrgRecord, StateFilter, Store, StoreError, StoreResult,
+    TokenListQuery, TokenRecord, UsageDelta, merge_client_ips,
 };
 use crate::token::{Permissions, TokenKind};
 
@@ -53,7 +53,44 @@ fn other(e: sqlx::Error) -> StoreError {
 }
 
 const TOKEN_COLUMNS: &str = "id, org_id, name, kind, verifier, permissions, created_at, created_by, \
-     expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata";
+     expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, family_id, \
+     disabled_at, client_ips";
+
+const ORG_COLUMNS: &str = "id, name, created_at, max_ttl_seconds, default_ttl_seconds";
+
+const AUDIT_COLUMNS: &str =
+    "id, org_id, occurred_at, actor, action, token_id, ip, user_agent, details";
+
+/// Client addresses as stored: timestamps in microseconds like every other column.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredIp {
+    ip: String,
+    last_seen_at: i64,
+}
+
+fn ips_from_json(s: &str) -> anyhow::Result<Vec<ClientIp>> {
+    let stored: Vec<StoredIp> = serde_json::from_str(s).context("malformed client_ips")?;
+    stored
+        .into_iter()
+        .map(|i| {
+            Ok(ClientIp {
+                ip: i.ip,
+                last_seen_at: from_micros(i.last_seen_at)?,
+            })
+        })
+        .collect()
+}
+
+fn ips_to_json(ips: &[ClientIp]) -> String {
+    let stored: Vec<StoredIp> = ips
+        .iter()
+        .map(|i| StoredIp {
+            ip: i.ip.clone(),
+            last_seen_at: micros(i.last_seen_at),
+        })
+        .collect();
+    serde_json::to_string(&stored).unwrap_or_else(|_| "[]".into())
+}
 
 fn token_from_row(row: &SqliteRow) -> anyhow::Result<TokenRecord> {
     let kind: i64 = row.try_get("kind")?;
@@ -78,6 +115,9 @@ fn token_from_row(row: &SqliteRow) -> anyhow::Result<TokenRecord> {
             .map(serde_json::from_str)
             .transpose()
             .context("malformed metadata in database")?,
+        family_id: parse_uuid(&row.try_get::<String, _>("family_id")?)?,
+        disabled_at: opt_from_micros(row.try_get("disabled_at")?)?,
+        client_ips: ips_from_json(&row.try_get::<String, _>("client_ips")?)?,
     })
 }
 
@@ -86,6 +126,24 @@ fn org_from_row(row: &SqliteRow) -> anyhow::Result<OrgRecord> {
         id: parse_uuid(&row.try_get::<String, _>("id")?)?,
         name: row.try_get("name")?,
         created_at: from_micros(row.try_get("created_at")?)?,
+        max_ttl_seconds: row.try_get("max_ttl_seconds")?,
+        default_ttl_seconds: row.try_get("default_ttl_seconds")?,
+    })
+}
+
+fn audit_from_row(row: &SqliteRow) -> anyhow::Result<AuditRecord> {
+    let token_id: Option<String> = row.try_get("token_id")?;
+    Ok(AuditRecord {
+        id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+        org_id: parse_uuid(&row.try_get::<String, _>("org_id")?)?,
+        occurred_at: from_micros(row.try_get("occurred_at")?)?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        token_id: token_id.as_deref().map(parse_uuid).transpose()?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        details: serde_json::from_str(&row.try_get::<String, _>("details")?)
+            .context("malformed audit details")?,
     })
 }
 
@@ -171,8 +229,9 @@ async fn insert_token_row(
     let live = t.revoked_at.is_none() && t.replaced_by.is_none();
     let res = sqlx::query(
         "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
-         created_by, expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         created_by, expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, \
+         family_id, disabled_at, client_ips) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(t.id.to_string())
     .bind(t.org_id.to_string())
@@ -189,6 +248,9 @@ async fn insert_token_row(
     .bind(t.request_count)
     .bind(t.replaced_by.map(|u| u.to_string()))
     .bind(t.metadata.as_ref().map(|m| m.to_string()))
+    .bind(t.family_id.to_string())
+    .bind(opt_micros(t.disabled_at))
+    .bind(ips_to_json(&t.client_ips))
     .execute(&mut **tx)
     .await;
     match res {
@@ -219,20 +281,24 @@ impl Store for SqliteStore {
     }
 
     async fn get_org(&self, id: Uuid) -> StoreResult<Option<OrgRecord>> {
-        let row = sqlx::query("SELECT id, name, created_at FROM orgs WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(other)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORG_COLUMNS} FROM orgs WHERE id = ?"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
         Ok(row.as_ref().map(org_from_row).transpose()?)
     }
 
     async fn find_org_by_name(&self, name: &str) -> StoreResult<Option<OrgRecord>> {
-        let row = sqlx::query("SELECT id, name, created_at FROM orgs WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(other)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORG_COLUMNS} FROM orgs WHERE name = ?"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
         Ok(row.as_ref().map(org_from_row).transpose()?)
     }
 
@@ -243,12 +309,17 @@ impl Store for SqliteStore {
         events: &[AuditRecord],
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        let res = sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)")
-            .bind(org.id.to_string())
-            .bind(&org.name)
-            .bind(micros(org.created_at))
-            .execute(&mut *tx)
-            .await;
+        let res = sqlx::query(
+            "INSERT INTO orgs (id, name, created_at, max_ttl_seconds, default_ttl_seconds) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(org.id.to_string())
+        .bind(&org.name)
+        .bind(micros(org.created_at))
+        .bind(org.max_ttl_seconds)
+        .bind(org.default_ttl_seconds)
+        .execute(&mut *tx)
+        .await;
         match res {
             Ok(_) => {}
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
@@ -306,13 +377,20 @@ impl Store for SqliteStore {
         match q.state {
             None => {}
             Some(StateFilter::Active) => {
-                qb.push(" AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
+                qb.push(" AND revoked_at IS NULL AND disabled_at IS NULL")
+                    .push(" AND (expires_at IS NULL OR expires_at > ")
                     .push_bind(now)
                     .push(")");
             }
             Some(StateFilter::Expired) => {
                 qb.push(" AND revoked_at IS NULL AND expires_at <= ")
                     .push_bind(now);
+            }
+            Some(StateFilter::Disabled) => {
+                qb.push(" AND revoked_at IS NULL AND disabled_at IS NOT NULL")
+                    .push(" AND (expires_at IS NULL OR expires_at > ")
+                    .push_bind(now)
+                    .push(")");
             }
             Some(StateFilter::Revoked) => {
                 qb.push(" AND revoked_at IS NOT NULL");
@@ -355,17 +433,154 @@ impl Store for SqliteStore {
         }
         let mut tx = self.write_tx().await?;
         for u in batch {
+            let mut ips = match sqlx::query("SELECT client_ips FROM tokens WHERE id = ?")
+                .bind(u.token_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(other)?
+            {
+                Some(row) => ips_from_json(&row.try_get::<String, _>(0).map_err(other)?)?,
+                // Deleted meanwhile: nothing to count.
+                None => continue,
+            };
+            merge_client_ips(&mut ips, &u.ips);
             sqlx::query(
                 "UPDATE tokens SET request_count = request_count + ?, \
-                 last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+                 last_used_at = MAX(COALESCE(last_used_at, 0), ?), client_ips = ? WHERE id = ?",
             )
             .bind(u.count)
             .bind(micros(u.last_used_at))
+            .bind(ips_to_json(&ips))
             .bind(u.token_id.to_string())
             .execute(&mut *tx)
             .await
             .map_err(other)?;
         }
         tx.commit().await.map_err(other)
+    }
+
+    async fn update_org(&self, org: &OrgRecord, event: &AuditRecord) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE orgs SET max_ttl_seconds = ?, default_ttl_seconds = ? WHERE id = ?")
+            .bind(org.max_ttl_seconds)
+            .bind(org.default_ttl_seconds)
+            .bind(org.id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn rotate_token(
+        &self,
+        old_id: Uuid,
+        old_expires_at: DateTime<Utc>,
+        new_token: &TokenRecord,
+        events: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        // The old token keeps an earlier expiry if it had one.
+        let res = sqlx::query(
+            "UPDATE tokens SET replaced_by = ?1, live_name = NULL, \
+             expires_at = MIN(COALESCE(expires_at, ?2), ?2) \
+             WHERE id = ?3 AND replaced_by IS NULL AND revoked_at IS NULL",
+        )
+        .bind(new_token.id.to_string())
+        .bind(micros(old_expires_at))
+        .bind(old_id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(other)?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_token_row(&mut tx, new_token, now).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(true)
+    }
+
+    async fn revoke_family(
+        &self,
+        family_id: Uuid,
+        now: DateTime<Utc>,
+        event: &AuditRecord,
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(
+            "UPDATE tokens SET revoked_at = ?, live_name = NULL \
+             WHERE family_id = ? AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(micros(now))
+        .bind(family_id.to_string())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(other)?;
+        let ids = rows
+            .iter()
+            .map(|r| parse_uuid(&r.try_get::<String, _>(0)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(ids)
+    }
+
+    async fn set_disabled(
+        &self,
+        id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+        event: &AuditRecord,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let sql = if disabled_at.is_some() {
+            "UPDATE tokens SET disabled_at = ? WHERE id = ? AND disabled_at IS NULL"
+        } else {
+            "UPDATE tokens SET disabled_at = ? WHERE id = ? AND disabled_at IS NOT NULL"
+        };
+        let res = sqlx::query(sql)
+            .bind(opt_micros(disabled_at))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(true)
+    }
+
+    async fn list_audit(&self, q: &AuditListQuery) -> StoreResult<Vec<AuditRecord>> {
+        let mut qb = sqlx::QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE org_id = "
+        ));
+        qb.push_bind(q.org_id.to_string());
+        if let Some(t) = q.token_id {
+            qb.push(" AND token_id = ").push_bind(t.to_string());
+        }
+        if let Some(a) = &q.action {
+            qb.push(" AND action = ").push_bind(a.clone());
+        }
+        if let Some(a) = &q.actor {
+            qb.push(" AND actor = ").push_bind(a.clone());
+        }
+        if let Some(t) = q.since {
+            qb.push(" AND occurred_at >= ").push_bind(micros(t));
+        }
+        if let Some(t) = q.until {
+            qb.push(" AND occurred_at < ").push_bind(micros(t));
+        }
+        if let Some(b) = q.before_id {
+            qb.push(" AND id < ").push_bind(b.to_string());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+        rows.iter()
+            .map(|r| audit_from_row(r).map_err(StoreError::Other))
+            .collect()
     }
 }

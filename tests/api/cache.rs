@@ -11,7 +11,8 @@ use latchkey::service::model::{
 };
 use latchkey::service::{Authority, AuthorityConfig, Caller, RequestMeta};
 use latchkey::store::{
-    AuditRecord, OrgRecord, Store, StoreResult, TokenListQuery, TokenRecord, UsageDelta,
+    AuditListQuery, AuditRecord, OrgRecord, Store, StoreResult, TokenListQuery, TokenRecord,
+    UsageDelta,
 };
 use tempfile::TempDir;
 use tokio::sync::Notify;
@@ -82,6 +83,40 @@ impl Store for SpyStore {
     async fn add_usage(&self, batch: &[UsageDelta]) -> StoreResult<()> {
         self.inner.add_usage(batch).await
     }
+    async fn update_org(&self, org: &OrgRecord, e: &AuditRecord) -> StoreResult<()> {
+        self.inner.update_org(org, e).await
+    }
+    async fn rotate_token(
+        &self,
+        old: Uuid,
+        old_expires_at: DateTime<Utc>,
+        t: &TokenRecord,
+        e: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.inner
+            .rotate_token(old, old_expires_at, t, e, now)
+            .await
+    }
+    async fn revoke_family(
+        &self,
+        f: Uuid,
+        now: DateTime<Utc>,
+        e: &AuditRecord,
+    ) -> StoreResult<Vec<Uuid>> {
+        self.inner.revoke_family(f, now, e).await
+    }
+    async fn set_disabled(
+        &self,
+        id: Uuid,
+        at: Option<DateTime<Utc>>,
+        e: &AuditRecord,
+    ) -> StoreResult<bool> {
+        self.inner.set_disabled(id, at, e).await
+    }
+    async fn list_audit(&self, q: &AuditListQuery) -> StoreResult<Vec<AuditRecord>> {
+        self.inner.list_audit(q).await
+    }
 }
 
 struct Fixture {
@@ -106,7 +141,7 @@ async fn fixture() -> Fixture {
         .await
         .unwrap();
     let principal = authority
-        .authenticate(boot.plaintext.expose(), SystemClock.now())
+        .authenticate(boot.plaintext.expose(), None, SystemClock.now())
         .await
         .unwrap();
     Fixture {
@@ -145,7 +180,7 @@ async fn verify(f: &Fixture, token: &str) -> VerifyCode {
         required_scopes: vec![],
     };
     f.authority
-        .verify(&req, SystemClock.now())
+        .verify(&req, None, SystemClock.now())
         .await
         .unwrap()
         .code
@@ -198,7 +233,7 @@ async fn a_cache_fill_that_raced_a_revoke_does_not_keep_the_token_alive() {
                 required_scopes: vec![],
             };
             authority
-                .verify(&req, SystemClock.now())
+                .verify(&req, None, SystemClock.now())
                 .await
                 .unwrap()
                 .code

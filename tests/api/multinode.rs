@@ -1,0 +1,1 @@
+//! Several nodes on one PostgreSQL database: see issue 4 (being written).

@@ -1,0 +1,1 @@
+//! Store conformance suite: see issue 4 (being written).
