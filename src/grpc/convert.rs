@@ -9,8 +9,9 @@ use uuid::Uuid;
 use super::pb;
 use crate::error::Error;
 use crate::service::model::{
-    CreateTokenRequest, CreatedToken, ListTokensRequest, TokenPage, TokenState, TokenType,
-    TokenView, VerifyCode, VerifyResponse,
+    AuditPage, CreateTokenRequest, CreatedToken, ListAuditRequest, ListTokensRequest,
+    RotateTokenRequest, RotatedToken, TokenPage, TokenState, TokenType, TokenView, VerifyCode,
+    VerifyResponse,
 };
 
 pub fn uuid_field(field: &str, s: &str) -> Result<Uuid, Error> {
@@ -102,6 +103,7 @@ fn token_state(s: TokenState) -> pb::TokenState {
         TokenState::Active => pb::TokenState::Active,
         TokenState::Expired => pb::TokenState::Expired,
         TokenState::Revoked => pb::TokenState::Revoked,
+        TokenState::Disabled => pb::TokenState::Disabled,
     }
 }
 
@@ -123,6 +125,74 @@ pub fn token(v: TokenView) -> pb::Token {
         request_count: v.request_count,
         replaced_by: v.replaced_by.map(|u| u.to_string()).unwrap_or_default(),
         metadata: v.metadata.as_ref().and_then(to_struct),
+        disabled_at: v.disabled_at.map(timestamp),
+        client_ips: v
+            .client_ips
+            .into_iter()
+            .map(|c| pb::ClientIp {
+                ip: c.ip,
+                last_seen_at: Some(timestamp(c.last_seen_at)),
+            })
+            .collect(),
+    }
+}
+
+pub fn rotate_request(r: &pb::RotateTokenRequest) -> Result<(Uuid, RotateTokenRequest), Error> {
+    Ok((
+        uuid_field("token_id", &r.token_id)?,
+        RotateTokenRequest {
+            org_id: opt_uuid("org_id", &r.org_id)?,
+            grace_seconds: r.grace_seconds,
+        },
+    ))
+}
+
+pub fn rotated(r: RotatedToken) -> pb::RotateTokenResponse {
+    pb::RotateTokenResponse {
+        token: Some(token(r.token)),
+        plaintext: r.plaintext,
+        previous: Some(token(r.previous)),
+    }
+}
+
+fn opt_str(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+pub fn audit_request(r: pb::ListAuditEventsRequest) -> Result<ListAuditRequest, Error> {
+    Ok(ListAuditRequest {
+        org_id: opt_uuid("org_id", &r.org_id)?,
+        token_id: opt_uuid("token_id", &r.token_id)?,
+        action: opt_str(r.action),
+        actor: opt_str(r.actor),
+        since: r.since.as_ref().map(|t| from_timestamp("since", t)).transpose()?,
+        until: r.until.as_ref().map(|t| from_timestamp("until", t)).transpose()?,
+        page_size: match r.page_size {
+            0 => None,
+            n => Some(u32::try_from(n).map_err(|_| Error::invalid("page_size must not be negative"))?),
+        },
+        page_token: opt_str(r.page_token),
+    })
+}
+
+pub fn audit_page(p: AuditPage) -> pb::ListAuditEventsResponse {
+    pb::ListAuditEventsResponse {
+        events: p
+            .events
+            .into_iter()
+            .map(|e| pb::AuditEvent {
+                id: e.id.to_string(),
+                org_id: e.org_id.to_string(),
+                occurred_at: Some(timestamp(e.occurred_at)),
+                actor: e.actor,
+                action: e.action,
+                token_id: e.token_id.map(|u| u.to_string()).unwrap_or_default(),
+                ip: e.ip.unwrap_or_default(),
+                user_agent: e.user_agent.unwrap_or_default(),
+                details: to_struct(&e.details),
+            })
+            .collect(),
+        next_page_token: p.next_page_token.unwrap_or_default(),
     }
 }
 
@@ -165,6 +235,7 @@ pub fn list_request(r: pb::ListTokensRequest) -> Result<ListTokensRequest, Error
         Ok(pb::TokenState::Active) => Some(TokenState::Active),
         Ok(pb::TokenState::Expired) => Some(TokenState::Expired),
         Ok(pb::TokenState::Revoked) => Some(TokenState::Revoked),
+        Ok(pb::TokenState::Disabled) => Some(TokenState::Disabled),
         Err(_) => return Err(Error::invalid("state is not a known token state")),
     };
     Ok(ListTokensRequest {

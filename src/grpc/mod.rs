@@ -119,10 +119,13 @@ impl AuthService for AuthGrpc {
         &self,
         req: Request<pb::RotateTokenRequest>,
     ) -> Result<Response<pb::RotateTokenResponse>, Status> {
-        caller(&req)?;
-        Err(Status::unimplemented(
-            "RotateToken is not available yet: it arrives with the token lifecycle work",
-        ))
+        let caller = caller(&req)?;
+        let (id, input) = convert::rotate_request(req.get_ref())?;
+        let rotated = self
+            .authority
+            .rotate_token(&caller, id, input, self.clock.now())
+            .await?;
+        Ok(Response::new(convert::rotated(rotated)))
     }
 
     async fn validate_token(
@@ -146,10 +149,48 @@ impl AuthService for AuthGrpc {
         &self,
         req: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        caller(&req)?;
-        Err(Status::unimplemented(
-            "ListAuditEvents is not available yet: it arrives with the token lifecycle work",
-        ))
+        let caller = caller(&req)?;
+        let input = convert::audit_request(req.into_inner())?;
+        let page = self.authority.list_audit(&caller, input).await?;
+        Ok(Response::new(convert::audit_page(page)))
+    }
+
+    async fn disable_token(
+        &self,
+        req: Request<pb::DisableTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        self.set_disabled(&caller, &r.org_id, &r.token_id, true).await
+    }
+
+    async fn enable_token(
+        &self,
+        req: Request<pb::EnableTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        self.set_disabled(&caller, &r.org_id, &r.token_id, false).await
+    }
+}
+
+impl AuthGrpc {
+    async fn set_disabled(
+        &self,
+        caller: &Caller,
+        org_id: &str,
+        token_id: &str,
+        disabled: bool,
+    ) -> Result<Response<pb::Token>, Status> {
+        let scope = OrgScope {
+            org_id: convert::opt_uuid("org_id", org_id)?,
+        };
+        let id = convert::uuid_field("token_id", token_id)?;
+        let view = self
+            .authority
+            .set_token_disabled(caller, scope, id, disabled, self.clock.now())
+            .await?;
+        Ok(Response::new(convert::token(view)))
     }
 }
 

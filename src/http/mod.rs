@@ -2,6 +2,7 @@
 //! result; they hold no rules. The router and the OpenAPI document are built from the same
 //! registrations, so the document cannot miss a route.
 
+mod audit;
 mod error;
 mod extract;
 mod ops;
@@ -68,7 +69,11 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(verify::verify_token))
         .routes(routes!(tokens::get_token, tokens::revoke_token))
         .routes(routes!(orgs::create_org))
-        .routes(routes!(orgs::get_org))
+        .routes(routes!(orgs::get_org, orgs::update_org))
+        .routes(routes!(tokens::rotate_token))
+        .routes(routes!(tokens::disable_token))
+        .routes(routes!(tokens::enable_token))
+        .routes(routes!(audit::list_audit))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

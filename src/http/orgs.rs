@@ -9,7 +9,7 @@ use super::AppState;
 use super::error::ErrorBody;
 use super::extract::{ApiJson, ApiPath, Authenticated};
 use crate::error::Error;
-use crate::service::model::{CreateOrgRequest, OrgView};
+use crate::service::model::{CreateOrgRequest, OrgView, UpdateOrgRequest};
 
 /// Create an org. Needs platform:admin.
 #[utoipa::path(post, path = "/v1/orgs", tag = "orgs", security(("bearer" = [])),
@@ -45,4 +45,24 @@ pub async fn get_org(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<OrgView>, Error> {
     Ok(Json(s.authority.get_org(&caller, id).await?))
+}
+
+/// Set an org's lifetime policy. Needs org:admin in that org (or platform:admin).
+#[utoipa::path(patch, path = "/v1/orgs/{id}", tag = "orgs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Org id")),
+    request_body = UpdateOrgRequest,
+    responses(
+        (status = 200, description = "The org", body = OrgView),
+        (status = 400, description = "Malformed request or limits", body = ErrorBody),
+        (status = 401, description = "Missing or invalid bearer", body = ErrorBody),
+        (status = 403, description = "Lacks org:admin", body = ErrorBody),
+        (status = 404, description = "No such org within reach", body = ErrorBody),
+    ))]
+pub async fn update_org(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<UpdateOrgRequest>,
+) -> Result<Json<OrgView>, Error> {
+    Ok(Json(s.authority.update_org(&caller, id, req, s.clock.now()).await?))
 }

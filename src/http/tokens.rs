@@ -10,7 +10,8 @@ use super::error::ErrorBody;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
 use crate::error::Error;
 use crate::service::model::{
-    CreateTokenRequest, CreatedToken, ListTokensRequest, OrgScope, TokenPage, TokenView,
+    CreateTokenRequest, CreatedToken, ListTokensRequest, OrgScope, RotateTokenRequest,
+    RotatedToken, TokenPage, TokenView,
 };
 
 /// Create a token; its plaintext is in this response only.
@@ -116,4 +117,68 @@ pub async fn revoke_current_token(
     Ok(Json(
         s.authority.revoke_current(&caller, s.clock.now()).await?,
     ))
+}
+
+/// Rotate a token: a new token with the same name, permissions and lifetime length; the old one
+/// keeps working for the grace period. Rotating an already rotated token revokes its whole
+/// family and answers 409.
+#[utoipa::path(post, path = "/v1/tokens/{id}/rotate", tag = "tokens", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Token id")),
+    request_body = RotateTokenRequest,
+    responses(
+        (status = 201, description = "The new token, its plaintext, and the old token", body = RotatedToken),
+        (status = 400, description = "Malformed request, or a revoked, expired or disabled token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid bearer", body = ErrorBody),
+        (status = 403, description = "Lacks tokens:rotate", body = ErrorBody),
+        (status = 404, description = "No such token within reach", body = ErrorBody),
+        (status = 409, description = "Already rotated: the whole family is now revoked", body = ErrorBody),
+    ))]
+pub async fn rotate_token(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<RotateTokenRequest>,
+) -> Result<(StatusCode, Json<RotatedToken>), Error> {
+    let rotated = s.authority.rotate_token(&caller, id, req, s.clock.now()).await?;
+    Ok((StatusCode::CREATED, Json(rotated)))
+}
+
+/// Disable a token without revoking it: it verifies as invalid until enabled.
+#[utoipa::path(post, path = "/v1/tokens/{id}/disable", tag = "tokens", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Token id"), OrgScope),
+    responses(
+        (status = 200, description = "The token", body = TokenView),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid bearer", body = ErrorBody),
+        (status = 403, description = "Lacks tokens:revoke", body = ErrorBody),
+        (status = 404, description = "No such token within reach", body = ErrorBody),
+    ))]
+pub async fn disable_token(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(scope): ApiQuery<OrgScope>,
+) -> Result<Json<TokenView>, Error> {
+    let now = s.clock.now();
+    Ok(Json(s.authority.set_token_disabled(&caller, scope, id, true, now).await?))
+}
+
+/// Enable a disabled token.
+#[utoipa::path(post, path = "/v1/tokens/{id}/enable", tag = "tokens", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Token id"), OrgScope),
+    responses(
+        (status = 200, description = "The token", body = TokenView),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid bearer", body = ErrorBody),
+        (status = 403, description = "Lacks tokens:revoke", body = ErrorBody),
+        (status = 404, description = "No such token within reach", body = ErrorBody),
+    ))]
+pub async fn enable_token(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(scope): ApiQuery<OrgScope>,
+) -> Result<Json<TokenView>, Error> {
+    let now = s.clock.now();
+    Ok(Json(s.authority.set_token_disabled(&caller, scope, id, false, now).await?))
 }

@@ -2,6 +2,7 @@
 //! Operations take the acting [`Caller`] and `now`; both transports call the same methods.
 
 mod audit;
+mod lifecycle;
 pub mod model;
 mod orgs;
 mod tokens;

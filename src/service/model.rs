@@ -88,6 +88,8 @@ pub enum TokenState {
     Active,
     Expired,
     Revoked,
+    /// Switched off with `disable`; verifies as invalid until enabled again.
+    Disabled,
 }
 
 /// `POST /v1/tokens`: create a token. Give `permissions` (the bitmap), `scopes` (names and
@@ -140,6 +142,103 @@ pub struct TokenView {
     pub replaced_by: Option<Uuid>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// The last 5 distinct client addresses that used the token, newest first (batched like
+    /// `request_count`).
+    pub client_ips: Vec<ClientIpView>,
+}
+
+/// A client address that used a token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ClientIpView {
+    pub ip: String,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// `POST /v1/tokens/{id}/rotate`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateTokenRequest {
+    /// Defaults to the caller's org.
+    pub org_id: Option<Uuid>,
+    /// Seconds the old token keeps working: default 3600, 0 = at once (the emergency path),
+    /// at most 30 days.
+    pub grace_seconds: Option<i64>,
+}
+
+/// The answer to a rotation: the new token with its plaintext (shown once) and the old one.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RotatedToken {
+    pub token: TokenView,
+    /// The new token itself. Store it now: it cannot be shown again.
+    pub plaintext: String,
+    /// The old token, now replaced and expiring after the grace period.
+    pub previous: TokenView,
+}
+
+/// `GET /v1/audit` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListAuditRequest {
+    /// Defaults to the caller's org.
+    pub org_id: Option<Uuid>,
+    pub token_id: Option<Uuid>,
+    /// e.g. `token_created`, `token_revoked`, `token_rotated`.
+    pub action: Option<String>,
+    /// e.g. `token:<uuid>`, `bootstrap`.
+    pub actor: Option<String>,
+    /// Events at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Events before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// 1-500, default 50; larger values are treated as 500.
+    pub page_size: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AuditEventView {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    /// `token:<uuid>`, `user:<uuid>`, `bootstrap` or `system`.
+    pub actor: String,
+    pub action: String,
+    pub token_id: Option<Uuid>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+/// One page of audit events, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<AuditEventView>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// `PATCH /v1/orgs/{id}`: the lifetime policy. An absent field is left as it is; `null` removes
+/// the limit.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrgRequest {
+    /// The longest lifetime a new token may get, in seconds.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub max_ttl_seconds: Option<Option<i64>>,
+    /// The lifetime of tokens created without one, in seconds (at most the maximum).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub default_ttl_seconds: Option<Option<i64>>,
+}
+
+/// Tells an absent field (`None`, by `default`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// The answer to a create: the token and its plaintext, which is shown this once.
@@ -161,7 +260,7 @@ pub struct ListTokensRequest {
     pub page_size: Option<u32>,
     /// `next_page_token` of the previous page.
     pub page_token: Option<String>,
-    /// `active`, `expired` or `revoked`.
+    /// `active`, `expired`, `revoked` or `disabled`.
     pub state: Option<TokenState>,
 }
 
@@ -245,10 +344,14 @@ pub struct CreateOrgRequest {
     pub name: String,
 }
 
-/// An org.
+/// An org and its lifetime policy.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct OrgView {
     pub id: Uuid,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// The longest lifetime a new token may get; `null`: no limit.
+    pub max_ttl_seconds: Option<i64>,
+    /// The lifetime of tokens created without one; `null`: they do not expire.
+    pub default_ttl_seconds: Option<i64>,
 }

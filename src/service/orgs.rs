@@ -20,11 +20,13 @@ pub struct BootstrapOutcome {
     pub plaintext: Secret<String>,
 }
 
-fn org_view(o: &OrgRecord) -> OrgView {
+pub(super) fn org_view(o: &OrgRecord) -> OrgView {
     OrgView {
         id: o.id,
         name: o.name.clone(),
         created_at: o.created_at,
+        max_ttl_seconds: o.max_ttl_seconds,
+        default_ttl_seconds: o.default_ttl_seconds,
     }
 }
 

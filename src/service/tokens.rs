@@ -5,7 +5,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::model::{
-    CreateTokenRequest, CreatedToken, ListTokensRequest, Name, OrgScope, TokenPage, TokenState,
+    ClientIpView, CreateTokenRequest, CreatedToken, ListTokensRequest, Name, OrgScope, TokenPage, TokenState,
     TokenView,
 };
 use super::{Authority, Caller, PrincipalKind, audit};
@@ -20,7 +20,7 @@ pub const MAX_METADATA_BYTES: usize = 4096;
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
 /// The longest lifetime a token may be given: ten years.
-const MAX_TTL_SECONDS: i64 = 10 * 366 * 24 * 3600;
+pub(crate) const MAX_TTL_SECONDS: i64 = 10 * 366 * 24 * 3600;
 
 impl Authority {
     /// The view of a token at `now`.
@@ -29,6 +29,8 @@ impl Authority {
             TokenState::Revoked
         } else if t.expires_at.is_some_and(|e| e <= now) {
             TokenState::Expired
+        } else if t.disabled_at.is_some() {
+            TokenState::Disabled
         } else {
             TokenState::Active
         };
@@ -49,6 +51,15 @@ impl Authority {
             request_count: t.request_count,
             replaced_by: t.replaced_by,
             metadata: t.metadata.clone(),
+            disabled_at: t.disabled_at,
+            client_ips: t
+                .client_ips
+                .iter()
+                .map(|c| ClientIpView {
+                    ip: c.ip.clone(),
+                    last_seen_at: c.last_seen_at,
+                })
+                .collect(),
         }
     }
 
@@ -101,11 +112,13 @@ impl Authority {
         let p = &caller.principal;
         p.require(Permissions::TOKENS_CREATE, "tokens:create")?;
         let name = Name::parse("name", req.name)?;
-        let expires_at = expiry(req.expires_at, req.ttl_seconds, now)?;
+        let requested_expiry = expiry(req.expires_at, req.ttl_seconds, now)?;
         let metadata = check_metadata(req.metadata)?;
         let permissions =
             self.requested_permissions(p.effective(), req.permissions, req.scopes.as_deref())?;
         let org_id = self.target_org(p, req.org_id).await?;
+        let org = self.store.get_org(org_id).await?.ok_or(Error::NotFound)?;
+        let expires_at = apply_policy(&org, requested_expiry, now)?;
 
         let kind = TokenKind::from(req.kind);
         let (record, plaintext) = self
@@ -194,7 +207,7 @@ impl Authority {
     }
 
     /// Loads a token the caller may see, or the uniform not-found.
-    async fn reachable_token(
+    pub(super) async fn reachable_token(
         &self,
         caller: &Caller,
         org: Option<Uuid>,
@@ -259,6 +272,7 @@ impl Authority {
                     TokenState::Active => StateFilter::Active,
                     TokenState::Expired => StateFilter::Expired,
                     TokenState::Revoked => StateFilter::Revoked,
+                    TokenState::Disabled => StateFilter::Disabled,
                 }),
                 before_id,
                 limit: limit + 1,
@@ -333,6 +347,30 @@ impl Authority {
         let t = self.store.get_token(t.id).await?.ok_or(Error::NotFound)?;
         Ok(self.view(&t, now))
     }
+}
+
+/// The org's lifetime policy applied to a requested expiry: no expiry requested gets the default
+/// lifetime (or, with only a maximum set, the maximum); a lifetime beyond the maximum is refused.
+pub(crate) fn apply_policy(
+    org: &crate::store::OrgRecord,
+    requested: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>> {
+    let expires_at = match requested {
+        Some(at) => Some(at),
+        None => org
+            .default_ttl_seconds
+            .or(org.max_ttl_seconds)
+            .map(|ttl| now + TimeDelta::seconds(ttl)),
+    };
+    if let (Some(max), Some(at)) = (org.max_ttl_seconds, expires_at)
+        && at - now > TimeDelta::seconds(max)
+    {
+        return Err(Error::invalid(format!(
+            "the lifetime exceeds this org's maximum of {max} seconds (max_ttl_seconds)"
+        )));
+    }
+    Ok(expires_at)
 }
 
 fn expiry(

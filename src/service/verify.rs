@@ -39,7 +39,8 @@ impl AuthenticatedToken {
 
 struct CachedToken {
     token: AuthenticatedToken,
-    revoked: bool,
+    /// Revoked or disabled when loaded: never valid until reloaded.
+    blocked: bool,
     verifier: Verifier,
     /// For Argon2id verifiers: SHA-256 of the secret once it has matched, so later checks of
     /// the same token skip Argon2id.
@@ -166,7 +167,7 @@ impl Authority {
                 permissions: t.permissions,
                 expires_at: t.expires_at,
             },
-            revoked: t.revoked_at.is_some(),
+            blocked: t.revoked_at.is_some() || t.disabled_at.is_some(),
             verifier,
             fast: OnceLock::new(),
             loaded: Instant::now(),
@@ -238,7 +239,7 @@ impl Authority {
         if entry.token.kind != parsed.kind || !self.secret_matches(&entry, &parsed.secret).await? {
             return Ok(None);
         }
-        if entry.revoked || entry.token.expires_at.is_some_and(|e| e <= now) {
+        if entry.blocked || entry.token.expires_at.is_some_and(|e| e <= now) {
             return Ok(None);
         }
         self.usage.record(entry.token.id, ip, now);

@@ -260,22 +260,59 @@ async fn a_token_revokes_itself_over_grpc() {
 }
 
 #[tokio::test]
-async fn rotate_and_audit_answer_unimplemented_until_their_logic_lands() {
+async fn rotate_disable_enable_and_audit_work_over_grpc() {
+    // Arrange
     let app = spawn_app().await;
     let mut c = client(&app).await;
-    let s = c
-        .rotate_token(authed(pb::RotateTokenRequest::default(), &app.admin_token))
+    let created = c
+        .create_token(authed(create_req("rotating", 4), &app.admin_token))
         .await
-        .unwrap_err();
-    assert_eq!(s.code(), Code::Unimplemented);
-    let s = c
-        .list_audit_events(authed(
-            pb::ListAuditEventsRequest::default(),
+        .unwrap()
+        .into_inner();
+    let old_id = created.token.unwrap().id;
+
+    // Act
+    let rotated = c
+        .rotate_token(authed(
+            pb::RotateTokenRequest { org_id: String::new(), token_id: old_id.clone(), grace_seconds: Some(0) },
             &app.admin_token,
         ))
         .await
-        .unwrap_err();
-    assert_eq!(s.code(), Code::Unimplemented);
+        .unwrap()
+        .into_inner();
+    let new = rotated.token.clone().unwrap();
+    let disabled = c
+        .disable_token(authed(
+            pb::DisableTokenRequest { org_id: String::new(), token_id: new.id.clone() },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let while_disabled = validate(&mut c, &rotated.plaintext).await;
+    c.enable_token(authed(
+        pb::EnableTokenRequest { org_id: String::new(), token_id: new.id.clone() },
+        &app.admin_token,
+    ))
+    .await
+    .unwrap();
+    let events = c
+        .list_audit_events(authed(
+            pb::ListAuditEventsRequest { token_id: old_id.clone(), ..Default::default() },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Assert
+    assert_eq!(rotated.previous.unwrap().replaced_by, new.id);
+    assert_eq!(validate(&mut c, &created.plaintext).await.code, pb::ValidationCode::Invalid as i32);
+    assert_eq!(disabled.state, pb::TokenState::Disabled as i32);
+    assert_eq!(while_disabled.code, pb::ValidationCode::Invalid as i32);
+    assert_eq!(validate(&mut c, &rotated.plaintext).await.code, pb::ValidationCode::Valid as i32);
+    let actions: Vec<&str> = events.events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, vec!["token_rotated", "token_created"]);
 }
 
 #[tokio::test]
