@@ -1,9 +1,11 @@
 //! Persistence. One [`Store`] trait, one implementation per backend, chosen by the database URL's
 //! scheme. The store knows rows and transactions, never rules: who may do what is `service/`'s.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,6 +13,7 @@ use uuid::Uuid;
 
 use crate::token::{Permissions, TokenKind};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A store failure the service reacts to; everything else is `Other`.
@@ -250,15 +253,52 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// Opens the store named by `url`: `sqlite:...` (the default) or, later, `postgres:...`.
+/// Connection pool settings for a server backend (PostgreSQL). The embedded SQLite backend keeps
+/// its own fixed pool and ignores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Most connections a node holds (the cache-invalidation listener has one more of its own).
+    pub max_connections: u32,
+    /// Connections kept open even when idle.
+    pub min_connections: u32,
+    /// How long a query waits for a free connection before it fails.
+    pub acquire_timeout: Duration,
+    /// Idle connections above `min_connections` are closed after this long; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Connections are replaced after this long (e.g. to follow a failover); `None`: never.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            min_connections: 0,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+        }
+    }
+}
+
+/// Opens the store named by `url` with the default [`PoolOptions`]: `sqlite:...` (the default)
+/// or `postgres://...` / `postgresql://...`.
 ///
 /// # Errors
 /// An unsupported scheme, or a database that cannot be opened or migrated.
 pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    connect_with(url, &PoolOptions::default()).await
+}
+
+/// Opens the store named by `url`, with `pool` for the backends that use a connection pool.
+///
+/// # Errors
+/// An unsupported scheme, or a database that cannot be opened or migrated.
+pub async fn connect_with(url: &str, pool: &PoolOptions) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        anyhow::bail!("the PostgreSQL backend is not built yet; use a sqlite: URL")
+        Ok(Arc::new(PostgresStore::connect(url, pool).await?))
     } else {
         anyhow::bail!("unsupported database URL scheme (expected sqlite: or postgres:)")
     }

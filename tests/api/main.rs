@@ -8,6 +8,7 @@ mod expiry;
 mod grpc;
 mod grpc_contract;
 mod helpers;
+mod lifecycle;
 mod logs;
 mod multinode;
 mod ops;
