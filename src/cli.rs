@@ -21,6 +21,146 @@ pub enum Command {
     Serve(ServeArgs),
     /// Mint an admin token directly in the database (no server needed) and print it on stdout.
     Bootstrap(BootstrapArgs),
+    /// Manage tokens on a running server (REST client).
+    Token {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Read the audit log of a running server (REST client).
+    Audit {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// How the client commands reach the server.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Base URL of the Latchkey server.
+    #[arg(
+        long,
+        env = "LATCHKEY_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+
+    /// Bearer token to act with.
+    #[arg(long, env = "LATCHKEY_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints its plaintext alone on stdout (shown once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// `pat` or `svc`.
+        #[arg(long = "type", default_value = "pat")]
+        r#type: String,
+        /// A scope or composite name (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// The permission bitmap.
+        #[arg(long)]
+        permissions: Option<u64>,
+        #[arg(long)]
+        ttl_seconds: Option<i64>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[arg(long)]
+        org_id: Option<String>,
+        /// A JSON object.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// List tokens, newest first.
+    List {
+        #[arg(long)]
+        org_id: Option<String>,
+        /// `active`, `expired`, `revoked` or `disabled`.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        page_size: Option<u32>,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Show one token.
+    Get {
+        id: String,
+        #[arg(long)]
+        org_id: Option<String>,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        org_id: Option<String>,
+    },
+    /// Rotate a token; prints the new plaintext alone on stdout.
+    Rotate {
+        id: String,
+        /// Seconds the old token keeps working (default 3600; 0 = now).
+        #[arg(long)]
+        grace_seconds: Option<i64>,
+        #[arg(long)]
+        org_id: Option<String>,
+    },
+    /// Disable a token (it verifies as invalid until enabled).
+    Disable {
+        id: String,
+        #[arg(long)]
+        org_id: Option<String>,
+    },
+    /// Enable a disabled token.
+    Enable {
+        id: String,
+        #[arg(long)]
+        org_id: Option<String>,
+    },
+    /// Verify a token (`-` reads it from stdin); exit code 0 only when valid.
+    Verify {
+        token: String,
+        /// A scope the token must hold (repeatable).
+        #[arg(long = "require")]
+        require: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events, newest first.
+    List {
+        #[arg(long)]
+        org_id: Option<String>,
+        #[arg(long)]
+        token_id: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        page_size: Option<u32>,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
 }
 
 /// Log output format.

@@ -1,6 +1,7 @@
 //! Latchkey: a self-hosted API token authority. See `ARCHITECTURE.md` for the code map.
 
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -37,5 +37,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", out.plaintext.expose());
             Ok(())
         }
+        Command::Token { client, command } => latchkey::client::token(&client, command).await,
+        Command::Audit { client, command } => latchkey::client::audit(&client, command).await,
     }
 }

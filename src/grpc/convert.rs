@@ -165,11 +165,21 @@ pub fn audit_request(r: pb::ListAuditEventsRequest) -> Result<ListAuditRequest, 
         token_id: opt_uuid("token_id", &r.token_id)?,
         action: opt_str(r.action),
         actor: opt_str(r.actor),
-        since: r.since.as_ref().map(|t| from_timestamp("since", t)).transpose()?,
-        until: r.until.as_ref().map(|t| from_timestamp("until", t)).transpose()?,
+        since: r
+            .since
+            .as_ref()
+            .map(|t| from_timestamp("since", t))
+            .transpose()?,
+        until: r
+            .until
+            .as_ref()
+            .map(|t| from_timestamp("until", t))
+            .transpose()?,
         page_size: match r.page_size {
             0 => None,
-            n => Some(u32::try_from(n).map_err(|_| Error::invalid("page_size must not be negative"))?),
+            n => Some(
+                u32::try_from(n).map_err(|_| Error::invalid("page_size must not be negative"))?,
+            ),
         },
         page_token: opt_str(r.page_token),
     })

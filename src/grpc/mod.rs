@@ -161,7 +161,8 @@ impl AuthService for AuthGrpc {
     ) -> Result<Response<pb::Token>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        self.set_disabled(&caller, &r.org_id, &r.token_id, true).await
+        self.set_disabled(&caller, &r.org_id, &r.token_id, true)
+            .await
     }
 
     async fn enable_token(
@@ -170,7 +171,8 @@ impl AuthService for AuthGrpc {
     ) -> Result<Response<pb::Token>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        self.set_disabled(&caller, &r.org_id, &r.token_id, false).await
+        self.set_disabled(&caller, &r.org_id, &r.token_id, false)
+            .await
     }
 }
 

@@ -64,5 +64,9 @@ pub async fn update_org(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<UpdateOrgRequest>,
 ) -> Result<Json<OrgView>, Error> {
-    Ok(Json(s.authority.update_org(&caller, id, req, s.clock.now()).await?))
+    Ok(Json(
+        s.authority
+            .update_org(&caller, id, req, s.clock.now())
+            .await?,
+    ))
 }

@@ -139,7 +139,10 @@ pub async fn rotate_token(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<RotateTokenRequest>,
 ) -> Result<(StatusCode, Json<RotatedToken>), Error> {
-    let rotated = s.authority.rotate_token(&caller, id, req, s.clock.now()).await?;
+    let rotated = s
+        .authority
+        .rotate_token(&caller, id, req, s.clock.now())
+        .await?;
     Ok((StatusCode::CREATED, Json(rotated)))
 }
 
@@ -160,7 +163,11 @@ pub async fn disable_token(
     ApiQuery(scope): ApiQuery<OrgScope>,
 ) -> Result<Json<TokenView>, Error> {
     let now = s.clock.now();
-    Ok(Json(s.authority.set_token_disabled(&caller, scope, id, true, now).await?))
+    Ok(Json(
+        s.authority
+            .set_token_disabled(&caller, scope, id, true, now)
+            .await?,
+    ))
 }
 
 /// Enable a disabled token.
@@ -180,5 +187,9 @@ pub async fn enable_token(
     ApiQuery(scope): ApiQuery<OrgScope>,
 ) -> Result<Json<TokenView>, Error> {
     let now = s.clock.now();
-    Ok(Json(s.authority.set_token_disabled(&caller, scope, id, false, now).await?))
+    Ok(Json(
+        s.authority
+            .set_token_disabled(&caller, scope, id, false, now)
+            .await?,
+    ))
 }

@@ -56,11 +56,17 @@ impl Authority {
             return Err(Error::invalid("an expired token cannot be rotated"));
         }
         if old.disabled_at.is_some() {
-            return Err(Error::invalid("a disabled token cannot be rotated; enable it first"));
+            return Err(Error::invalid(
+                "a disabled token cannot be rotated; enable it first",
+            ));
         }
 
         let lifetime = old.expires_at.map(|e| e - old.created_at);
-        let org = self.store.get_org(old.org_id).await?.ok_or(Error::NotFound)?;
+        let org = self
+            .store
+            .get_org(old.org_id)
+            .await?
+            .ok_or(Error::NotFound)?;
         let mut expires_at = lifetime.map(|l| now + l);
         if let (Some(max), Some(at)) = (org.max_ttl_seconds, expires_at) {
             // The policy may have tightened since the old token was made: cap, do not refuse.
@@ -167,12 +173,18 @@ impl Authority {
         disabled: bool,
         now: DateTime<Utc>,
     ) -> Result<TokenView> {
-        caller.principal.require(Permissions::TOKENS_REVOKE, "tokens:revoke")?;
+        caller
+            .principal
+            .require(Permissions::TOKENS_REVOKE, "tokens:revoke")?;
         let t = self.reachable_token(caller, scope.org_id, id).await?;
         let event = audit::event(
             t.org_id,
             caller.principal.actor(),
-            if disabled { "token_disabled" } else { "token_enabled" },
+            if disabled {
+                "token_disabled"
+            } else {
+                "token_enabled"
+            },
             Some(t.id),
             &caller.meta,
             json!({ "name": t.name }),

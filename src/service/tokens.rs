@@ -5,8 +5,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::model::{
-    ClientIpView, CreateTokenRequest, CreatedToken, ListTokensRequest, Name, OrgScope, TokenPage, TokenState,
-    TokenView,
+    ClientIpView, CreateTokenRequest, CreatedToken, ListTokensRequest, Name, OrgScope, TokenPage,
+    TokenState, TokenView,
 };
 use super::{Authority, Caller, PrincipalKind, audit};
 use crate::error::{Error, Result};

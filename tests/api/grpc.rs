@@ -274,7 +274,11 @@ async fn rotate_disable_enable_and_audit_work_over_grpc() {
     // Act
     let rotated = c
         .rotate_token(authed(
-            pb::RotateTokenRequest { org_id: String::new(), token_id: old_id.clone(), grace_seconds: Some(0) },
+            pb::RotateTokenRequest {
+                org_id: String::new(),
+                token_id: old_id.clone(),
+                grace_seconds: Some(0),
+            },
             &app.admin_token,
         ))
         .await
@@ -283,7 +287,10 @@ async fn rotate_disable_enable_and_audit_work_over_grpc() {
     let new = rotated.token.clone().unwrap();
     let disabled = c
         .disable_token(authed(
-            pb::DisableTokenRequest { org_id: String::new(), token_id: new.id.clone() },
+            pb::DisableTokenRequest {
+                org_id: String::new(),
+                token_id: new.id.clone(),
+            },
             &app.admin_token,
         ))
         .await
@@ -291,14 +298,20 @@ async fn rotate_disable_enable_and_audit_work_over_grpc() {
         .into_inner();
     let while_disabled = validate(&mut c, &rotated.plaintext).await;
     c.enable_token(authed(
-        pb::EnableTokenRequest { org_id: String::new(), token_id: new.id.clone() },
+        pb::EnableTokenRequest {
+            org_id: String::new(),
+            token_id: new.id.clone(),
+        },
         &app.admin_token,
     ))
     .await
     .unwrap();
     let events = c
         .list_audit_events(authed(
-            pb::ListAuditEventsRequest { token_id: old_id.clone(), ..Default::default() },
+            pb::ListAuditEventsRequest {
+                token_id: old_id.clone(),
+                ..Default::default()
+            },
             &app.admin_token,
         ))
         .await
@@ -307,10 +320,16 @@ async fn rotate_disable_enable_and_audit_work_over_grpc() {
 
     // Assert
     assert_eq!(rotated.previous.unwrap().replaced_by, new.id);
-    assert_eq!(validate(&mut c, &created.plaintext).await.code, pb::ValidationCode::Invalid as i32);
+    assert_eq!(
+        validate(&mut c, &created.plaintext).await.code,
+        pb::ValidationCode::Invalid as i32
+    );
     assert_eq!(disabled.state, pb::TokenState::Disabled as i32);
     assert_eq!(while_disabled.code, pb::ValidationCode::Invalid as i32);
-    assert_eq!(validate(&mut c, &rotated.plaintext).await.code, pb::ValidationCode::Valid as i32);
+    assert_eq!(
+        validate(&mut c, &rotated.plaintext).await.code,
+        pb::ValidationCode::Valid as i32
+    );
     let actions: Vec<&str> = events.events.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, vec!["token_rotated", "token_created"]);
 }
