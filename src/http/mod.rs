@@ -5,6 +5,7 @@
 mod audit;
 mod error;
 mod extract;
+mod gateway;
 mod ops;
 mod orgs;
 mod tokens;
@@ -74,6 +75,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::disable_token))
         .routes(routes!(tokens::enable_token))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(gateway::check))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

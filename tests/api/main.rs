@@ -5,6 +5,7 @@ mod cache;
 mod cli;
 mod create;
 mod expiry;
+mod gateway;
 mod grpc;
 mod grpc_contract;
 mod helpers;

@@ -1,0 +1,76 @@
+//! `GET /v1/auth/check`: the gateway check for nginx `auth_request` (and Envoy `ext_authz` in
+//! HTTP mode). Reads the bearer, verifies it through the same service call as
+//! `POST /v1/tokens/verify`, and answers with status and headers only.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::AppState;
+use super::error::ErrorBody;
+use super::extract::{ApiQuery, Meta, bearer};
+use crate::error::Error;
+use crate::service::model::{VerifyCode, VerifyRequest};
+
+/// `?require=a,b`: scopes (or composites) the token must all hold.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CheckQuery {
+    /// Comma-separated scope names.
+    pub require: Option<String>,
+}
+
+/// Gateway check: 204 with `X-Latchkey-Token-Id`, `X-Latchkey-Org-Id` and `X-Latchkey-Scopes` for a
+/// valid bearer holding every required scope; 401 (with `WWW-Authenticate: Bearer`) for a missing or
+/// invalid one; 403 when a scope is lacking.
+#[utoipa::path(get, path = "/v1/auth/check", tag = "verify",
+    params(CheckQuery),
+    responses(
+        (status = 204, description = "Allowed; identity in the X-Latchkey-* headers"),
+        (status = 400, description = "Malformed query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid bearer", body = ErrorBody),
+        (status = 403, description = "The token lacks a required scope", body = ErrorBody),
+    ))]
+pub async fn check(
+    State(s): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<CheckQuery>,
+) -> Result<Response, Error> {
+    let req = VerifyRequest {
+        token: bearer(&headers).unwrap_or_default().to_string(),
+        required_scopes: q
+            .require
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    };
+    let res = s.authority.verify(&req, meta.ip, s.clock.now()).await?;
+    match (res.code, res.token) {
+        (VerifyCode::Valid, Some(t)) => {
+            let mut out = StatusCode::NO_CONTENT.into_response();
+            let h = out.headers_mut();
+            for (name, value) in [
+                ("x-latchkey-token-id", t.token_id.to_string()),
+                ("x-latchkey-org-id", t.org_id.to_string()),
+                ("x-latchkey-scopes", t.scopes.join(",")),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.insert(HeaderName::from_static(name), v);
+                }
+            }
+            Ok(out)
+        }
+        (VerifyCode::InsufficientPermissions, _) => Err(Error::PermissionDenied(
+            "the token lacks a required scope".into(),
+        )),
+        _ => Err(Error::Unauthenticated),
+    }
+}
