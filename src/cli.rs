@@ -222,6 +222,57 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes (413 beyond).
     #[arg(long, env = "LATCHKEY_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
+
+    /// Tokens minted (created or rotated) per hour, per client IP and per calling token (0: off).
+    #[arg(long, env = "LATCHKEY_RATE_LIMIT_MINT_PER_HOUR", default_value_t = 10)]
+    pub rate_limit_mint_per_hour: u32,
+
+    /// Management requests (everything but verification) per second per client IP (0: off).
+    #[arg(long, env = "LATCHKEY_RATE_LIMIT_PER_SECOND", default_value_t = 50)]
+    pub rate_limit_per_second: u32,
+
+    /// Burst of management requests per client IP.
+    #[arg(long, env = "LATCHKEY_RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+
+    /// Failed verifications and bearer authentications per minute per client IP; beyond it the
+    /// client's checks that would cost a database read or a hash answer 429 (0: off).
+    #[arg(
+        long,
+        env = "LATCHKEY_RATE_LIMIT_FAILED_VERIFY_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub rate_limit_failed_verify_per_minute: u32,
+
+    /// Leaked-token reports per minute per client IP (0: off).
+    #[arg(
+        long,
+        env = "LATCHKEY_RATE_LIMIT_LEAKED_PER_MINUTE",
+        default_value_t = 10
+    )]
+    pub rate_limit_leaked_per_minute: u32,
+
+    /// Proxies whose X-Forwarded-For is believed, as comma-separated CIDRs (e.g.
+    /// `127.0.0.1/32,10.0.0.0/8`). The client IP is the socket peer, or, when the peer is a
+    /// trusted proxy, the right-most untrusted address of X-Forwarded-For.
+    #[arg(long, env = "LATCHKEY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, env = "LATCHKEY_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub header_timeout_seconds: u64,
+
+    /// Seconds a request may take from its headers to the end of the response.
+    #[arg(long, env = "LATCHKEY_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub request_timeout_seconds: u64,
+
+    /// Most open connections; further ones wait in the listen backlog.
+    #[arg(long, env = "LATCHKEY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most requests in flight; beyond it requests get 503 with Retry-After at once.
+    #[arg(long, env = "LATCHKEY_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,8 @@ use anyhow::Context;
 
 use crate::cli::{CommonArgs, ServeArgs};
 use crate::service::AuthorityConfig;
-use crate::startup::Settings;
+use crate::service::ratelimit::RateLimitConfig;
+use crate::startup::{ServerLimits, Settings};
 use crate::token::ScopeRegistry;
 use crate::token::permissions::ScopeConfig;
 
@@ -47,11 +48,25 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     let mut authority = authority_config(&args.common)?;
     authority.cache_capacity = args.cache_capacity;
     authority.cache_ttl = Duration::from_secs(args.cache_ttl_seconds);
+    authority.rate_limits = RateLimitConfig {
+        mint_per_hour: args.rate_limit_mint_per_hour,
+        management_per_second: args.rate_limit_per_second,
+        management_burst: args.rate_limit_burst,
+        failed_verify_per_minute: args.rate_limit_failed_verify_per_minute,
+        leaked_reports_per_minute: args.rate_limit_leaked_per_minute,
+    };
     Ok(Settings {
         database_url: args.common.database_url.clone(),
         listen: args.listen,
         authority,
         usage_flush_interval: Duration::from_millis(args.usage_flush_ms.max(10)),
         max_body_bytes: args.max_body_bytes,
+        trusted_proxies: args.trusted_proxies.clone(),
+        limits: ServerLimits {
+            header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
+            request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
+            max_connections: args.max_connections.max(1),
+            max_in_flight: args.max_in_flight.max(1),
+        },
     })
 }

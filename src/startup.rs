@@ -8,11 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 
 use crate::clock::Clock;
 use crate::service::{Authority, AuthorityConfig, BootstrapOutcome};
-use crate::{grpc, http, store, telemetry};
+use crate::{grpc, http, server, store, telemetry};
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
@@ -23,6 +22,33 @@ pub struct Settings {
     pub authority: AuthorityConfig,
     pub usage_flush_interval: Duration,
     pub max_body_bytes: usize,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub limits: ServerLimits,
+}
+
+/// Bounds on what clients can hold: slow clients are cut off, overload is refused early.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Time a client may take to send a request's headers (default 10 s).
+    pub header_timeout: Duration,
+    /// Time from a request's headers to the end of its response (default 30 s).
+    pub request_timeout: Duration,
+    /// Most open connections (default 10,000).
+    pub max_connections: usize,
+    /// Most requests in flight; beyond it 503 with Retry-After (default 1024).
+    pub max_in_flight: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_in_flight: 1024,
+        }
+    }
 }
 
 /// A built server, bound and ready to run.
@@ -31,6 +57,7 @@ pub struct Application {
     router: Router,
     authority: Arc<Authority>,
     flush_interval: Duration,
+    limits: ServerLimits,
 }
 
 impl Application {
@@ -56,12 +83,16 @@ impl Application {
             settings.max_body_bytes,
         );
         let grpc = grpc::router(authority.clone(), clock, settings.max_body_bytes).await?;
-        let router = one_port(rest, grpc);
+        let router = server::bounded(
+            server::one_port(rest, grpc, Arc::new(settings.trusted_proxies)),
+            &settings.limits,
+        );
         Ok(Self {
             listener,
             router,
             authority,
             flush_interval: settings.usage_flush_interval,
+            limits: settings.limits,
         })
     }
 
@@ -98,18 +129,20 @@ impl Application {
                         _ = tick.tick() => {}
                         _ = &mut stopped => break,
                     }
+                    authority.housekeeping();
                     if let Err(e) = authority.flush_usage().await {
                         tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
                     }
                 }
             })
         };
-        let served = axum::serve(
+        let served = server::serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.router,
+            self.limits,
+            shutdown,
+            self.limits.request_timeout,
         )
-        .with_graceful_shutdown(shutdown)
         .await;
         let _ = stop_flusher.send(());
         let _ = flusher.await;
@@ -119,20 +152,6 @@ impl Application {
         flushed?;
         Ok(())
     }
-}
-
-/// REST and gRPC on one listener: requests with an `application/grpc` content type go to tonic,
-/// everything else to the REST router.
-fn one_port(rest: Router, grpc: Router) -> Router {
-    let svc = tower::service_fn(move |req: axum::extract::Request| {
-        let is_grpc = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let target = if is_grpc { grpc.clone() } else { rest.clone() };
-        async move { target.oneshot(req).await }
-    });
-    Router::new().fallback_service(svc)
 }
 
 fn print_bootstrap(out: &BootstrapOutcome) {

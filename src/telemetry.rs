@@ -44,8 +44,16 @@ pub fn metrics() -> PrometheusHandle {
             ] {
                 metrics::counter!(name).absolute(0);
             }
-            for result in ["valid", "invalid", "insufficient_permissions"] {
+            for result in [
+                "valid",
+                "invalid",
+                "insufficient_permissions",
+                "rate_limited",
+            ] {
                 metrics::counter!("latchkey_verify_total", "result" => result).absolute(0);
+            }
+            for limit in crate::service::ratelimit::LABELS {
+                metrics::counter!("latchkey_rate_limited_total", "limit" => limit).absolute(0);
             }
             handle
         })

@@ -13,6 +13,7 @@ use axum::response::Response;
 
 use crate::clock::Clock;
 use crate::http::bearer;
+use crate::server::ClientIp;
 use crate::service::{Authority, Caller, RequestMeta};
 
 #[derive(Clone)]
@@ -23,19 +24,24 @@ pub struct AuthLayerState {
 
 /// ValidateToken needs no caller; skipping it keeps the verify path free of a second check.
 const UNAUTHENTICATED_RPC: &str = "/latchkey.auth.v1.AuthService/ValidateToken";
+const AUTH_SERVICE: &str = "/latchkey.auth.v1.AuthService/";
 
 pub async fn authenticate(
     State(s): State<AuthLayerState>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    if req.uri().path() != UNAUTHENTICATED_RPC
-        && let Some(token) = bearer(req.headers())
-    {
-        let ip = req
-            .extensions()
+    let management =
+        req.uri().path().starts_with(AUTH_SERVICE) && req.uri().path() != UNAUTHENTICATED_RPC;
+    let ip = req.extensions().get::<ClientIp>().map(|c| c.0).or_else(|| {
+        req.extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+            .map(|c| c.0.ip())
+    });
+    if management && let Err(e) = s.authority.check_management_rate(ip) {
+        return tonic::Status::from(e).into_http();
+    }
+    if management && let Some(token) = bearer(req.headers()) {
         match s.authority.authenticate(token, ip, s.clock.now()).await {
             Ok(principal) => {
                 let ua = req

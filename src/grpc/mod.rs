@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
 use crate::error::Error;
+use crate::server::ClientIp;
 use crate::service::model::{OrgScope, VerifyRequest};
 use crate::service::{Authority, Caller};
 
@@ -132,10 +133,7 @@ impl AuthService for AuthGrpc {
         &self,
         req: Request<pb::ValidateTokenRequest>,
     ) -> Result<Response<pb::ValidateTokenResponse>, Status> {
-        let ip = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
+        let ip = req.extensions().get::<ClientIp>().map(|c| c.0);
         let r = req.into_inner();
         let input = VerifyRequest {
             token: r.token,

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::AppState;
 use crate::error::Error;
+use crate::server::ClientIp;
 use crate::service::{Caller, RequestMeta};
 
 /// JSON body with strict parsing; a rejection becomes `invalid_argument` (or 413).
@@ -69,10 +70,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let ip = parts.extensions.get::<ClientIp>().map(|c| c.0).or_else(|| {
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        });
         let ua = parts
             .headers
             .get(header::USER_AGENT)
@@ -100,6 +103,7 @@ impl FromRequestParts<AppState> for Authenticated {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let Meta(meta) = Meta::from_request_parts(parts, state).await?;
+        state.authority.check_management_rate(meta.ip)?;
         let token = bearer(&parts.headers).ok_or(Error::Unauthenticated)?;
         let principal = state
             .authority

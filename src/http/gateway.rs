@@ -33,6 +33,7 @@ pub struct CheckQuery {
         (status = 400, description = "Malformed query", body = ErrorBody),
         (status = 401, description = "Missing or invalid bearer", body = ErrorBody),
         (status = 403, description = "The token lacks a required scope", body = ErrorBody),
+        (status = 429, description = "Too many failed verifications from this client", body = ErrorBody),
     ))]
 pub async fn check(
     State(s): State<AppState>,
@@ -71,6 +72,9 @@ pub async fn check(
         (VerifyCode::InsufficientPermissions, _) => Err(Error::PermissionDenied(
             "the token lacks a required scope".into(),
         )),
+        (VerifyCode::RateLimited, _) => Err(Error::RateLimited {
+            retry_after: std::time::Duration::from_secs(res.retry_after_seconds.unwrap_or(1)),
+        }),
         _ => Err(Error::Unauthenticated),
     }
 }

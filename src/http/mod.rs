@@ -6,6 +6,7 @@ mod audit;
 mod error;
 mod extract;
 mod gateway;
+mod leaked;
 mod ops;
 mod orgs;
 mod tokens;
@@ -76,6 +77,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::enable_token))
         .routes(routes!(audit::list_audit))
         .routes(routes!(gateway::check))
+        .routes(routes!(leaked::report))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -39,6 +39,7 @@ impl Authority {
     ) -> Result<RotatedToken> {
         let p = &caller.principal;
         p.require(Permissions::TOKENS_ROTATE, "tokens:rotate")?;
+        self.check_mint_rate(caller)?;
         let grace = req.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
         if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
             return Err(Error::invalid(format!(

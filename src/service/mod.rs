@@ -2,9 +2,11 @@
 //! Operations take the acting [`Caller`] and `now`; both transports call the same methods.
 
 mod audit;
+mod leaked;
 mod lifecycle;
 pub mod model;
 mod orgs;
+pub mod ratelimit;
 mod tokens;
 mod verify;
 
@@ -125,6 +127,8 @@ pub struct AuthorityConfig {
     pub cache_capacity: usize,
     /// How long a cached token is trusted before it is read again, default 5 s.
     pub cache_ttl: Duration,
+    /// Rate limits; all off by default (the server's flags turn them on).
+    pub rate_limits: ratelimit::RateLimitConfig,
 }
 
 impl Default for AuthorityConfig {
@@ -135,6 +139,7 @@ impl Default for AuthorityConfig {
             scopes: ScopeRegistry::default(),
             cache_capacity: 100_000,
             cache_ttl: Duration::from_secs(5),
+            rate_limits: ratelimit::RateLimitConfig::DISABLED,
         }
     }
 }
@@ -146,6 +151,7 @@ pub struct Authority {
     cache: verify::TokenCache,
     usage: verify::UsageBuffer,
     argon2_slots: tokio::sync::Semaphore,
+    limits: ratelimit::RateLimits,
 }
 
 impl Authority {
@@ -155,6 +161,7 @@ impl Authority {
             cache: verify::TokenCache::new(config.cache_capacity, config.cache_ttl),
             usage: verify::UsageBuffer::default(),
             argon2_slots: tokio::sync::Semaphore::new(cpus),
+            limits: ratelimit::RateLimits::new(&config.rate_limits),
             store,
             config,
         }
@@ -180,6 +187,33 @@ impl Authority {
             });
         }
         Ok(())
+    }
+
+    /// The per-client-IP limit on management calls (everything but verification).
+    ///
+    /// # Errors
+    /// `rate_limited` with the retry time.
+    pub fn check_management_rate(&self, ip: Option<IpAddr>) -> Result<()> {
+        match (&self.limits.management, ip) {
+            (Some(l), Some(ip)) => l.take(&ip),
+            _ => Ok(()),
+        }
+    }
+
+    /// The mint limits: per client IP and per calling principal.
+    fn check_mint_rate(&self, caller: &Caller) -> Result<()> {
+        if let (Some(l), Some(ip)) = (&self.limits.mint_per_ip, caller.meta.ip) {
+            l.take(&ip)?;
+        }
+        if let Some(l) = &self.limits.mint_per_token {
+            l.take(&caller.principal.actor())?;
+        }
+        Ok(())
+    }
+
+    /// Periodic upkeep: forgets rate-limit state of clients that have recovered.
+    pub fn housekeeping(&self) {
+        self.limits.housekeeping();
     }
 
     /// Whether the database answers.

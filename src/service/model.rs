@@ -314,6 +314,9 @@ pub struct VerifyResponse {
     pub code: VerifyCode,
     #[serde(flatten)]
     pub token: Option<VerifiedToken>,
+    /// With `RATE_LIMITED`: seconds until the client may try again (also in `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
 }
 
 /// What a verification tells about a genuine token (also with `INSUFFICIENT_PERMISSIONS`).
@@ -334,6 +337,17 @@ impl VerifyResponse {
             valid: false,
             code: VerifyCode::Invalid,
             token: None,
+            retry_after_seconds: None,
+        }
+    }
+
+    /// The answer while the client is past its failed-verification limit.
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        Self {
+            valid: false,
+            code: VerifyCode::RateLimited,
+            token: None,
+            retry_after_seconds: Some(retry_after.as_secs().max(1)),
         }
     }
 }
@@ -356,4 +370,20 @@ pub struct OrgView {
     pub max_ttl_seconds: Option<i64>,
     /// The lifetime of tokens created without one; `null`: they do not expire.
     pub default_ttl_seconds: Option<i64>,
+}
+
+/// `POST /v1/tokens/leaked`: tokens found in the open.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeakedReport {
+    /// At most 100 token strings.
+    pub tokens: Vec<String>,
+    /// Where they were found, e.g. a URL (at most 200 characters).
+    pub source: Option<String>,
+}
+
+/// The answer to every accepted report: how many entries were examined, never which were valid.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct LeakedAck {
+    pub examined: usize,
 }

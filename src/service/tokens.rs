@@ -111,6 +111,7 @@ impl Authority {
     ) -> Result<CreatedToken> {
         let p = &caller.principal;
         p.require(Permissions::TOKENS_CREATE, "tokens:create")?;
+        self.check_mint_rate(caller)?;
         let name = Name::parse("name", req.name)?;
         let requested_expiry = expiry(req.expires_at, req.ttl_seconds, now)?;
         let metadata = check_metadata(req.metadata)?;

@@ -37,8 +37,8 @@ impl AuthenticatedToken {
     }
 }
 
-struct CachedToken {
-    token: AuthenticatedToken,
+pub(super) struct CachedToken {
+    pub(super) token: AuthenticatedToken,
     /// Revoked or disabled when loaded: never valid until reloaded.
     blocked: bool,
     verifier: Verifier,
@@ -214,36 +214,71 @@ impl Authority {
         }
     }
 
+    /// The cached (or freshly loaded) entry of a parsed token whose secret matches, whatever its
+    /// state; `None` when there is no such token or the secret is wrong. `ip`, when given, is
+    /// held to the failed-verification limit before any costly step (a database read, an
+    /// Argon2id check).
+    pub(super) async fn matching_entry(
+        &self,
+        parsed: &format::ParsedToken,
+        ip: Option<IpAddr>,
+    ) -> Result<Option<Arc<CachedToken>>> {
+        let costly_allowed = || match (&self.limits.failed_verify, ip) {
+            (Some(l), Some(ip)) => l.allow_costly(ip),
+            _ => Ok(()),
+        };
+        let entry = match self.cache.get(&parsed.id) {
+            Some(e) => e,
+            None if self.cache.known_missing(&parsed.id) => return Ok(None),
+            None => {
+                costly_allowed()?;
+                match self.load(parsed.id).await? {
+                    Some(e) => e,
+                    None => return Ok(None),
+                }
+            }
+        };
+        if entry.token.kind != parsed.kind {
+            return Ok(None);
+        }
+        if matches!(entry.verifier, Verifier::Argon2id(_)) && entry.fast.get().is_none() {
+            costly_allowed()?;
+        }
+        Ok(self
+            .secret_matches(&entry, &parsed.secret)
+            .await?
+            .then_some(entry))
+    }
+
     /// Checks a presented token string. `None` for every kind of invalid: malformed, unknown,
-    /// wrong secret, revoked, expired at `now`. Counts usage on success.
+    /// wrong secret, revoked, disabled, expired at `now`. Counts usage on success and failures
+    /// against the client's failed-verification limit.
     ///
     /// # Errors
-    /// Only `internal` (database unreachable, corrupt row).
+    /// `rate_limited` when the client is past its failed-verification limit and the check would
+    /// cost a database read or a hash; `internal` (database unreachable, corrupt row).
     pub async fn check_token(
         &self,
         presented: &str,
         ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<Option<AuthenticatedToken>> {
-        let Ok(parsed) = format::parse(&self.config.prefix, presented) else {
-            return Ok(None);
+        let found = match format::parse(&self.config.prefix, presented) {
+            Ok(parsed) => self.matching_entry(&parsed, ip).await?,
+            Err(_) => None,
         };
-        let entry = match self.cache.get(&parsed.id) {
-            Some(e) => e,
-            None if self.cache.known_missing(&parsed.id) => return Ok(None),
-            None => match self.load(parsed.id).await? {
-                Some(e) => e,
-                None => return Ok(None),
-            },
-        };
-        if entry.token.kind != parsed.kind || !self.secret_matches(&entry, &parsed.secret).await? {
-            return Ok(None);
+        match found {
+            Some(e) if !e.blocked && e.token.expires_at.is_none_or(|x| x > now) => {
+                self.usage.record(e.token.id, ip, now);
+                Ok(Some(e.token.clone()))
+            }
+            _ => {
+                if let (Some(l), Some(ip)) = (&self.limits.failed_verify, ip) {
+                    l.failed(ip);
+                }
+                Ok(None)
+            }
         }
-        if entry.blocked || entry.token.expires_at.is_some_and(|e| e <= now) {
-            return Ok(None);
-        }
-        self.usage.record(entry.token.id, ip, now);
-        Ok(Some(entry.token.clone()))
     }
 
     /// Authenticates a bearer token for a management call.
@@ -279,7 +314,13 @@ impl Authority {
         // A scope this deployment does not know is held by no token: the answer is
         // INSUFFICIENT_PERMISSIONS, as the design keeps 400 for a missing token string only.
         let required = self.config.scopes.resolve(&req.required_scopes).ok();
-        let res = match self.check_token(&req.token, ip, now).await? {
+        let checked = match self.check_token(&req.token, ip, now).await {
+            Err(Error::RateLimited { retry_after }) => {
+                return Ok(VerifyResponse::rate_limited(retry_after));
+            }
+            other => other?,
+        };
+        let res = match checked {
             None => VerifyResponse::invalid(),
             Some(t) => {
                 let ok = required.is_some_and(|r| t.permissions.contains(r));
@@ -297,6 +338,7 @@ impl Authority {
                         scopes: self.config.scopes.names(t.permissions),
                         expires_at: t.expires_at,
                     }),
+                    retry_after_seconds: None,
                 }
             }
         };

@@ -31,6 +31,14 @@ pub struct TestApp {
     pub clock: Option<Arc<ManualClock>>,
 }
 
+/// Every rate limit off (each test that checks one turns it on with a flag).
+pub const NO_RATE_LIMITS: [(&str, &str); 4] = [
+    ("LATCHKEY_RATE_LIMIT_MINT_PER_HOUR", "0"),
+    ("LATCHKEY_RATE_LIMIT_PER_SECOND", "0"),
+    ("LATCHKEY_RATE_LIMIT_FAILED_VERIFY_PER_MINUTE", "0"),
+    ("LATCHKEY_RATE_LIMIT_LEAKED_PER_MINUTE", "0"),
+];
+
 pub fn db_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("latchkey.db").display())
 }
@@ -70,6 +78,8 @@ async fn spawn_binary_env(dir: Arc<TempDir>, extra: &[&str], env: &[(&str, &str)
         ])
         .args(extra)
         .env("LATCHKEY_LOG", "info")
+        // Rate limits off unless a test turns one on: the suite makes many calls from 127.0.0.1.
+        .envs(NO_RATE_LIMITS)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -139,6 +149,8 @@ pub async fn spawn_with_clock() -> TestApp {
         authority: AuthorityConfig::default(),
         usage_flush_interval: Duration::from_millis(100),
         max_body_bytes: 65_536,
+        trusted_proxies: Vec::new(),
+        limits: Default::default(),
     };
     let app = Application::build(settings, clock.clone()).await.unwrap();
     let addr = app.local_addr().unwrap();
@@ -330,4 +342,164 @@ pub fn forge(
         p.id,
         &secret.unwrap_or(*p.secret.expose()),
     )
+}
+
+// PostgreSQL: a server for tests that need one, a fresh database per test, and server processes
+// on a database URL of the test's choosing (several nodes on one database).
+
+/// The admin URL of the PostgreSQL server tests create their databases on
+/// (`LATCHKEY_TEST_DATABASE_URL`, set by `source .ci/postgres.sh`). Without it the test is
+/// skipped with a note, except under CI (`CI` set), where it fails.
+pub fn postgres_admin_url(test: &str) -> Option<String> {
+    match std::env::var("LATCHKEY_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "{test}: CI is set but LATCHKEY_TEST_DATABASE_URL is not (source .ci/postgres.sh)"
+        ),
+        _ => {
+            eprintln!(
+                "skipping {test}: LATCHKEY_TEST_DATABASE_URL is not set (source .ci/postgres.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh, empty PostgreSQL database for one test. Dropped on drop, even after a failed test,
+/// with `WITH (FORCE)` so connections still open (servers, pools, listeners) do not keep it.
+pub struct TestDatabase {
+    /// The URL of the new database, for `--database-url` or `store::connect`.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create(admin_url: &str) -> Self {
+        use sqlx::Connection;
+        let name = format!("lk_test_{}", Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .expect("connecting to LATCHKEY_TEST_DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("CREATE DATABASE");
+        let _ = admin.close().await;
+        Self {
+            url: with_database(admin_url, &name),
+            admin_url: admin_url.to_string(),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop may run inside the test's runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut admin)
+                        .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `url` with its database (the path) replaced by `database`; the query string is kept.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[host_start..].find('/') {
+        Some(i) => &base[..host_start + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// Starts the real binary on the database at `url` with extra `serve` flags: one node of several
+/// sharing a database. Only the first node on an empty database prints a bootstrap token; on the
+/// others `admin_token` is empty and `org_id` nil (copy them from the first node).
+pub async fn spawn_node(url: &str, extra: &[&str]) -> TestApp {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--database-url",
+            url,
+        ])
+        .args(extra)
+        .env("LATCHKEY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start latchkey");
+    let stderr = child.stderr.take().expect("stderr");
+    let logs = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["fields"]["message"] == "listening"
+                {
+                    let _ = tx.send(v["fields"]["address"].as_str().unwrap_or("").to_string());
+                }
+                let mut l = logs.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap_or_else(|_| panic!("server did not start; logs:\n{}", logs.lock().unwrap()));
+    let admin_token = logs
+        .lock()
+        .unwrap()
+        .lines()
+        .find(|l| !l.starts_with('{') && l.contains("_pat_"))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default();
+    let mut app = TestApp {
+        address: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        admin_token,
+        org_id: Uuid::nil(),
+        dir: Arc::new(TempDir::new().expect("temp dir")),
+        child: Some(child),
+        logs,
+        shutdown: None,
+        clock: None,
+    };
+    if !app.admin_token.is_empty() {
+        app.org_id = app
+            .org_of(&app.admin_token.clone())
+            .await
+            .unwrap_or(Uuid::nil());
+    }
+    app
 }

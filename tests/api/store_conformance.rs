@@ -1,1 +1,1216 @@
-//! Store conformance suite: see issue 4 (being written).
+//! One conformance suite for the `Store` trait. Every check is written once, against
+//! `Arc<dyn Store>`, and runs on SQLite always and on PostgreSQL when `LATCHKEY_TEST_DATABASE_URL`
+//! is set (each test in its own fresh database). The backends must agree on everything the
+//! service can observe: ordering, cursors, timestamp precision, conflicts, idempotency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use latchkey::store::{
+    self, AuditListQuery, AuditRecord, ClientIp, Invalidation, OrgRecord, StateFilter, Store,
+    StoreError, TokenListQuery, TokenRecord, UsageDelta,
+};
+use latchkey::token::{Permissions, TokenKind};
+use serde_json::json;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use crate::helpers::{TestDatabase, postgres_admin_url};
+
+/// A store under test and what keeps its database alive.
+struct Backend {
+    store: Arc<dyn Store>,
+    url: String,
+    _dir: Option<TempDir>,
+    _db: Option<TestDatabase>,
+}
+
+impl Backend {
+    async fn sqlite() -> Self {
+        let dir = TempDir::new().unwrap();
+        let url = crate::helpers::db_url(dir.path());
+        Self {
+            store: store::connect(&url).await.unwrap(),
+            url,
+            _dir: Some(dir),
+            _db: None,
+        }
+    }
+
+    async fn postgres(test: &str) -> Option<Self> {
+        let admin = postgres_admin_url(test)?;
+        let db = TestDatabase::create(&admin).await;
+        Some(Self {
+            store: store::connect(&db.url).await.unwrap(),
+            url: db.url.clone(),
+            _dir: None,
+            _db: Some(db),
+        })
+    }
+
+    /// Another handle on the same database: what a second node would open.
+    async fn another_handle(&self) -> Arc<dyn Store> {
+        store::connect(&self.url).await.unwrap()
+    }
+}
+
+/// Runs each check as `<check>::on_sqlite` and `<check>::on_postgres`.
+macro_rules! on_every_backend {
+    (one_handle: [$($check:ident),* $(,)?], two_handles: [$($check2:ident),* $(,)?] $(,)?) => {
+        $(
+            mod $check {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    let backend = super::Backend::sqlite().await;
+                    super::$check(backend.store.clone()).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    let Some(backend) = super::Backend::postgres(module_path!()).await else {
+                        return;
+                    };
+                    super::$check(backend.store.clone()).await;
+                }
+            }
+        )*
+        $(
+            mod $check2 {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    let backend = super::Backend::sqlite().await;
+                    let other = backend.another_handle().await;
+                    super::$check2(backend.store.clone(), other).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    let Some(backend) = super::Backend::postgres(module_path!()).await else {
+                        return;
+                    };
+                    let other = backend.another_handle().await;
+                    super::$check2(backend.store.clone(), other).await;
+                }
+            }
+        )*
+    };
+}
+
+on_every_backend! {
+    one_handle: [
+        orgs_round_trip_and_their_names_are_unique,
+        every_token_field_round_trips,
+        timestamps_keep_microseconds_and_drop_nanoseconds,
+        tokens_are_listed_newest_first_and_paged_by_an_id_cursor,
+        tokens_are_filtered_by_state_and_creator,
+        a_second_live_token_with_the_same_name_in_an_org_is_a_conflict,
+        concurrent_creation_of_one_name_leaves_one_live_token,
+        revoking_twice_changes_nothing_the_second_time,
+        rotation_replaces_a_live_token_once,
+        revoking_a_family_revokes_each_live_member_once,
+        disabling_and_enabling_change_a_token_once_each,
+        audit_events_are_filtered_and_paged_newest_first,
+        usage_adds_up_and_keeps_the_latest_use_and_addresses,
+        concurrent_usage_flushes_lose_no_counts,
+    ],
+    two_handles: [
+        changes_through_one_handle_are_announced_to_the_others,
+        a_token_created_through_one_handle_is_read_by_another,
+    ],
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+/// A fixed instant plus `secs` seconds: tests never read the clock.
+fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_767_225_600 + secs, 0).unwrap()
+}
+
+fn new_org(name: &str) -> OrgRecord {
+    OrgRecord {
+        id: Uuid::now_v7(),
+        name: name.to_string(),
+        created_at: at(0),
+        max_ttl_seconds: None,
+        default_ttl_seconds: None,
+    }
+}
+
+fn new_token(org: &OrgRecord, name: &str) -> TokenRecord {
+    new_token_with_id(org, name, Uuid::now_v7())
+}
+
+fn new_token_with_id(org: &OrgRecord, name: &str, id: Uuid) -> TokenRecord {
+    TokenRecord {
+        id,
+        org_id: org.id,
+        name: name.to_string(),
+        kind: TokenKind::Pat,
+        verifier: format!("sha256:{}", "ab".repeat(32)),
+        permissions: Permissions::from_bits(0b101),
+        created_at: at(1),
+        created_by: "bootstrap".to_string(),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+        request_count: 0,
+        replaced_by: None,
+        metadata: None,
+        family_id: id,
+        disabled_at: None,
+        client_ips: Vec::new(),
+    }
+}
+
+fn event(org: &OrgRecord, action: &str, token: Option<Uuid>, when: DateTime<Utc>) -> AuditRecord {
+    AuditRecord {
+        id: Uuid::now_v7(),
+        org_id: org.id,
+        occurred_at: when,
+        actor: "bootstrap".to_string(),
+        action: action.to_string(),
+        token_id: token,
+        ip: None,
+        user_agent: None,
+        details: json!({}),
+    }
+}
+
+fn tokens_of(org: &OrgRecord) -> TokenListQuery {
+    TokenListQuery {
+        org_id: org.id,
+        created_by: None,
+        state: None,
+        before_id: None,
+        limit: 100,
+        now: at(100),
+    }
+}
+
+fn audit_of(org: &OrgRecord) -> AuditListQuery {
+    AuditListQuery {
+        org_id: org.id,
+        token_id: None,
+        action: None,
+        actor: None,
+        since: None,
+        until: None,
+        before_id: None,
+        limit: 100,
+    }
+}
+
+fn ip(addr: &str, secs: i64) -> ClientIp {
+    ClientIp {
+        ip: addr.to_string(),
+        last_seen_at: at(secs),
+    }
+}
+
+fn usage(token: Uuid, count: i64, secs: i64, ips: Vec<ClientIp>) -> UsageDelta {
+    UsageDelta {
+        token_id: token,
+        count,
+        last_used_at: at(secs),
+        ips,
+    }
+}
+
+async fn org_in(store: &Arc<dyn Store>, name: &str) -> OrgRecord {
+    let org = new_org(name);
+    store.create_org(&org, None, &[]).await.unwrap();
+    org
+}
+
+async fn inserted(store: &Arc<dyn Store>, token: TokenRecord) -> TokenRecord {
+    store.insert_token(&token, &[], at(1)).await.unwrap();
+    token
+}
+
+async fn get(store: &Arc<dyn Store>, id: Uuid) -> TokenRecord {
+    store.get_token(id).await.unwrap().expect("token exists")
+}
+
+fn ids(tokens: &[TokenRecord]) -> Vec<Uuid> {
+    tokens.iter().map(|t| t.id).collect()
+}
+
+fn conflict_message(res: Result<(), StoreError>) -> String {
+    match res {
+        Err(StoreError::Conflict(m)) => m,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+
+async fn orgs_round_trip_and_their_names_are_unique(store: Arc<dyn Store>) {
+    // Arrange
+    let mut org = new_org("acme");
+    org.max_ttl_seconds = Some(86_400);
+    let first = new_token(&org, "admin");
+    assert_eq!(store.org_count().await.unwrap(), 0);
+
+    // Act
+    store
+        .create_org(
+            &org,
+            Some(&first),
+            &[event(&org, "bootstrap", Some(first.id), at(0))],
+        )
+        .await
+        .unwrap();
+    let duplicate = store.create_org(&new_org("acme"), None, &[]).await;
+    let mut policy = org.clone();
+    policy.default_ttl_seconds = Some(3600);
+    store
+        .update_org(&policy, &event(&org, "org_updated", None, at(2)))
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        conflict_message(duplicate),
+        "an org named \"acme\" already exists"
+    );
+    assert_eq!(store.org_count().await.unwrap(), 1);
+    assert_eq!(store.get_org(org.id).await.unwrap(), Some(policy.clone()));
+    assert_eq!(store.find_org_by_name("acme").await.unwrap(), Some(policy));
+    assert_eq!(store.find_org_by_name("ACME").await.unwrap(), None);
+    assert_eq!(store.get_org(Uuid::now_v7()).await.unwrap(), None);
+    assert_eq!(get(&store, first.id).await, first);
+    let actions: Vec<String> = store
+        .list_audit(&audit_of(&org))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["org_updated", "bootstrap"]);
+}
+
+async fn every_token_field_round_trips(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let plain = new_token(&org, "plain");
+    let mut full = new_token(&org, "full");
+    full.kind = TokenKind::Svc;
+    full.permissions = Permissions::from_bits(u64::MAX);
+    full.created_by = format!("token:{}", plain.id);
+    full.expires_at = Some(at(1_000));
+    full.last_used_at = Some(at(50));
+    full.request_count = 7;
+    full.replaced_by = Some(plain.id);
+    full.family_id = plain.id;
+    full.disabled_at = Some(at(40));
+    full.metadata = Some(json!({
+        "team": "payments – ünïcode ✓",
+        "nested": {"list": [1, 2.5, -3, true, null], "big": 9_007_199_254_740_993_i64},
+        "empty": {},
+    }));
+    full.client_ips = vec![ip("2001:db8::1", 50), ip("10.0.0.1", 20)];
+
+    // Act
+    store.insert_token(&plain, &[], at(1)).await.unwrap();
+    store.insert_token(&full, &[], at(1)).await.unwrap();
+
+    // Assert
+    assert_eq!(get(&store, plain.id).await, plain);
+    assert_eq!(get(&store, full.id).await, full);
+    assert_eq!(store.get_token(Uuid::now_v7()).await.unwrap(), None);
+}
+
+async fn timestamps_keep_microseconds_and_drop_nanoseconds(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let nanos = TimeDelta::nanoseconds(123_456_789);
+    let micros = TimeDelta::microseconds(123_456);
+    let mut token = new_token(&org, "precise");
+    token.created_at = at(1) + nanos;
+    token.expires_at = Some(at(100) + nanos);
+    let mut created = event(&org, "token_created", Some(token.id), at(1) + nanos);
+    created.ip = Some("192.0.2.1".into());
+
+    // Act
+    store
+        .insert_token(&token, std::slice::from_ref(&created), at(1))
+        .await
+        .unwrap();
+    store
+        .add_usage(&[UsageDelta {
+            token_id: token.id,
+            count: 1,
+            last_used_at: at(2) + nanos,
+            ips: vec![ClientIp {
+                ip: "192.0.2.1".into(),
+                last_seen_at: at(2) + nanos,
+            }],
+        }])
+        .await
+        .unwrap();
+    let read = get(&store, token.id).await;
+    let events = store.list_audit(&audit_of(&org)).await.unwrap();
+    let expired_at = |now| {
+        let store = store.clone();
+        let mut q = tokens_of(&org);
+        q.state = Some(StateFilter::Expired);
+        q.now = now;
+        async move { ids(&store.list_tokens(&q).await.unwrap()) }
+    };
+
+    // Assert
+    assert_eq!(read.created_at, at(1) + micros);
+    assert_eq!(read.expires_at, Some(at(100) + micros));
+    assert_eq!(read.last_used_at, Some(at(2) + micros));
+    assert_eq!(read.client_ips[0].last_seen_at, at(2) + micros);
+    assert_eq!(events[0].occurred_at, at(1) + micros);
+    // Expiry compares at microsecond precision: expired at its instant, not one microsecond before.
+    assert_eq!(expired_at(at(100) + micros).await, [token.id]);
+    assert_eq!(expired_at(at(100) + nanos).await, [token.id]);
+    assert!(
+        expired_at(at(100) + micros - TimeDelta::microseconds(1))
+            .await
+            .is_empty()
+    );
+}
+
+async fn tokens_are_listed_newest_first_and_paged_by_an_id_cursor(store: Arc<dyn Store>) {
+    // Arrange: ids whose order mixes digits and letters, inserted out of order.
+    let org = org_in(&store, "acme").await;
+    let other = org_in(&store, "other").await;
+    let id =
+        |last: u8| Uuid::from_u128(0x0192_f3c4_0000_7000_8000_0000_0000_0000 | u128::from(last));
+    for last in [0x10, 0xff, 0x09, 0xa0, 0x0a, 0x9f] {
+        inserted(
+            &store,
+            new_token_with_id(&org, &format!("t{last:02x}"), id(last)),
+        )
+        .await;
+    }
+    inserted(&store, new_token(&other, "elsewhere")).await;
+    let page = |before: Option<Uuid>| {
+        let store = store.clone();
+        let q = TokenListQuery {
+            before_id: before,
+            limit: 4,
+            ..tokens_of(&org)
+        };
+        async move { store.list_tokens(&q).await.unwrap() }
+    };
+
+    // Act
+    let first = page(None).await;
+    let second = page(first.last().map(|t| t.id)).await;
+    let third = page(second.last().map(|t| t.id)).await;
+
+    // Assert
+    assert_eq!(ids(&first), [id(0xff), id(0xa0), id(0x9f), id(0x10)]);
+    assert_eq!(ids(&second), [id(0x0a), id(0x09)]);
+    assert!(third.is_empty());
+    assert_eq!(first[0], new_token_with_id(&org, "tff", id(0xff)));
+}
+
+async fn tokens_are_filtered_by_state_and_creator(store: Arc<dyn Store>) {
+    // Arrange: `now` is at(100) in every query.
+    let org = org_in(&store, "acme").await;
+    let active = inserted(&store, new_token(&org, "active")).await;
+    let mut mine = new_token(&org, "mine");
+    mine.created_by = "token:me".into();
+    mine.expires_at = Some(at(101));
+    let mine = inserted(&store, mine).await;
+    let mut expired = new_token(&org, "expired");
+    expired.expires_at = Some(at(100));
+    let expired = inserted(&store, expired).await;
+    let mut revoked = new_token(&org, "revoked");
+    revoked.expires_at = Some(at(50));
+    let revoked = inserted(&store, revoked).await;
+    store
+        .revoke_token(
+            revoked.id,
+            at(10),
+            &event(&org, "token_revoked", None, at(10)),
+        )
+        .await
+        .unwrap();
+    let mut disabled = new_token(&org, "disabled");
+    disabled.disabled_at = Some(at(5));
+    let disabled = inserted(&store, disabled).await;
+    let mut disabled_expired = new_token(&org, "disabled and expired");
+    disabled_expired.disabled_at = Some(at(5));
+    disabled_expired.expires_at = Some(at(60));
+    let disabled_expired = inserted(&store, disabled_expired).await;
+    let list = |state: Option<StateFilter>, created_by: Option<&str>| {
+        let store = store.clone();
+        let q = TokenListQuery {
+            state,
+            created_by: created_by.map(str::to_string),
+            ..tokens_of(&org)
+        };
+        async move { ids(&store.list_tokens(&q).await.unwrap()) }
+    };
+
+    // Act + Assert: a token is in one state, checked as revoked, expired, disabled, active.
+    assert_eq!(
+        list(None, None).await,
+        [
+            disabled_expired.id,
+            disabled.id,
+            revoked.id,
+            expired.id,
+            mine.id,
+            active.id
+        ]
+    );
+    assert_eq!(
+        list(Some(StateFilter::Active), None).await,
+        [mine.id, active.id]
+    );
+    assert_eq!(
+        list(Some(StateFilter::Expired), None).await,
+        [disabled_expired.id, expired.id]
+    );
+    assert_eq!(list(Some(StateFilter::Revoked), None).await, [revoked.id]);
+    assert_eq!(list(Some(StateFilter::Disabled), None).await, [disabled.id]);
+    assert_eq!(list(None, Some("token:me")).await, [mine.id]);
+    assert_eq!(
+        list(Some(StateFilter::Active), Some("token:me")).await,
+        [mine.id]
+    );
+    assert!(
+        list(Some(StateFilter::Expired), Some("token:me"))
+            .await
+            .is_empty()
+    );
+}
+
+async fn a_second_live_token_with_the_same_name_in_an_org_is_a_conflict(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let other = org_in(&store, "other").await;
+    let holder = inserted(&store, new_token(&org, "deploy")).await;
+    let mut expiring = new_token(&org, "ci");
+    expiring.expires_at = Some(at(10));
+    inserted(&store, expiring).await;
+    let second = new_token(&org, "deploy");
+
+    // Act
+    let refused = store
+        .insert_token(
+            &second,
+            &[event(&org, "token_created", Some(second.id), at(2))],
+            at(2),
+        )
+        .await;
+    let in_other_org = store
+        .insert_token(&new_token(&other, "deploy"), &[], at(2))
+        .await;
+    let ci_before_expiry = store.insert_token(&new_token(&org, "ci"), &[], at(9)).await;
+    let ci_at_expiry = store
+        .insert_token(&new_token(&org, "ci"), &[], at(10))
+        .await;
+    store
+        .revoke_token(holder.id, at(3), &event(&org, "token_revoked", None, at(3)))
+        .await
+        .unwrap();
+    let after_revoke = store
+        .insert_token(&new_token(&org, "deploy"), &[], at(4))
+        .await;
+
+    // Assert
+    assert_eq!(
+        conflict_message(refused),
+        "a live token named \"deploy\" already exists in this org"
+    );
+    assert_eq!(store.get_token(second.id).await.unwrap(), None);
+    let events = store
+        .list_audit(&AuditListQuery {
+            token_id: Some(second.id),
+            ..audit_of(&org)
+        })
+        .await
+        .unwrap();
+    assert!(events.is_empty(), "the refused insert wrote {events:?}");
+    in_other_org.unwrap();
+    assert_eq!(
+        conflict_message(ci_before_expiry),
+        "a live token named \"ci\" already exists in this org"
+    );
+    ci_at_expiry.unwrap();
+    after_revoke.unwrap();
+}
+
+async fn concurrent_creation_of_one_name_leaves_one_live_token(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let candidates: Vec<TokenRecord> = (0..8).map(|_| new_token(&org, "race")).collect();
+
+    // Act
+    let tasks: Vec<_> = candidates
+        .iter()
+        .cloned()
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_token(&t, &[], at(1)).await })
+        })
+        .collect();
+    let mut created = 0;
+    let mut conflicts = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => created += 1,
+            Err(StoreError::Conflict(_)) => conflicts += 1,
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+
+    // Assert
+    assert_eq!((created, conflicts), (1, 7));
+    assert_eq!(store.list_tokens(&tokens_of(&org)).await.unwrap().len(), 1);
+}
+
+async fn revoking_twice_changes_nothing_the_second_time(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let token = inserted(&store, new_token(&org, "deploy")).await;
+
+    // Act
+    let first = store
+        .revoke_token(
+            token.id,
+            at(5),
+            &event(&org, "token_revoked", Some(token.id), at(5)),
+        )
+        .await
+        .unwrap();
+    let second = store
+        .revoke_token(
+            token.id,
+            at(6),
+            &event(&org, "token_revoked", Some(token.id), at(6)),
+        )
+        .await
+        .unwrap();
+    let unknown = store
+        .revoke_token(
+            Uuid::now_v7(),
+            at(6),
+            &event(&org, "token_revoked", None, at(6)),
+        )
+        .await
+        .unwrap();
+
+    // Assert
+    assert!(first);
+    assert!(!second);
+    assert!(!unknown);
+    assert_eq!(get(&store, token.id).await.revoked_at, Some(at(5)));
+    let events = store
+        .list_audit(&AuditListQuery {
+            action: Some("token_revoked".into()),
+            ..audit_of(&org)
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].occurred_at, at(5));
+}
+
+async fn rotation_replaces_a_live_token_once(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let mut old = new_token(&org, "svc");
+    old.expires_at = Some(at(1_000));
+    let old = inserted(&store, old).await;
+    let mut new = new_token(&org, "svc");
+    new.family_id = old.family_id;
+    new.expires_at = Some(at(2_000));
+    let mut soon = new_token(&org, "soon");
+    soon.expires_at = Some(at(20));
+    let soon = inserted(&store, soon).await;
+    let forever = inserted(&store, new_token(&org, "forever")).await;
+    let revoked = inserted(&store, new_token(&org, "revoked")).await;
+    store
+        .revoke_token(
+            revoked.id,
+            at(2),
+            &event(&org, "token_revoked", None, at(2)),
+        )
+        .await
+        .unwrap();
+    let taken = inserted(&store, new_token(&org, "taken")).await;
+    let rotate = |old: Uuid, new: TokenRecord| {
+        let store = store.clone();
+        let events = vec![event(&org, "token_rotated", Some(old), at(50))];
+        async move {
+            store
+                .rotate_token(old, at(100), &new, &events, at(50))
+                .await
+        }
+    };
+    let successor = |t: &TokenRecord, name: &str| {
+        let mut n = new_token(&org, name);
+        n.family_id = t.family_id;
+        n
+    };
+
+    // Act
+    let rotated = rotate(old.id, new.clone()).await.unwrap();
+    let again = rotate(old.id, successor(&old, "svc again")).await.unwrap();
+    let soon_rotated = rotate(soon.id, successor(&soon, "soon")).await.unwrap();
+    let forever_rotated = rotate(forever.id, successor(&forever, "forever"))
+        .await
+        .unwrap();
+    let revoked_rotated = rotate(revoked.id, successor(&revoked, "revoked"))
+        .await
+        .unwrap();
+    let clash = rotate(taken.id, new_token(&org, "svc")).await;
+    let name_reuse = store
+        .insert_token(&new_token(&org, "svc"), &[], at(60))
+        .await;
+
+    // Assert
+    assert!(rotated);
+    let old_now = get(&store, old.id).await;
+    assert_eq!(old_now.replaced_by, Some(new.id));
+    assert_eq!(old_now.expires_at, Some(at(100)));
+    assert_eq!(old_now.revoked_at, None);
+    assert_eq!(get(&store, new.id).await, new);
+    assert!(!again, "a replaced token rotates once");
+    assert!(soon_rotated);
+    assert_eq!(
+        get(&store, soon.id).await.expires_at,
+        Some(at(20)),
+        "an earlier expiry is kept"
+    );
+    assert!(forever_rotated);
+    assert_eq!(get(&store, forever.id).await.expires_at, Some(at(100)));
+    assert!(!revoked_rotated);
+    assert_eq!(get(&store, revoked.id).await.replaced_by, None);
+    match clash {
+        Err(StoreError::Conflict(m)) => {
+            assert_eq!(m, "a live token named \"svc\" already exists in this org");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        get(&store, taken.id).await,
+        taken,
+        "a failed rotation changes nothing"
+    );
+    assert_eq!(
+        conflict_message(name_reuse),
+        "a live token named \"svc\" already exists in this org",
+        "the new token holds the name"
+    );
+    let rotations = store
+        .list_audit(&AuditListQuery {
+            action: Some("token_rotated".into()),
+            ..audit_of(&org)
+        })
+        .await
+        .unwrap();
+    assert_eq!(rotations.len(), 3);
+}
+
+async fn revoking_a_family_revokes_each_live_member_once(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let first = inserted(&store, new_token(&org, "first")).await;
+    let mut second = new_token(&org, "second");
+    second.family_id = first.id;
+    let second = inserted(&store, second).await;
+    let mut gone = new_token(&org, "gone");
+    gone.family_id = first.id;
+    let gone = inserted(&store, gone).await;
+    store
+        .revoke_token(gone.id, at(3), &event(&org, "token_revoked", None, at(3)))
+        .await
+        .unwrap();
+    let stranger = inserted(&store, new_token(&org, "stranger")).await;
+    let family_event = |secs| event(&org, "family_revoked", Some(first.id), at(secs));
+
+    // Act
+    let mut revoked = store
+        .revoke_family(first.id, at(10), &family_event(10))
+        .await
+        .unwrap();
+    let again = store
+        .revoke_family(first.id, at(11), &family_event(11))
+        .await
+        .unwrap();
+
+    // Assert
+    revoked.sort();
+    let mut expected = vec![first.id, second.id];
+    expected.sort();
+    assert_eq!(revoked, expected);
+    assert!(again.is_empty());
+    assert_eq!(get(&store, first.id).await.revoked_at, Some(at(10)));
+    assert_eq!(get(&store, second.id).await.revoked_at, Some(at(10)));
+    assert_eq!(get(&store, gone.id).await.revoked_at, Some(at(3)));
+    assert_eq!(get(&store, stranger.id).await.revoked_at, None);
+    let events = store
+        .list_audit(&AuditListQuery {
+            action: Some("family_revoked".into()),
+            ..audit_of(&org)
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2, "the event is written by every call");
+    inserted(&store, new_token(&org, "first")).await;
+}
+
+async fn disabling_and_enabling_change_a_token_once_each(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let token = inserted(&store, new_token(&org, "deploy")).await;
+    let set = |when: Option<DateTime<Utc>>| {
+        let store = store.clone();
+        let action = if when.is_some() {
+            "token_disabled"
+        } else {
+            "token_enabled"
+        };
+        let e = event(&org, action, Some(token.id), at(7));
+        async move { store.set_disabled(token.id, when, &e).await.unwrap() }
+    };
+
+    // Act + Assert
+    assert!(set(Some(at(5))).await);
+    assert!(!set(Some(at(6))).await);
+    assert_eq!(get(&store, token.id).await.disabled_at, Some(at(5)));
+    assert!(set(None).await);
+    assert!(!set(None).await);
+    assert_eq!(get(&store, token.id).await.disabled_at, None);
+    assert!(
+        !store
+            .set_disabled(
+                Uuid::now_v7(),
+                Some(at(5)),
+                &event(&org, "token_disabled", None, at(5))
+            )
+            .await
+            .unwrap()
+    );
+    let actions: Vec<String> = store
+        .list_audit(&audit_of(&org))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["token_enabled", "token_disabled"]);
+}
+
+async fn audit_events_are_filtered_and_paged_newest_first(store: Arc<dyn Store>) {
+    // Arrange: six events at(1)..at(6) for two tokens and two actors, and one in another org.
+    let org = new_org("acme");
+    let other = new_org("other");
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut events = Vec::new();
+    for (i, (action, token, actor)) in [
+        ("token_created", Some(a), "bootstrap"),
+        ("token_created", Some(b), "token:x"),
+        ("token_revoked", Some(a), "token:x"),
+        ("org_updated", None, "bootstrap"),
+        ("token_rotated", Some(b), "token:y"),
+        ("token_revoked", Some(b), "token:x"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = event(&org, action, token, at(i as i64 + 1));
+        e.actor = actor.into();
+        e.ip = Some(format!("192.0.2.{i}"));
+        e.user_agent = Some("curl/8".into());
+        e.details = json!({"n": i, "why": "test"});
+        events.push(e);
+    }
+    store.create_org(&org, None, &events).await.unwrap();
+    store
+        .create_org(
+            &other,
+            None,
+            &[event(&other, "token_created", Some(a), at(3))],
+        )
+        .await
+        .unwrap();
+    let list = |q: AuditListQuery| {
+        let store = store.clone();
+        async move {
+            store
+                .list_audit(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let id = |n: usize| events[n - 1].id;
+
+    // Act + Assert
+    let all = store.list_audit(&audit_of(&org)).await.unwrap();
+    let mut newest_first = events.clone();
+    newest_first.reverse();
+    assert_eq!(all, newest_first);
+    assert_eq!(
+        list(AuditListQuery {
+            token_id: Some(a),
+            ..audit_of(&org)
+        })
+        .await,
+        [id(3), id(1)]
+    );
+    assert_eq!(
+        list(AuditListQuery {
+            action: Some("token_revoked".into()),
+            ..audit_of(&org)
+        })
+        .await,
+        [id(6), id(3)]
+    );
+    assert_eq!(
+        list(AuditListQuery {
+            actor: Some("token:x".into()),
+            ..audit_of(&org)
+        })
+        .await,
+        [id(6), id(3), id(2)]
+    );
+    assert_eq!(
+        list(AuditListQuery {
+            since: Some(at(3)),
+            until: Some(at(5)),
+            ..audit_of(&org)
+        })
+        .await,
+        [id(4), id(3)],
+        "since is inclusive, until exclusive"
+    );
+    assert_eq!(
+        list(AuditListQuery {
+            token_id: Some(b),
+            action: Some("token_revoked".into()),
+            actor: Some("token:x".into()),
+            ..audit_of(&org)
+        })
+        .await,
+        [id(6)]
+    );
+    let page1 = list(AuditListQuery {
+        limit: 4,
+        ..audit_of(&org)
+    })
+    .await;
+    let page2 = list(AuditListQuery {
+        limit: 4,
+        before_id: page1.last().copied(),
+        ..audit_of(&org)
+    })
+    .await;
+    assert_eq!(page1, [id(6), id(5), id(4), id(3)]);
+    assert_eq!(page2, [id(2), id(1)]);
+}
+
+async fn usage_adds_up_and_keeps_the_latest_use_and_addresses(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let token = inserted(&store, new_token(&org, "busy")).await;
+    let idle = inserted(&store, new_token(&org, "idle")).await;
+
+    // Act
+    store.add_usage(&[]).await.unwrap();
+    store
+        .add_usage(&[usage(token.id, 3, 10, vec![ip("192.0.2.1", 10)])])
+        .await
+        .unwrap();
+    store
+        .add_usage(&[
+            // Older than what is stored: the count adds up, the times do not go back.
+            usage(token.id, 2, 5, vec![ip("192.0.2.2", 5), ip("192.0.2.1", 4)]),
+            // A token that is gone: skipped, the rest still counts.
+            usage(Uuid::now_v7(), 9, 5, vec![]),
+            // The same token twice in one batch: both count.
+            usage(token.id, 1, 8, vec![]),
+        ])
+        .await
+        .unwrap();
+    let after_merge = get(&store, token.id).await;
+    store
+        .add_usage(&[usage(
+            token.id,
+            4,
+            20,
+            vec![
+                ip("198.51.100.1", 20),
+                ip("198.51.100.2", 20),
+                ip("198.51.100.3", 15),
+                ip("198.51.100.4", 12),
+                ip("198.51.100.5", 1),
+            ],
+        )])
+        .await
+        .unwrap();
+    let after_overflow = get(&store, token.id).await;
+
+    // Assert
+    assert_eq!(after_merge.request_count, 6);
+    assert_eq!(after_merge.last_used_at, Some(at(10)));
+    assert_eq!(
+        after_merge.client_ips,
+        [ip("192.0.2.1", 10), ip("192.0.2.2", 5)]
+    );
+    assert_eq!(after_overflow.request_count, 10);
+    assert_eq!(after_overflow.last_used_at, Some(at(20)));
+    assert_eq!(
+        after_overflow.client_ips,
+        [
+            ip("198.51.100.1", 20),
+            ip("198.51.100.2", 20),
+            ip("198.51.100.3", 15),
+            ip("198.51.100.4", 12),
+            ip("192.0.2.1", 10),
+        ],
+        "the five most recent, newest first, ties by address"
+    );
+    assert_eq!(get(&store, idle.id).await, idle);
+}
+
+async fn concurrent_usage_flushes_lose_no_counts(store: Arc<dyn Store>) {
+    // Arrange: two tokens flushed by many writers at once, in both orders.
+    let org = org_in(&store, "acme").await;
+    let a = inserted(&store, new_token(&org, "a")).await;
+    let b = inserted(&store, new_token(&org, "b")).await;
+
+    // Act
+    let tasks: Vec<_> = (0..20_i64)
+        .map(|i| {
+            let store = store.clone();
+            let (x, y) = if i % 2 == 0 {
+                (a.id, b.id)
+            } else {
+                (b.id, a.id)
+            };
+            tokio::spawn(async move {
+                store
+                    .add_usage(&[
+                        usage(x, 1, i, vec![ip(&format!("10.0.0.{i}"), i)]),
+                        usage(y, 2, i, vec![]),
+                    ])
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+
+    // Assert
+    for t in [&a, &b] {
+        let read = get(&store, t.id).await;
+        assert_eq!(read.request_count, 30);
+        assert_eq!(read.last_used_at, Some(at(19)));
+        assert_eq!(read.client_ips.len(), 5);
+    }
+}
+
+/// Whatever one handle changes that a verify cache may hold must reach every other handle's
+/// invalidation stream, if the backend has one (shared backends); single-node backends have none.
+async fn changes_through_one_handle_are_announced_to_the_others(
+    writer: Arc<dyn Store>,
+    listener: Arc<dyn Store>,
+) {
+    // Arrange
+    let Some(mut heard) = listener.invalidations().await.unwrap() else {
+        return;
+    };
+    let org = org_in(&writer, "acme").await;
+    let t: Vec<TokenRecord> =
+        futures_join((0..6).map(|i| inserted(&writer, new_token(&org, &format!("t{i}"))))).await;
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), heard.recv())
+            .await
+            .expect("an invalidation within 5 s")
+            .expect("the stream is open")
+    };
+    let e = |secs| event(&org, "change", None, at(secs));
+
+    // Act + Assert: each change is announced once it commits; no-ops and failures are not.
+    writer.revoke_token(t[0].id, at(5), &e(5)).await.unwrap();
+    assert_eq!(next().await, Invalidation::Token(t[0].id));
+
+    writer.revoke_token(t[0].id, at(6), &e(6)).await.unwrap();
+    writer
+        .set_disabled(t[1].id, Some(at(6)), &e(6))
+        .await
+        .unwrap();
+    assert_eq!(
+        next().await,
+        Invalidation::Token(t[1].id),
+        "a revoke that changed nothing is not announced"
+    );
+    writer.set_disabled(t[1].id, None, &e(7)).await.unwrap();
+    assert_eq!(next().await, Invalidation::Token(t[1].id));
+
+    let clash = new_token(&org, "t3");
+    assert!(
+        writer
+            .rotate_token(t[2].id, at(8), &clash, &[e(8)], at(8))
+            .await
+            .is_err()
+    );
+    let mut successor = new_token(&org, "t2");
+    successor.family_id = t[2].family_id;
+    writer
+        .rotate_token(t[2].id, at(8), &successor, &[e(8)], at(8))
+        .await
+        .unwrap();
+    assert_eq!(
+        next().await,
+        Invalidation::Token(t[2].id),
+        "a rotation that rolled back is not announced"
+    );
+    assert_eq!(next().await, Invalidation::Token(successor.id));
+
+    let mut sibling = new_token(&org, "t4 sibling");
+    sibling.family_id = t[4].id;
+    writer.insert_token(&sibling, &[], at(9)).await.unwrap();
+    let mut family = writer.revoke_family(t[4].id, at(9), &e(9)).await.unwrap();
+    let mut announced = vec![next().await, next().await];
+    family.sort();
+    announced.sort_by_key(|i| match i {
+        Invalidation::Token(id) => *id,
+        Invalidation::All => Uuid::nil(),
+    });
+    assert_eq!(
+        announced,
+        family
+            .iter()
+            .map(|id| Invalidation::Token(*id))
+            .collect::<Vec<_>>()
+    );
+
+    writer
+        .add_usage(&[usage(t[5].id, 1, 9, vec![])])
+        .await
+        .unwrap();
+    writer.revoke_token(t[5].id, at(10), &e(10)).await.unwrap();
+    assert_eq!(
+        next().await,
+        Invalidation::Token(t[5].id),
+        "usage is not announced"
+    );
+}
+
+async fn a_token_created_through_one_handle_is_read_by_another(
+    writer: Arc<dyn Store>,
+    reader: Arc<dyn Store>,
+) {
+    // Arrange
+    let org = org_in(&writer, "acme").await;
+    let token = new_token(&org, "shared");
+
+    // Act
+    writer.insert_token(&token, &[], at(1)).await.unwrap();
+    let refused = reader
+        .insert_token(&new_token(&org, "shared"), &[], at(1))
+        .await;
+
+    // Assert
+    assert_eq!(get(&reader, token.id).await, token);
+    assert!(matches!(refused, Err(StoreError::Conflict(_))));
+}
+
+/// Awaits the futures one after another (keeps insertion, and so id, order).
+async fn futures_join<T>(futs: impl Iterator<Item = impl Future<Output = T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for f in futs {
+        out.push(f.await);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening a database
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_nodes_opening_one_fresh_postgres_database_together_all_succeed() {
+    // Arrange
+    let Some(admin) = postgres_admin_url(module_path!()) else {
+        return;
+    };
+    let db = TestDatabase::create(&admin).await;
+
+    // Act: migrations run under sqlx's advisory lock, so the nodes queue instead of racing.
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let url = db.url.clone();
+            tokio::spawn(async move { store::connect(&url).await.map(|_| ()) })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+
+    // Assert
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let store = store::connect(&db.url).await.unwrap();
+    assert_eq!(store.org_count().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_postgres_listener_connection_is_followed_by_a_full_invalidation() {
+    // Arrange
+    let Some(backend) = Backend::postgres(module_path!()).await else {
+        return;
+    };
+    let mut heard = backend.store.invalidations().await.unwrap().unwrap();
+    let org = org_in(&backend.store, "acme").await;
+    let token = inserted(&backend.store, new_token(&org, "t")).await;
+    let mut conn = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&backend.url).await.unwrap()
+    };
+
+    // Act: the server ends the listening session, as a restart or a network cut would.
+    let ended = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'latchkey-listener' AND datname = current_database()",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await;
+    backend
+        .store
+        .revoke_token(token.id, at(5), &event(&org, "token_revoked", None, at(5)))
+        .await
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), heard.recv()).await;
+
+    // Assert
+    assert_eq!(ended.len(), 1, "one listening session");
+    assert_eq!(first.expect("heard within 10 s"), Some(Invalidation::All));
+    assert_eq!(
+        second.expect("heard within 5 s"),
+        Some(Invalidation::Token(token.id)),
+        "listening resumed"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_database_url_scheme_is_refused() {
+    // Act
+    let res = store::connect("mysql://localhost/latchkey").await;
+
+    // Assert
+    let err = res.err().expect("refused").to_string();
+    assert!(err.contains("unsupported database URL scheme"), "{err}");
+}

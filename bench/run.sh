@@ -1,0 +1,515 @@
+#!/usr/bin/env bash
+# Latchkey's benchmark suite: Latchkey against a baseline server that runs the same HTTP and gRPC
+# stack and does no work (examples/baseline.rs), with the same load generator and settings,
+# alternating, scenario by scenario.
+#
+#   bash bench/run.sh            # the full run: 100,000 tokens, 10 s per measurement, ~15 min
+#   bash bench/run.sh --smoke    # CI: 1,000 tokens, 2 s per measurement, a few minutes
+#
+# Options:
+#   --tokens N          tokens in the database (default 100000; smoke 1000)
+#   --large-tokens N    tokens for the large-database scenario (default 1000000; smoke: --tokens)
+#   --skip-large        leave out the large-database scenario
+#   --duration S        seconds per measurement (default 10; smoke 2)
+#   --warmup S          seconds of warm-up before each measurement (default 3; smoke 1)
+#   --connections C     concurrent connections (default 32)
+#   --no-callgrind      leave out the instruction count
+#   --enforce           exit 3 when a target is missed (targets are reported, not enforced,
+#                       by default)
+#   --keep              keep the temporary folder (databases, logs, token files)
+#
+# Needs wrk and valgrind (installed with apt-get when missing and running as root). Builds with
+# `cargo build --release` into $CARGO_TARGET_DIR (default target/). Servers listen on 127.0.0.1
+# only. Prints one table and writes the same as JSON to bench/results/latest.json.
+# Exit status: 0 when every scenario ran, 1 when one could not run (or its answers were wrong),
+# 2 for bad usage, 3 with --enforce when a target was missed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+SMOKE=0
+TOKENS=""
+LARGE_TOKENS=""
+SKIP_LARGE=0
+DURATION=""
+WARMUP=""
+CONNS=32
+THREADS=2
+CALLGRIND=1
+ENFORCE=0
+KEEP=0
+
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) SMOKE=1 ;;
+    --tokens) TOKENS=${2:?--tokens needs a value}; shift ;;
+    --large-tokens) LARGE_TOKENS=${2:?--large-tokens needs a value}; shift ;;
+    --skip-large) SKIP_LARGE=1 ;;
+    --duration) DURATION=${2:?--duration needs a value}; shift ;;
+    --warmup) WARMUP=${2:?--warmup needs a value}; shift ;;
+    --connections) CONNS=${2:?--connections needs a value}; shift ;;
+    --no-callgrind) CALLGRIND=0 ;;
+    --enforce) ENFORCE=1 ;;
+    --keep) KEEP=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bench/run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+for v in "$TOKENS" "$LARGE_TOKENS" "$DURATION" "$WARMUP" "$CONNS"; do
+  case "$v" in ''|*[!0-9]*) [ -z "$v" ] || { echo "bench/run.sh: numbers only: $v" >&2; exit 2; } ;; esac
+done
+if [ "$SMOKE" = 1 ]; then
+  TOKENS=${TOKENS:-1000}; DURATION=${DURATION:-2}; WARMUP=${WARMUP:-1}
+  LARGE_TOKENS=${LARGE_TOKENS:-$TOKENS}; ARGON_TOKENS=16
+else
+  TOKENS=${TOKENS:-100000}; DURATION=${DURATION:-10}; WARMUP=${WARMUP:-3}
+  LARGE_TOKENS=${LARGE_TOKENS:-1000000}; ARGON_TOKENS=256
+fi
+[ "$TOKENS" -ge 10 ] || { echo "bench/run.sh: --tokens must be at least 10" >&2; exit 2; }
+[ "$DURATION" -ge 1 ] && [ "$DURATION" -le 600 ] || { echo "bench/run.sh: --duration 1..600" >&2; exit 2; }
+[ "$CONNS" -ge 1 ] && [ "$CONNS" -le 1000 ] || { echo "bench/run.sh: --connections 1..1000" >&2; exit 2; }
+# The cycling scenario's cache holds a tenth of the tokens, so most verifications are misses.
+CYCLE_CACHE=$(( TOKENS / 10 > 1 ? TOKENS / 10 : 1 ))
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+need_tool() { # command package
+  command -v "$1" >/dev/null 2>&1 && return 0
+  log "$1 is missing; installing the Debian package $2"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2"; } >&2 ||
+      die "could not install $2"
+  else
+    die "$1 is needed: apt-get install $2"
+  fi
+}
+need_tool wrk wrk
+need_tool curl curl
+[ "$CALLGRIND" = 0 ] || need_tool valgrind valgrind
+
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+BIN="$TARGET_DIR/release"
+log "building (release) into $TARGET_DIR"
+cargo build --release --bin latchkey --examples >&2 || die "cargo build failed"
+for b in latchkey examples/baseline examples/seed examples/grpc_load examples/verify_count; do
+  [ -x "$BIN/$b" ] || die "missing $BIN/$b after the build"
+done
+
+# ---------------------------------------------------------------------------------------------
+# Processes: everything started here is stopped on exit, also on failure or interrupt.
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/latchkey-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$KEEP" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+forget_pid() { # pid: no longer ours to stop (it has exited and been waited for)
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+stop_pid() { # pid: TERM, wait up to 10 s, KILL
+  local pid=$1
+  if kill -TERM "$pid" 2>/dev/null; then
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+  forget_pid "$pid"
+}
+
+free_port() {
+  local p
+  for _ in $(seq 200); do
+    p=$(( 20000 + RANDOM % 40000 ))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+  done
+  return 1
+}
+
+wait_http() { # url pid seconds: until the server answers anything
+  local url=$1 pid=$2 secs=$3 code
+  for _ in $(seq $(( secs * 10 ))); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
+    [ "$code" != "000" ] && [ -n "$code" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+rss_mib() { # pid -> peak resident set (VmHWM) in MiB
+  awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0
+}
+
+# Flags of this build of `latchkey serve`: the suite adapts to flags that exist.
+SERVE_HELP=$("$BIN/latchkey" serve --help 2>&1 || true)
+has_flag() { grep -q -- "$1" <<<"$SERVE_HELP"; }
+EXTRA_FLAGS=()
+# The mint scenario measures capacity: per-client mint and management limits are off. The
+# failed-verification limit stays at its default: it is part of what the attack scenario tests.
+has_flag --rate-limit-mint-per-hour && EXTRA_FLAGS+=(--rate-limit-mint-per-hour 0)
+has_flag --rate-limit-per-second && EXTRA_FLAGS+=(--rate-limit-per-second 0)
+# Two load generators on one machine stand for different clients by X-Forwarded-For, as behind
+# nginx; without this flag every request comes from 127.0.0.1.
+XFF_SUPPORTED=0
+if has_flag --trusted-proxies; then EXTRA_FLAGS+=(--trusted-proxies 127.0.0.1/32); XFF_SUPPORTED=1; fi
+
+LK_PID=""; LK_URL=""; LK_LOG=""
+start_latchkey() { # name db-file hash cache-capacity
+  local name=$1 db=$2 hash=$3 cap=$4 port
+  port=$(free_port) || die "no free port"
+  LK_LOG="$TMP/$name.log"
+  LATCHKEY_LOG=warn "$BIN/latchkey" serve --listen "127.0.0.1:$port" \
+    --database-url "sqlite://$db" --log-format json --hash "$hash" --cache-capacity "$cap" \
+    "${EXTRA_FLAGS[@]}" >"$LK_LOG" 2>&1 &
+  LK_PID=$!
+  PIDS+=("$LK_PID")
+  LK_URL="http://127.0.0.1:$port"
+  wait_http "$LK_URL/healthz" "$LK_PID" 60 || { cat "$LK_LOG" >&2; die "latchkey ($name) did not start"; }
+  log "latchkey $name: pid $LK_PID on $LK_URL (hash $hash, cache $cap)"
+}
+
+bootstrap_token() { # the bootstrap line: contains _pat_, is not a JSON log line
+  grep -a '_pat_' "$LK_LOG" | grep -v '^{' | head -n1 | tr -d '[:space:]'
+}
+
+seed() { # db-file count hash out [wrong-out]
+  local args=(--database-url "sqlite://$1" --count "$2" --hash "$3" --out "$4")
+  [ $# -ge 5 ] && args+=(--wrong-out "$5")
+  local out
+  out=$("$BIN/examples/seed" "${args[@]}") || die "seeding $2 $3 tokens failed"
+  log "seeded: $out"
+}
+
+check_valid() { # url token: a verification answers valid
+  local body
+  body=$(curl -s --max-time 10 -H 'Content-Type: application/json' \
+    -d "{\"token\":\"$2\"}" "$1/v1/tokens/verify") || return 1
+  grep -q '"valid":true' <<<"$body" || { log "verify answered: $body"; return 1; }
+}
+
+metric() { # url name-with-labels -> value (0 when absent)
+  curl -s --max-time 5 "$1/metrics" | awk -v m="$2" '$1 == m { v = $2 } END { printf "%d", v + 0 }'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Load
+num() { # key json -> number
+  sed -n "s/.*\"$1\":\([0-9.eE+-]*\).*/\1/p" <<<"$2" | head -n1
+}
+
+wrk_run() { # url mode file seconds [bearer] [xff] [connections] -> the WRKJSON object
+  local url=$1 mode=$2 file=$3 secs=$4 bearer=${5:--} xff=${6:--} conns=${7:-$CONNS} out
+  out=$(timeout $(( secs + 60 )) wrk -t"$THREADS" -c"$conns" -d"${secs}s" --timeout 10s \
+    -s "$ROOT/bench/wrk.lua" "$url" -- "$mode" "$file" "$THREADS" "$bearer" \
+    "$$-$RANDOM-$SECONDS" "$xff" 2>&1) || { log "wrk failed: $out"; return 1; }
+  sed -n 's/^WRKJSON //p' <<<"$out" | head -n1
+}
+
+measure_wrk() { # url mode file [bearer] [xff]: warm-up, then the measurement
+  wrk_run "$1" "$2" "$3" "$WARMUP" "${4:--}" "${5:--}" >/dev/null || return 1
+  wrk_run "$1" "$2" "$3" "$DURATION" "${4:--}" "${5:--}"
+}
+
+measure_grpc() { # url file
+  timeout $(( WARMUP + DURATION + 60 )) "$BIN/examples/grpc_load" --url "$1" --tokens "$2" \
+    --connections "$CONNS" --warmup "$WARMUP" --duration "$DURATION"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Results: one row per scenario.
+ROWS=()      # name|rps|p50_us|p99_us|base_rps|base_p99_us|rss_mib|target|met|extra-json
+FAILED=()
+MISSED=()
+
+ms() { awk -v u="$1" 'BEGIN { printf "%.3f", u / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "0" }'; }
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
+
+record() { # name lk-json base-json rss target met [extra-json]
+  local name=$1 lk=$2 base=$3 rss=$4 target=$5 met=$6 extra=${7:-"{}"}
+  ROWS+=("$name|$(num rps "$lk")|$(num p50_us "$lk")|$(num p99_us "$lk")|$(num rps "$base")|$(num p99_us "$base")|$rss|$target|$met|$extra")
+  [ "$met" = yes ] || MISSED+=("$name")
+  log "$name: $(num rps "$lk") req/s, p50 $(ms "$(num p50_us "$lk")") ms, p99 $(ms "$(num p99_us "$lk")") ms; baseline $(num rps "$base") req/s; target $target: $met"
+}
+
+fail() { FAILED+=("$1"); log "scenario $1 could not run: $2"; }
+
+sane() { # json [allow-status-errors]: the load generator ran and got the answers it expected
+  local j=$1 n k v
+  [ -n "$j" ] || return 1
+  n=$(num requests "$j"); [ -n "$n" ] && [ "$n" -gt 0 ] || return 1
+  for k in socket_errors status_errors errors invalid; do
+    [ "$k" = status_errors ] && [ "${2:-0}" = 1 ] && continue
+    v=$(num "$k" "$j")
+    [ -z "$v" ] || [ "$v" = 0 ] || { log "load generator reported $k=$v"; return 1; }
+  done
+}
+
+# Verifications the server counted as anything but valid during a measurement.
+not_valid_since() { # url before-invalid before-limited
+  local inv lim
+  inv=$(metric "$1" 'latchkey_verify_total{result="invalid"}')
+  lim=$(metric "$1" 'latchkey_verify_total{result="rate_limited"}')
+  echo $(( inv - $2 + lim - $3 ))
+}
+
+# ---------------------------------------------------------------------------------------------
+log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+log "mode: $([ "$SMOKE" = 1 ] && echo smoke || echo full); tokens $TOKENS; $CONNS connections; ${WARMUP}s warm-up + ${DURATION}s per measurement"
+
+BASE_PORT=$(free_port) || die "no free port"
+"$BIN/examples/baseline" --listen "127.0.0.1:$BASE_PORT" >"$TMP/baseline.log" 2>&1 &
+BASE_PID=$!
+PIDS+=("$BASE_PID")
+BASE_URL="http://127.0.0.1:$BASE_PORT"
+wait_http "$BASE_URL/" "$BASE_PID" 30 || { cat "$TMP/baseline.log" >&2; die "the baseline server did not start"; }
+log "baseline: pid $BASE_PID on $BASE_URL"
+
+# --- Phase 1: SHA-256 tokens, warm -----------------------------------------------------------
+DB1="$TMP/lk.db"
+start_latchkey sha256 "$DB1" sha256 100000
+ADMIN=$(bootstrap_token)
+[ -n "$ADMIN" ] || die "no bootstrap token in the server's stderr"
+seed "$DB1" "$TOKENS" sha256 "$TMP/tokens.txt"
+head -n1 "$TMP/tokens.txt" >"$TMP/warm.txt"
+WARM=$(cat "$TMP/warm.txt")
+check_valid "$LK_URL" "$WARM" || die "a seeded token does not verify"
+check_valid "$LK_URL" "$(tail -n1 "$TMP/tokens.txt")" || die "a seeded token does not verify"
+SHA_WARM_RPS=0
+
+scenario_rest_warm() {
+  local base lk inv0 lim0 bad met=no
+  base=$(measure_wrk "$BASE_URL" verify "$TMP/warm.txt") && sane "$base" || { fail rest_verify_warm "baseline run"; return; }
+  inv0=$(metric "$LK_URL" 'latchkey_verify_total{result="invalid"}')
+  lim0=$(metric "$LK_URL" 'latchkey_verify_total{result="rate_limited"}')
+  lk=$(measure_wrk "$LK_URL" verify "$TMP/warm.txt") && sane "$lk" || { fail rest_verify_warm "latchkey run"; return; }
+  bad=$(not_valid_since "$LK_URL" "$inv0" "$lim0")
+  [ "$bad" = 0 ] || { fail rest_verify_warm "$bad verifications were not valid"; return; }
+  SHA_WARM_RPS=$(num rps "$lk")
+  ge "$(ratio "$(num rps "$lk")" "$(num rps "$base")")" 0.75 && le "$(num p99_us "$lk")" 2000 && met=yes
+  record rest_verify_warm "$lk" "$base" "$(rss_mib "$LK_PID")" ">= 0.75x baseline, p99 <= 2 ms" "$met"
+}
+
+scenario_check_warm() {
+  local base lk met=no
+  base=$(measure_wrk "$BASE_URL" check "$TMP/warm.txt") && sane "$base" || { fail auth_check_warm "baseline run"; return; }
+  # wrk counts every non-2xx answer: a 401/403/429 here makes the run fail the sanity check.
+  lk=$(measure_wrk "$LK_URL" check "$TMP/warm.txt") && sane "$lk" || { fail auth_check_warm "latchkey run"; return; }
+  ge "$(ratio "$(num rps "$lk")" "$(num rps "$base")")" 0.75 && le "$(num p99_us "$lk")" 2000 && met=yes
+  record auth_check_warm "$lk" "$base" "$(rss_mib "$LK_PID")" ">= 0.75x baseline, p99 <= 2 ms" "$met"
+}
+
+scenario_grpc_warm() {
+  local base lk met=no
+  base=$(measure_grpc "$BASE_URL" "$TMP/warm.txt") && sane "$base" || { fail grpc_validate_warm "baseline run"; return; }
+  lk=$(measure_grpc "$LK_URL" "$TMP/warm.txt") && sane "$lk" || { fail grpc_validate_warm "latchkey run: $lk"; return; }
+  ge "$(ratio "$(num rps "$lk")" "$(num rps "$base")")" 0.75 && met=yes
+  record grpc_validate_warm "$lk" "$base" "$(rss_mib "$LK_PID")" ">= 0.75x baseline tonic" "$met"
+}
+
+scenario_mint() {
+  local lk met=no created0 created
+  created0=$(metric "$LK_URL" latchkey_token_created_total)
+  lk=$(measure_wrk "$LK_URL" mint - "$ADMIN") && sane "$lk" || { fail mint "latchkey run: $lk"; return; }
+  created=$(( $(metric "$LK_URL" latchkey_token_created_total) - created0 ))
+  ge "$(num rps "$lk")" 2000 && met=yes
+  record mint "$lk" "" "$(rss_mib "$LK_PID")" ">= 2,000 tokens/s" "$met" \
+    "{\"tokens_created\":$created,\"note\":\"201 answers only; no baseline\"}"
+}
+
+scenario_rest_warm
+scenario_check_warm
+scenario_grpc_warm
+scenario_mint
+stop_pid "$LK_PID"
+
+# --- Phase 2: cycling through every token, cache a tenth of the set --------------------------
+start_latchkey cycling "$DB1" sha256 "$CYCLE_CACHE"
+scenario_cycling() { # name file target-ratio
+  local name=$1 file=$2 base lk inv0 lim0 bad met=no
+  base=$(measure_wrk "$BASE_URL" verify "$file") && sane "$base" || { fail "$name" "baseline run"; return; }
+  inv0=$(metric "$LK_URL" 'latchkey_verify_total{result="invalid"}')
+  lim0=$(metric "$LK_URL" 'latchkey_verify_total{result="rate_limited"}')
+  lk=$(measure_wrk "$LK_URL" verify "$file") && sane "$lk" || { fail "$name" "latchkey run"; return; }
+  bad=$(not_valid_since "$LK_URL" "$inv0" "$lim0")
+  [ "$bad" = 0 ] || { fail "$name" "$bad verifications were not valid"; return; }
+  echo "$base" >"$TMP/$name.base.json"
+  echo "$lk" >"$TMP/$name.lk.json"
+}
+scenario_cycling rest_verify_cycling "$TMP/tokens.txt"
+if [ -f "$TMP/rest_verify_cycling.lk.json" ]; then
+  lk=$(cat "$TMP/rest_verify_cycling.lk.json"); base=$(cat "$TMP/rest_verify_cycling.base.json")
+  met=no; ge "$(ratio "$(num rps "$lk")" "$(num rps "$base")")" 0.30 && met=yes
+  record rest_verify_cycling "$lk" "$base" "$(rss_mib "$LK_PID")" ">= 0.30x baseline" "$met" \
+    "{\"tokens\":$TOKENS,\"cache_capacity\":$CYCLE_CACHE}"
+fi
+stop_pid "$LK_PID"
+
+# --- Phase 3: Argon2id ------------------------------------------------------------------------
+DB2="$TMP/lk-argon2.db"
+start_latchkey argon2id "$DB2" argon2id 100000
+seed "$DB2" "$ARGON_TOKENS" argon2id "$TMP/argon.txt" "$TMP/argon-wrong.txt"
+head -n1 "$TMP/argon.txt" >"$TMP/argon-warm.txt"
+tail -n +2 "$TMP/argon-wrong.txt" >"$TMP/argon-attack.txt"
+check_valid "$LK_URL" "$(cat "$TMP/argon-warm.txt")" || die "an Argon2id token does not verify"
+
+scenario_argon_warm() {
+  local base lk inv0 lim0 bad met=no
+  base=$(measure_wrk "$BASE_URL" verify "$TMP/argon-warm.txt") && sane "$base" || { fail argon2id_verify_warm "baseline run"; return; }
+  inv0=$(metric "$LK_URL" 'latchkey_verify_total{result="invalid"}')
+  lim0=$(metric "$LK_URL" 'latchkey_verify_total{result="rate_limited"}')
+  lk=$(measure_wrk "$LK_URL" verify "$TMP/argon-warm.txt") && sane "$lk" || { fail argon2id_verify_warm "latchkey run"; return; }
+  bad=$(not_valid_since "$LK_URL" "$inv0" "$lim0")
+  [ "$bad" = 0 ] || { fail argon2id_verify_warm "$bad verifications were not valid"; return; }
+  [ "$SHA_WARM_RPS" != 0 ] && ge "$(ratio "$(num rps "$lk")" "$SHA_WARM_RPS")" 0.90 && met=yes
+  record argon2id_verify_warm "$lk" "$base" "$(rss_mib "$LK_PID")" ">= 0.90x sha256 warm" "$met" \
+    "{\"ratio_to_sha256_warm\":$(ratio "$(num rps "$lk")" "$SHA_WARM_RPS")}"
+}
+
+# Attack traffic (wrong secrets for existing ids, each one an Argon2id check unless limited) from
+# one client, valid verifications of a warm token from another, at the same time; the valid
+# ones are measured.
+attack_measure() { # url out-file: writes the valid stream's JSON with the attack's figures added
+  local url=$1 out=$2 apid valid attack xa xv
+  if [ "$XFF_SUPPORTED" = 1 ]; then xa=203.0.113.66; xv=198.51.100.10; else xa=-; xv=-; fi
+  : >"$out"
+  timeout $(( WARMUP + DURATION + 60 )) wrk -t"$THREADS" -c"$CONNS" -d"$(( WARMUP + DURATION + 2 ))s" \
+    --timeout 10s -s "$ROOT/bench/wrk.lua" "$url" -- verify "$TMP/argon-attack.txt" "$THREADS" - \
+    "$$-$RANDOM" "$xa" >"$TMP/attack.out" 2>&1 &
+  apid=$!
+  PIDS+=("$apid")
+  sleep 1
+  valid=$(measure_wrk "$url" verify "$TMP/argon-warm.txt" - "$xv") || { stop_pid "$apid"; return 1; }
+  wait "$apid" || { forget_pid "$apid"; log "attack wrk failed: $(cat "$TMP/attack.out")"; return 1; }
+  forget_pid "$apid"
+  attack=$(sed -n 's/^WRKJSON //p' "$TMP/attack.out" | head -n1)
+  [ -n "$attack" ] && [ -n "$valid" ] || return 1
+  echo "${valid%\}},\"attack_rps\":$(num rps "$attack"),\"attack_p99_us\":$(num p99_us "$attack"),\"attack_non_2xx\":$(num status_errors "$attack")}" >"$out"
+}
+
+scenario_argon_attack() {
+  local base lk inv0 lim0 bad met=no
+  attack_measure "$BASE_URL" "$TMP/attack-base.json" && base=$(cat "$TMP/attack-base.json") && sane "$base" ||
+    { fail argon2id_attack_valid_p99 "baseline run"; return; }
+  inv0=$(metric "$LK_URL" 'latchkey_verify_total{result="invalid"}')
+  lim0=$(metric "$LK_URL" 'latchkey_verify_total{result="rate_limited"}')
+  # Attack answers may be 200 INVALID or 429; the valid stream must be all 2xx.
+  attack_measure "$LK_URL" "$TMP/attack-lk.json" && lk=$(cat "$TMP/attack-lk.json") && sane "$lk" ||
+    { fail argon2id_attack_valid_p99 "latchkey run"; return; }
+  bad=$(not_valid_since "$LK_URL" "$inv0" "$lim0")
+  le "$(num p99_us "$lk")" 5000 && met=yes
+  record argon2id_attack_valid_p99 "$lk" "$base" "$(rss_mib "$LK_PID")" "valid p99 <= 5 ms under attack" "$met" \
+    "{\"attack_rps\":$(num attack_rps "$lk"),\"attack_p99_us\":$(num attack_p99_us "$lk"),\"attack_non_2xx\":$(num attack_non_2xx "$lk"),\"not_valid_answers\":$bad,\"xff_clients\":$XFF_SUPPORTED}"
+}
+
+scenario_argon_warm
+scenario_argon_attack
+stop_pid "$LK_PID"
+
+# --- Phase 4: a large database ----------------------------------------------------------------
+if [ "$SKIP_LARGE" = 0 ]; then
+  DB3="$TMP/lk-large.db"
+  start_latchkey large "$DB3" sha256 100000
+  log "seeding $LARGE_TOKENS tokens (this takes a while for a million)"
+  seed "$DB3" "$LARGE_TOKENS" sha256 "$TMP/large.txt"
+  check_valid "$LK_URL" "$(tail -n1 "$TMP/large.txt")" || die "a seeded token does not verify"
+  scenario_cycling large_db_verify_cycling "$TMP/large.txt"
+  if [ -f "$TMP/large_db_verify_cycling.lk.json" ]; then
+    lk=$(cat "$TMP/large_db_verify_cycling.lk.json"); base=$(cat "$TMP/large_db_verify_cycling.base.json")
+    rss=$(rss_mib "$LK_PID")
+    met=no; le "$(num p99_us "$lk")" 5000 && le "$rss" 200 && met=yes
+    record large_db_verify_cycling "$lk" "$base" "$rss" "p99 <= 5 ms, RSS <= 200 MiB" "$met" \
+      "{\"tokens\":$LARGE_TOKENS,\"cache_capacity\":100000,\"db_bytes\":$(stat -c %s "$DB3")}"
+  fi
+  stop_pid "$LK_PID"
+fi
+BASE_RSS=$(rss_mib "$BASE_PID")
+
+# --- Instruction count of one warm verify -----------------------------------------------------
+INSTR=null
+if [ "$CALLGRIND" = 1 ]; then
+  cg() { # n -> instructions of the whole run
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN/examples/verify_count" "$1" \
+      2>"$TMP/callgrind-$1.err" >/dev/null || { cat "$TMP/callgrind-$1.err" >&2; return 1; }
+    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$TMP/callgrind-$1.err" | head -n1
+  }
+  log "counting instructions of warm verifies under callgrind"
+  if c1=$(cg 1000) && c2=$(cg 2000) && [ -n "$c1" ] && [ -n "$c2" ]; then
+    INSTR=$(( (c2 - c1) / 1000 ))
+  else
+    fail callgrind "valgrind run"
+  fi
+fi
+
+# --- Report -------------------------------------------------------------------------------------
+MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+COMMAND="bash bench/run.sh$([ "$SMOKE" = 1 ] && echo " --smoke")"
+{
+  echo
+  printf '%-26s %10s %9s %9s %10s %8s %8s  %-32s %s\n' scenario 'req/s' 'p50 ms' 'p99 ms' 'base req/s' ratio 'RSS MiB' target met
+  for r in "${ROWS[@]}"; do
+    IFS='|' read -r name rps p50 p99 brps bp99 rss target met extra <<<"$r"
+    if [ -n "$brps" ]; then rt=$(ratio "$rps" "$brps"); else rt=-; brps=-; fi
+    printf '%-26s %10.0f %9s %9s %10s %8s %8s  %-32s %s\n' "$name" "$rps" "$(ms "$p50")" "$(ms "$p99")" \
+      "$([ "$brps" = - ] && echo - || printf '%.0f' "$brps")" "$rt" "$rss" "$target" "$met"
+  done
+  echo
+  echo "instructions per warm verify (callgrind, in-process Authority::verify): $INSTR"
+  echo "baseline server peak RSS: $BASE_RSS MiB; machine: $MACHINE"
+  echo "command: $COMMAND (tokens $TOKENS; $CONNS connections; ${WARMUP}s warm-up + ${DURATION}s per measurement; wrk -t$THREADS)"
+  [ ${#FAILED[@]} -eq 0 ] || echo "could not run: ${FAILED[*]}"
+  [ ${#MISSED[@]} -eq 0 ] || echo "targets missed: ${MISSED[*]}"
+}
+
+mkdir -p bench/results
+{
+  printf '{\n  "generated_at": "%s",\n  "mode": "%s",\n  "command": "%s",\n' \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$([ "$SMOKE" = 1 ] && echo smoke || echo full)" "$COMMAND"
+  printf '  "machine": {"cores": %d, "cpu": "%s", "memory_gib": %s},\n' "$(nproc)" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //; s/"/\\"/g')" \
+    "$(awk '/MemTotal/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)"
+  printf '  "settings": {"tokens": %d, "large_tokens": %s, "connections": %d, "wrk_threads": %d, "warmup_seconds": %d, "duration_seconds": %d, "cycling_cache_capacity": %d, "argon2id_tokens": %d},\n' \
+    "$TOKENS" "$([ "$SKIP_LARGE" = 1 ] && echo null || echo "$LARGE_TOKENS")" "$CONNS" "$THREADS" "$WARMUP" "$DURATION" "$CYCLE_CACHE" "$ARGON_TOKENS"
+  printf '  "instructions_per_warm_verify": %s,\n  "baseline_peak_rss_mib": %s,\n' "$INSTR" "${BASE_RSS:-null}"
+  printf '  "scenarios": [\n'
+  n=0
+  for r in "${ROWS[@]}"; do
+    IFS='|' read -r name rps p50 p99 brps bp99 rss target met extra <<<"$r"
+    [ $n -eq 0 ] || printf ',\n'
+    n=$((n + 1))
+    if [ -n "$brps" ]; then rt=$(ratio "$rps" "$brps"); bj="$brps"; bp="$bp99"; else rt=null; bj=null; bp=null; fi
+    printf '    {"scenario": "%s", "requests_per_second": %s, "p50_ms": %s, "p99_ms": %s, "baseline_requests_per_second": %s, "baseline_p99_ms": %s, "ratio_to_baseline": %s, "server_peak_rss_mib": %s, "target": "%s", "met": %s, "details": %s}' \
+      "$name" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$bj" "$([ "$bp" = null ] && echo null || ms "$bp")" "$rt" "$rss" "$target" \
+      "$([ "$met" = yes ] && echo true || echo false)" "$extra"
+  done
+  printf '\n  ],\n  "could_not_run": [%s],\n  "targets_missed": [%s]\n}\n' \
+    "$(printf '"%s",' "${FAILED[@]}" | sed 's/,$//; s/^""$//')" "$(printf '"%s",' "${MISSED[@]}" | sed 's/,$//; s/^""$//')"
+} >bench/results/latest.json
+log "wrote bench/results/latest.json"
+
+[ ${#FAILED[@]} -eq 0 ] || exit 1
+[ "$ENFORCE" = 0 ] || [ ${#MISSED[@]} -eq 0 ] || exit 3
+exit 0

@@ -1,0 +1,105 @@
+-- wrk script for bench/run.sh.
+--
+--   wrk -t2 -c32 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE FILE THREADS [BEARER] [NONCE] [XFF]
+--
+-- MODE:
+--   verify  POST /v1/tokens/verify {"token": ...}, cycling through the tokens of FILE
+--   check   GET /v1/auth/check with "Authorization: Bearer <token>", cycling through FILE
+--   mint    POST /v1/tokens {"name": ...} as BEARER, a new name every request (FILE unused)
+-- XFF, when given, is sent as X-Forwarded-For (a client address behind a trusted proxy), so
+-- two load generators on one machine can stand for different clients. "-" leaves an argument
+-- empty. FILE holds one token per line; wrk thread k (of THREADS) takes lines k, k+THREADS, ... (all of
+-- them when that leaves it none), so the threads together send every token.
+-- done() prints one line: WRKJSON {...} with the rate, latency percentiles (microseconds) and
+-- error counts.
+
+local next_id = 0
+
+function setup(thread)
+  next_id = next_id + 1
+  thread:set("tid", next_id)
+end
+
+local mode, requests, tokens, count, pos, bearer, nonce, minted, xff, builder
+
+local function headers(h)
+  if xff then h["X-Forwarded-For"] = xff end
+  return h
+end
+
+local function verify_request(token)
+  return wrk.format("POST", "/v1/tokens/verify",
+    headers({ ["Content-Type"] = "application/json" }),
+    '{"token":"' .. token .. '"}')
+end
+
+local function check_request(token)
+  return wrk.format("GET", "/v1/auth/check", headers({ ["Authorization"] = "Bearer " .. token }))
+end
+
+local function arg(v)
+  if v == nil or v == "" or v == "-" then return nil end
+  return v
+end
+
+function init(args)
+  mode = args[1]
+  local file = args[2]
+  local nthreads = tonumber(args[3] or "1")
+  bearer = arg(args[4]) or ""
+  nonce = arg(args[5]) or tostring(os.time())
+  xff = arg(args[6])
+  minted = 0
+  if mode == "mint" then
+    return
+  end
+  local mine, all = {}, {}
+  local i = 0
+  for line in io.lines(file) do
+    if line ~= "" then
+      i = i + 1
+      if #all < 1 then all[1] = line end
+      if (i - 1) % nthreads == tid - 1 then
+        mine[#mine + 1] = line
+      end
+    end
+  end
+  if #mine == 0 then mine = all end
+  if #mine == 0 then error("no tokens in " .. file) end
+  local build = (mode == "check") and check_request or verify_request
+  if mode ~= "check" and mode ~= "verify" then error("unknown mode " .. tostring(mode)) end
+  -- Up to 100,000 requests per thread are formatted once; beyond, on the fly.
+  count = #mine
+  pos = (tid * 7919) % count
+  if count <= 100000 then
+    requests = {}
+    for k = 1, count do requests[k] = build(mine[k]) end
+  else
+    tokens = mine
+    builder = build
+  end
+end
+
+function request()
+  if mode == "mint" then
+    minted = minted + 1
+    return wrk.format("POST", "/v1/tokens",
+      headers({ ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. bearer }),
+      '{"name":"mint-' .. nonce .. "-" .. tid .. "-" .. minted .. '"}')
+  end
+  pos = pos + 1
+  if pos > count then pos = 1 end
+  if requests then return requests[pos] end
+  return builder(tokens[pos])
+end
+
+function done(summary, latency, requests_)
+  local e = summary.errors
+  local secs = summary.duration / 1e6
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"seconds":%.3f,"rps":%.1f,"p50_us":%d,"p99_us":%d,"max_us":%d,' ..
+    '"socket_errors":%d,"status_errors":%d,"timeouts":%d}\n',
+    summary.requests, secs, summary.requests / secs,
+    latency:percentile(50), latency:percentile(99), latency.max,
+    e.connect + e.read + e.write, e.status, e.timeout))
+end

@@ -1,0 +1,239 @@
+//! Serving: one listener for REST and gRPC, the client-IP rule, and the bounds on what clients
+//! can hold (header and request timeouts, open connections, requests in flight).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+use crate::startup::ServerLimits;
+
+/// The client's address as the rest of the application sees it, set once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// The client address: the socket peer, unless the peer is a trusted proxy, in which case the
+/// right-most address of `X-Forwarded-For` that is not itself a trusted proxy. A malformed entry
+/// stops the walk at the last address that was believed.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut believed = peer;
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => believed = ip,
+            Ok(ip) => return ip,
+            Err(_) => return believed,
+        }
+    }
+    believed
+}
+
+/// REST and gRPC on one listener: requests with an `application/grpc` content type go to tonic,
+/// everything else to the REST router. Every request first gets its [`ClientIp`].
+pub fn one_port(rest: Router, grpc: Router, trusted: Arc<Vec<IpNet>>) -> Router {
+    let svc = tower::service_fn(move |mut req: Request| {
+        if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+            let ip = client_ip(peer.ip(), req.headers(), &trusted);
+            req.extensions_mut().insert(ClientIp(ip));
+        }
+        let is_grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let target = if is_grpc { grpc.clone() } else { rest.clone() };
+        async move { target.oneshot(req).await }
+    });
+    Router::new().fallback_service(svc)
+}
+
+/// Sheds load instead of queueing it: beyond `max_in_flight` requests answer 503 with
+/// `Retry-After` at once; a request that outlives the request timeout answers 408.
+async fn bound_requests(
+    axum::extract::State((slots, timeout)): axum::extract::State<(Arc<Semaphore>, Duration)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Ok(_slot) = slots.try_acquire() else {
+        metrics::counter!("latchkey_overload_rejected_total").increment(1);
+        let mut res = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is overloaded; retry shortly",
+        );
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return res;
+    };
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took too long",
+        ),
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = crate::http::ErrorBody {
+        error: crate::http::ErrorDetail {
+            code: code.into(),
+            message: message.into(),
+        },
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Adds the in-flight and request-time bounds to `app`.
+pub fn bounded(app: Router, limits: &ServerLimits) -> Router {
+    let state = (
+        Arc::new(Semaphore::new(limits.max_in_flight)),
+        limits.request_timeout,
+    );
+    app.layer(axum::middleware::from_fn_with_state(state, bound_requests))
+}
+
+/// Accepts connections until `shutdown` completes, then lets open connections finish their
+/// requests (for at most `drain`). Each connection must send its headers within the header
+/// timeout; at most `max_connections` are open at once (the rest wait in the listen backlog).
+///
+/// # Errors
+/// Only if accepting fails for a reason other than a transient one.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => p?,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = app
+            .clone()
+            .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.map(axum::body::Body::new)
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain period; closing them");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_claims() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &headers(&["1.2.3.4"]), &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &headers(&[]), &[]),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_right_most_untrusted_address_is_the_client() {
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+        ];
+        // spoofed, real client, inner proxy; then the peer is the outer proxy.
+        let h = headers(&["6.6.6.6, 198.51.100.7", "10.1.2.3"]);
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers(&[]), &trusted),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers(&["10.9.9.9"]), &trusted),
+            ip("10.9.9.9")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers(&["garbage, 10.1.1.1"]), &trusted),
+            ip("10.1.1.1")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers(&["2001:db8::1"]), &trusted),
+            ip("2001:db8::1")
+        );
+    }
+}

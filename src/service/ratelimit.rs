@@ -1,0 +1,276 @@
+//! Rate limits (governor): minting per client IP and per calling token, management calls per
+//! client IP, failed verifications per client IP, and leaked-token reports per client IP. Each
+//! answers `rate_limited` with a retry time and counts `latchkey_rate_limited_total{limit}`.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::{Quota, RateLimiter};
+
+use crate::error::Error;
+
+/// Limits as configured; 0 disables a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Tokens minted (created or rotated) per hour, per client IP and per calling token.
+    pub mint_per_hour: u32,
+    /// Management requests (everything but verification) per second per client IP.
+    pub management_per_second: u32,
+    /// Burst of management requests per client IP.
+    pub management_burst: u32,
+    /// Failed verifications and bearer authentications per minute per client IP.
+    pub failed_verify_per_minute: u32,
+    /// Leaked-token reports per minute per client IP.
+    pub leaked_reports_per_minute: u32,
+}
+
+impl RateLimitConfig {
+    /// Every limit off (the library default; the server's flags set real ones).
+    pub const DISABLED: RateLimitConfig = RateLimitConfig {
+        mint_per_hour: 0,
+        management_per_second: 0,
+        management_burst: 0,
+        failed_verify_per_minute: 0,
+        leaked_reports_per_minute: 0,
+    };
+}
+
+type Keyed<K, C> = RateLimiter<
+    K,
+    governor::state::keyed::DefaultKeyedStateStore<K>,
+    C,
+    governor::middleware::NoOpMiddleware<<C as Clock>::Instant>,
+>;
+
+/// One keyed limit with its metric label.
+pub struct Limiter<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
+    label: &'static str,
+    inner: Keyed<K, C>,
+    clock: C,
+}
+
+impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiter<K, C> {
+    /// `None` when the quota is 0 (the limit is off).
+    pub fn new(label: &'static str, quota: Option<Quota>, clock: C) -> Option<Self> {
+        quota.map(|q| Self {
+            label,
+            inner: RateLimiter::dashmap_with_clock(q, clock.clone()),
+            clock,
+        })
+    }
+
+    /// Takes one cell for `key`, or fails with `rate_limited` and the time until the next one.
+    ///
+    /// # Errors
+    /// `Error::RateLimited` with the retry time (at least one second).
+    pub fn take(&self, key: &K) -> Result<(), Error> {
+        self.inner.check_key(key).map_err(|not_until| {
+            metrics::counter!("latchkey_rate_limited_total", "limit" => self.label).increment(1);
+            let wait = not_until.wait_time_from(self.clock.now());
+            Error::RateLimited {
+                retry_after: wait.max(Duration::from_secs(1)),
+            }
+        })
+    }
+
+    /// Forgets keys whose limit has fully recovered, so memory follows the active clients.
+    pub fn housekeeping(&self) {
+        self.inner.retain_recent();
+        self.inner.shrink_to_fit();
+    }
+}
+
+/// Failed verifications per client IP. Failures take cells; once a client is out of cells,
+/// its attempts that would cost a database lookup or a hash are refused until the next cell.
+/// Cheap verifications (cache hits) never consult it, so an API behind one shared gateway
+/// address is not locked out by someone else's garbage.
+pub struct FailureLimiter<C: Clock = DefaultClock> {
+    limiter: Limiter<IpAddr, C>,
+    blocked: quick_cache::sync::Cache<IpAddr, C::Instant>,
+}
+
+impl<C: Clock + Clone> FailureLimiter<C>
+where
+    C::Instant: Send + Sync + 'static,
+{
+    pub fn new(per_minute: u32, clock: C) -> Option<Self> {
+        Limiter::new("failed_verify", per_minute_quota(per_minute), clock).map(|limiter| Self {
+            limiter,
+            blocked: quick_cache::sync::Cache::new(10_000),
+        })
+    }
+
+    /// Records a failure from `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        if let Err(e) = self.limiter.inner.check_key(&ip) {
+            self.blocked.insert(ip, e.earliest_possible());
+        }
+    }
+
+    /// Whether `ip` may do costly verification work now.
+    ///
+    /// # Errors
+    /// `Error::RateLimited` while the client is out of cells.
+    pub fn allow_costly(&self, ip: IpAddr) -> Result<(), Error> {
+        let Some(until) = self.blocked.get(&ip) else {
+            return Ok(());
+        };
+        let now = self.limiter.clock.now();
+        if until <= now {
+            self.blocked.remove(&ip);
+            return Ok(());
+        }
+        metrics::counter!("latchkey_rate_limited_total", "limit" => "failed_verify").increment(1);
+        let wait: Duration = until.duration_since(now).into();
+        Err(Error::RateLimited {
+            retry_after: wait.max(Duration::from_secs(1)),
+        })
+    }
+
+    pub fn housekeeping(&self) {
+        self.limiter.housekeeping();
+    }
+}
+
+fn nz(n: u32) -> Option<NonZeroU32> {
+    NonZeroU32::new(n)
+}
+
+pub fn per_hour_quota(n: u32) -> Option<Quota> {
+    nz(n).map(Quota::per_hour)
+}
+
+pub fn per_minute_quota(n: u32) -> Option<Quota> {
+    nz(n).map(Quota::per_minute)
+}
+
+pub fn per_second_quota(n: u32, burst: u32) -> Option<Quota> {
+    nz(n).map(|r| Quota::per_second(r).allow_burst(nz(burst).unwrap_or(r)))
+}
+
+/// Every limiter of a node.
+pub struct RateLimits {
+    pub mint_per_ip: Option<Limiter<IpAddr>>,
+    pub mint_per_token: Option<Limiter<String>>,
+    pub management: Option<Limiter<IpAddr>>,
+    pub failed_verify: Option<FailureLimiter>,
+    pub leaked: Option<Limiter<IpAddr>>,
+}
+
+impl RateLimits {
+    pub fn new(cfg: &RateLimitConfig) -> Self {
+        let clock = DefaultClock::default();
+        Self {
+            mint_per_ip: Limiter::new("mint_ip", per_hour_quota(cfg.mint_per_hour), clock.clone()),
+            mint_per_token: Limiter::new(
+                "mint_token",
+                per_hour_quota(cfg.mint_per_hour),
+                clock.clone(),
+            ),
+            management: Limiter::new(
+                "management",
+                per_second_quota(cfg.management_per_second, cfg.management_burst),
+                clock.clone(),
+            ),
+            failed_verify: FailureLimiter::new(cfg.failed_verify_per_minute, clock.clone()),
+            leaked: Limiter::new(
+                "leaked_report",
+                per_minute_quota(cfg.leaked_reports_per_minute),
+                clock,
+            ),
+        }
+    }
+
+    pub fn housekeeping(&self) {
+        for l in [&self.mint_per_ip, &self.management, &self.leaked]
+            .into_iter()
+            .flatten()
+        {
+            l.housekeeping();
+        }
+        if let Some(l) = &self.mint_per_token {
+            l.housekeeping();
+        }
+        if let Some(l) = &self.failed_verify {
+            l.housekeeping();
+        }
+    }
+}
+
+/// The metric labels, so every limit shows in `/metrics` from the start.
+pub const LABELS: [&str; 5] = [
+    "mint_ip",
+    "mint_token",
+    "management",
+    "failed_verify",
+    "leaked_report",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    #[test]
+    fn a_limit_trips_at_its_quota_says_when_to_retry_and_recovers() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::new("mint_ip", per_hour_quota(10), clock.clone()).unwrap();
+        for _ in 0..10 {
+            l.take(&ip(1)).unwrap();
+        }
+        let Err(Error::RateLimited { retry_after }) = l.take(&ip(1)) else {
+            panic!("the 11th mint in an hour must be refused");
+        };
+        assert_eq!(retry_after, Duration::from_secs(360));
+        assert!(l.take(&ip(2)).is_ok(), "another client is not affected");
+        clock.advance(Duration::from_secs(360));
+        assert!(l.take(&ip(1)).is_ok(), "one cell back after 6 minutes");
+        assert!(l.take(&ip(1)).is_err());
+    }
+
+    #[test]
+    fn a_zero_quota_disables_the_limit() {
+        assert!(
+            Limiter::<IpAddr, _>::new("x", per_hour_quota(0), FakeRelativeClock::default())
+                .is_none()
+        );
+        assert!(FailureLimiter::new(0, FakeRelativeClock::default()).is_none());
+    }
+
+    #[test]
+    fn the_management_limit_allows_its_burst_then_its_rate() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::new("management", per_second_quota(50, 100), clock.clone()).unwrap();
+        for _ in 0..100 {
+            l.take(&ip(1)).unwrap();
+        }
+        assert!(l.take(&ip(1)).is_err());
+        clock.advance(Duration::from_millis(20));
+        assert!(l.take(&ip(1)).is_ok());
+    }
+
+    #[test]
+    fn failures_block_costly_work_only_after_the_quota_and_only_until_the_next_cell() {
+        let clock = FakeRelativeClock::default();
+        let f = FailureLimiter::new(3, clock.clone()).unwrap();
+        for _ in 0..3 {
+            f.failed(ip(1));
+            assert!(f.allow_costly(ip(1)).is_ok());
+        }
+        f.failed(ip(1));
+        let Err(Error::RateLimited { retry_after }) = f.allow_costly(ip(1)) else {
+            panic!("a client past its failures must be refused costly work");
+        };
+        assert_eq!(retry_after, Duration::from_secs(20));
+        assert!(f.allow_costly(ip(2)).is_ok());
+        clock.advance(Duration::from_secs(20));
+        assert!(f.allow_costly(ip(1)).is_ok());
+    }
+}

@@ -1,0 +1,725 @@
+//! The PostgreSQL backend (sqlx), for several `serve` processes on one database.
+//!
+//! - Native types: uuid, timestamptz (microseconds, like SQLite's integers), jsonb, bigint.
+//! - Migrations run at connect on a dedicated connection that is closed afterwards. sqlx's
+//!   PostgreSQL migrator holds `pg_advisory_lock(<id derived from the database name>)` from before
+//!   it creates `_sqlx_migrations` until it has applied the last migration, so nodes starting
+//!   together wait for each other and apply each migration once; closing the connection releases
+//!   the lock even when a migration fails.
+//! - Transactions are READ COMMITTED. Uniqueness (live token name, org name) is the unique
+//!   indexes' job, so two nodes racing to create the same name end in one row and one `Conflict`.
+//! - Cache coherence: every change that a verify cache may hold (revoke, rotate, family revoke,
+//!   disable/enable) runs `pg_notify('latchkey_invalidate', <token id>)` in its own transaction,
+//!   so the notification is delivered exactly when the change commits, and never if it rolls
+//!   back. [`Store::invalidations`] listens on a dedicated connection.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow, Postgres};
+use sqlx::{Row, Transaction};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{
+    AuditListQuery, AuditRecord, ClientIp, Invalidation, OrgRecord, PoolOptions, StateFilter,
+    Store, StoreError, StoreResult, TokenListQuery, TokenRecord, UsageDelta, merge_client_ips,
+};
+use crate::token::{Permissions, TokenKind};
+
+/// The channel every node publishes token changes on and listens to.
+pub const INVALIDATION_CHANNEL: &str = "latchkey_invalidate";
+
+/// `application_name` of the listening connection (visible in `pg_stat_activity`).
+const LISTENER_APPLICATION_NAME: &str = "latchkey-listener";
+
+/// The PostgreSQL store. Cheap to clone (a pool handle and connect options).
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+}
+
+fn other(e: sqlx::Error) -> StoreError {
+    StoreError::Other(anyhow::Error::new(e))
+}
+
+/// Cuts a time to whole microseconds (toward the past), the precision every backend stores.
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+const TOKEN_COLUMNS: &str = "id, org_id, name, kind, verifier, permissions, created_at, created_by, \
+     expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, family_id, \
+     disabled_at, client_ips";
+
+const ORG_COLUMNS: &str = "id, name, created_at, max_ttl_seconds, default_ttl_seconds";
+
+const AUDIT_COLUMNS: &str =
+    "id, org_id, occurred_at, actor, action, token_id, ip, user_agent, details";
+
+fn ips_from_json(v: serde_json::Value) -> anyhow::Result<Vec<ClientIp>> {
+    serde_json::from_value(v).context("malformed client_ips")
+}
+
+fn ips_to_json(ips: &[ClientIp]) -> serde_json::Value {
+    let ips: Vec<ClientIp> = ips
+        .iter()
+        .map(|i| ClientIp {
+            ip: i.ip.clone(),
+            last_seen_at: micros(i.last_seen_at),
+        })
+        .collect();
+    serde_json::to_value(ips).unwrap_or_else(|_| serde_json::Value::Array(Vec::new()))
+}
+
+fn token_from_row(row: &PgRow) -> anyhow::Result<TokenRecord> {
+    let kind: i16 = row.try_get("kind")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        name: row.try_get("name")?,
+        kind: TokenKind::from_code(i64::from(kind)).context("unknown token kind in database")?,
+        verifier: row.try_get("verifier")?,
+        permissions: Permissions::from_bits(row.try_get::<i64, _>("permissions")? as u64),
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        request_count: row.try_get("request_count")?,
+        replaced_by: row.try_get("replaced_by")?,
+        metadata: row.try_get("metadata")?,
+        family_id: row.try_get("family_id")?,
+        disabled_at: row.try_get("disabled_at")?,
+        client_ips: ips_from_json(row.try_get("client_ips")?)?,
+    })
+}
+
+fn org_from_row(row: &PgRow) -> anyhow::Result<OrgRecord> {
+    Ok(OrgRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        max_ttl_seconds: row.try_get("max_ttl_seconds")?,
+        default_ttl_seconds: row.try_get("default_ttl_seconds")?,
+    })
+}
+
+fn audit_from_row(row: &PgRow) -> anyhow::Result<AuditRecord> {
+    Ok(AuditRecord {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        occurred_at: row.try_get("occurred_at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        token_id: row.try_get("token_id")?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        details: row.try_get("details")?,
+    })
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://` or `postgresql://`) with a pool shaped by
+    /// `pool`, and applies the migrations (see the module docs for how concurrent nodes agree).
+    ///
+    /// # Errors
+    /// A malformed URL, an unreachable database, or a failed migration.
+    pub async fn connect(url: &str, pool: &PoolOptions) -> anyhow::Result<Self> {
+        let mut options =
+            PgConnectOptions::from_str(url).context("malformed postgres database URL")?;
+        if options.get_application_name().is_none() {
+            options = options.application_name("latchkey");
+        }
+        let target = describe(&options);
+
+        // A one-connection pool of its own: closing it ends the session, which releases the
+        // migration lock whatever happened.
+        let migrations = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("connecting to PostgreSQL {target}"))?;
+        let migrated = sqlx::migrate!("./migrations/postgres")
+            .run(&migrations)
+            .await
+            .context("applying PostgreSQL migrations");
+        migrations.close().await;
+        migrated?;
+
+        let pool = PgPoolOptions::new()
+            .max_connections(pool.max_connections.max(1))
+            .min_connections(pool.min_connections.min(pool.max_connections))
+            .acquire_timeout(pool.acquire_timeout)
+            .idle_timeout(pool.idle_timeout)
+            .max_lifetime(pool.max_lifetime)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("opening a PostgreSQL pool to {target}"))?;
+        Ok(Self { pool, options })
+    }
+
+    async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        self.pool.begin().await.map_err(other)
+    }
+
+    /// Connects a listener on its own single-connection pool and subscribes it.
+    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(
+                self.options
+                    .clone()
+                    .application_name(LISTENER_APPLICATION_NAME),
+            );
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.ignore_pool_close_event(true);
+        listener.listen(INVALIDATION_CHANNEL).await?;
+        Ok(listener)
+    }
+}
+
+/// Host, port and database, for error messages (never the password).
+fn describe(o: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("(default)")
+    )
+}
+
+async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[AuditRecord],
+) -> StoreResult<()> {
+    for e in events {
+        sqlx::query(
+            "INSERT INTO audit_events (id, org_id, occurred_at, actor, action, token_id, ip, \
+             user_agent, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(e.id)
+        .bind(e.org_id)
+        .bind(micros(e.occurred_at))
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(e.token_id)
+        .bind(&e.ip)
+        .bind(&e.user_agent)
+        .bind(&e.details)
+        .execute(&mut **tx)
+        .await
+        .map_err(other)?;
+    }
+    Ok(())
+}
+
+/// Publishes that these tokens changed; delivered to every listening node when `tx` commits.
+async fn notify(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> StoreResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify($1, id::text) FROM unnest($2::uuid[]) AS t(id)")
+        .bind(INVALIDATION_CHANNEL)
+        .bind(ids)
+        .execute(&mut **tx)
+        .await
+        .map_err(other)?;
+    Ok(())
+}
+
+async fn insert_token_row(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &TokenRecord,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    // A token that expired still holds its name in `live_name`; release it first.
+    sqlx::query(
+        "UPDATE tokens SET live_name = NULL WHERE org_id = $1 AND live_name = $2 \
+         AND expires_at IS NOT NULL AND expires_at <= $3",
+    )
+    .bind(t.org_id)
+    .bind(&t.name)
+    .bind(micros(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(other)?;
+    let live = t.revoked_at.is_none() && t.replaced_by.is_none();
+    let res = sqlx::query(
+        "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
+         created_by, expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, \
+         family_id, disabled_at, client_ips) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+    )
+    .bind(t.id)
+    .bind(t.org_id)
+    .bind(&t.name)
+    .bind(live.then_some(&t.name))
+    .bind(i16::try_from(t.kind.code()).context("token kind out of range")?)
+    .bind(&t.verifier)
+    .bind(t.permissions.bits() as i64)
+    .bind(micros(t.created_at))
+    .bind(&t.created_by)
+    .bind(t.expires_at.map(micros))
+    .bind(t.revoked_at.map(micros))
+    .bind(t.last_used_at.map(micros))
+    .bind(t.request_count)
+    .bind(t.replaced_by)
+    .bind(&t.metadata)
+    .bind(t.family_id)
+    .bind(t.disabled_at.map(micros))
+    .bind(ips_to_json(&t.client_ips))
+    .execute(&mut **tx)
+    .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(StoreError::Conflict(
+            format!("a live token named {:?} already exists in this org", t.name),
+        )),
+        Err(e) => Err(other(e)),
+    }
+}
+
+/// Folds a batch into one delta per token, ordered by id: rows are then locked in one global
+/// order, so two nodes flushing overlapping batches cannot deadlock.
+fn combine(batch: &[UsageDelta]) -> BTreeMap<Uuid, UsageDelta> {
+    let mut by_id: BTreeMap<Uuid, UsageDelta> = BTreeMap::new();
+    for u in batch {
+        match by_id.get_mut(&u.token_id) {
+            Some(d) => {
+                d.count += u.count;
+                d.last_used_at = d.last_used_at.max(u.last_used_at);
+                merge_client_ips(&mut d.ips, &u.ips);
+            }
+            None => {
+                let mut d = u.clone();
+                d.ips.clear();
+                merge_client_ips(&mut d.ips, &u.ips);
+                by_id.insert(u.token_id, d);
+            }
+        }
+    }
+    by_id
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(other)?;
+        Ok(())
+    }
+
+    async fn org_count(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM orgs")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(other)?;
+        row.try_get("n").map_err(other)
+    }
+
+    async fn get_org(&self, id: Uuid) -> StoreResult<Option<OrgRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORG_COLUMNS} FROM orgs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.as_ref().map(org_from_row).transpose()?)
+    }
+
+    async fn find_org_by_name(&self, name: &str) -> StoreResult<Option<OrgRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORG_COLUMNS} FROM orgs WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.as_ref().map(org_from_row).transpose()?)
+    }
+
+    async fn create_org(
+        &self,
+        org: &OrgRecord,
+        first_token: Option<&TokenRecord>,
+        events: &[AuditRecord],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        let res = sqlx::query(
+            "INSERT INTO orgs (id, name, created_at, max_ttl_seconds, default_ttl_seconds) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(org.id)
+        .bind(&org.name)
+        .bind(micros(org.created_at))
+        .bind(org.max_ttl_seconds)
+        .bind(org.default_ttl_seconds)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "an org named {:?} already exists",
+                    org.name
+                )));
+            }
+            Err(e) => return Err(other(e)),
+        }
+        if let Some(t) = first_token {
+            insert_token_row(&mut tx, t, org.created_at).await?;
+        }
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        events: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        insert_token_row(&mut tx, token, now).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn get_token(&self, id: Uuid) -> StoreResult<Option<TokenRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.as_ref().map(token_from_row).transpose()?)
+    }
+
+    async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>> {
+        // Only the filters that are present go into the SQL, so the planner can pick
+        // tokens_org_creator or tokens_org_id and walk it backwards from the cursor.
+        let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE org_id = "
+        ));
+        qb.push_bind(q.org_id);
+        if let Some(creator) = &q.created_by {
+            qb.push(" AND created_by = ").push_bind(creator.clone());
+        }
+        if let Some(before) = q.before_id {
+            qb.push(" AND id < ").push_bind(before);
+        }
+        let now = micros(q.now);
+        match q.state {
+            None => {}
+            Some(StateFilter::Active) => {
+                qb.push(" AND revoked_at IS NULL AND disabled_at IS NULL")
+                    .push(" AND (expires_at IS NULL OR expires_at > ")
+                    .push_bind(now)
+                    .push(")");
+            }
+            Some(StateFilter::Expired) => {
+                qb.push(" AND revoked_at IS NULL AND expires_at <= ")
+                    .push_bind(now);
+            }
+            Some(StateFilter::Disabled) => {
+                qb.push(" AND revoked_at IS NULL AND disabled_at IS NOT NULL")
+                    .push(" AND (expires_at IS NULL OR expires_at > ")
+                    .push_bind(now)
+                    .push(")");
+            }
+            Some(StateFilter::Revoked) => {
+                qb.push(" AND revoked_at IS NOT NULL");
+            }
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+        rows.iter()
+            .map(|r| token_from_row(r).map_err(StoreError::Other))
+            .collect()
+    }
+
+    async fn revoke_token(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+        event: &AuditRecord,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // One round trip: revoke, and announce it only if this statement did revoke it.
+        let notified = sqlx::query(
+            "WITH revoked AS (UPDATE tokens SET revoked_at = $1, live_name = NULL \
+             WHERE id = $2 AND revoked_at IS NULL RETURNING id) \
+             SELECT pg_notify($3, id::text) FROM revoked",
+        )
+        .bind(micros(now))
+        .bind(id)
+        .bind(INVALIDATION_CHANNEL)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(other)?;
+        if notified.is_none() {
+            return Ok(false);
+        }
+        insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(true)
+    }
+
+    async fn add_usage(&self, batch: &[UsageDelta]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut deltas = combine(batch);
+        let ids: Vec<Uuid> = deltas.keys().copied().collect();
+        let mut tx = self.begin().await?;
+        // Lock the rows (in id order) so the client address merge reads what it overwrites; the
+        // count itself is an atomic `request_count + n` either way.
+        let rows = sqlx::query(
+            "SELECT id, client_ips FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(other)?;
+        let (mut found, mut counts, mut last_used, mut ips) = (vec![], vec![], vec![], vec![]);
+        for row in &rows {
+            let id: Uuid = row.try_get("id").map_err(other)?;
+            let mut known = ips_from_json(row.try_get("client_ips").map_err(other)?)?;
+            // Tokens deleted meanwhile are not in `rows`: nothing to count.
+            let Some(d) = deltas.remove(&id) else {
+                continue;
+            };
+            merge_client_ips(&mut known, &d.ips);
+            found.push(id);
+            counts.push(d.count);
+            last_used.push(micros(d.last_used_at));
+            ips.push(ips_to_json(&known));
+        }
+        if !found.is_empty() {
+            sqlx::query(
+                "UPDATE tokens AS t SET request_count = t.request_count + u.n, \
+                 last_used_at = GREATEST(t.last_used_at, u.last_used_at), client_ips = u.ips \
+                 FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[]) \
+                 AS u(id, n, last_used_at, ips) WHERE t.id = u.id",
+            )
+            .bind(&found)
+            .bind(&counts)
+            .bind(&last_used)
+            .bind(&ips)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        }
+        tx.commit().await.map_err(other)
+    }
+
+    async fn update_org(&self, org: &OrgRecord, event: &AuditRecord) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE orgs SET max_ttl_seconds = $1, default_ttl_seconds = $2 WHERE id = $3")
+            .bind(org.max_ttl_seconds)
+            .bind(org.default_ttl_seconds)
+            .bind(org.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn rotate_token(
+        &self,
+        old_id: Uuid,
+        old_expires_at: DateTime<Utc>,
+        new_token: &TokenRecord,
+        events: &[AuditRecord],
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // The old token keeps an earlier expiry if it had one.
+        let res = sqlx::query(
+            "UPDATE tokens SET replaced_by = $1, live_name = NULL, \
+             expires_at = LEAST(COALESCE(expires_at, $2), $2) \
+             WHERE id = $3 AND replaced_by IS NULL AND revoked_at IS NULL",
+        )
+        .bind(new_token.id)
+        .bind(micros(old_expires_at))
+        .bind(old_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(other)?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_token_row(&mut tx, new_token, now).await?;
+        insert_events(&mut tx, events).await?;
+        // The new id too: a node may remember it as missing.
+        notify(&mut tx, &[old_id, new_token.id]).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(true)
+    }
+
+    async fn revoke_family(
+        &self,
+        family_id: Uuid,
+        now: DateTime<Utc>,
+        event: &AuditRecord,
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE tokens SET revoked_at = $1, live_name = NULL \
+             WHERE family_id = $2 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(micros(now))
+        .bind(family_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(other)?;
+        let ids = rows
+            .iter()
+            .map(|r| r.try_get::<Uuid, _>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(other)?;
+        insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        notify(&mut tx, &ids).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(ids)
+    }
+
+    async fn set_disabled(
+        &self,
+        id: Uuid,
+        disabled_at: Option<DateTime<Utc>>,
+        event: &AuditRecord,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        let sql = if disabled_at.is_some() {
+            "UPDATE tokens SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL"
+        } else {
+            "UPDATE tokens SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NOT NULL"
+        };
+        let res = sqlx::query(sql)
+            .bind(disabled_at.map(micros))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        notify(&mut tx, &[id]).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(true)
+    }
+
+    async fn list_audit(&self, q: &AuditListQuery) -> StoreResult<Vec<AuditRecord>> {
+        let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE org_id = "
+        ));
+        qb.push_bind(q.org_id);
+        if let Some(t) = q.token_id {
+            qb.push(" AND token_id = ").push_bind(t);
+        }
+        if let Some(a) = &q.action {
+            qb.push(" AND action = ").push_bind(a.clone());
+        }
+        if let Some(a) = &q.actor {
+            qb.push(" AND actor = ").push_bind(a.clone());
+        }
+        if let Some(t) = q.since {
+            qb.push(" AND occurred_at >= ").push_bind(micros(t));
+        }
+        if let Some(t) = q.until {
+            qb.push(" AND occurred_at < ").push_bind(micros(t));
+        }
+        if let Some(b) = q.before_id {
+            qb.push(" AND id < ").push_bind(b);
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+        rows.iter()
+            .map(|r| audit_from_row(r).map_err(StoreError::Other))
+            .collect()
+    }
+
+    /// Listens on a dedicated connection. Each notification becomes `Invalidation::Token`; when
+    /// the connection is lost, the task reconnects (backing off up to 5 s) and, once it listens
+    /// again, sends `Invalidation::All`, since changes made meanwhile were not heard. The task
+    /// ends when the receiver is dropped.
+    async fn invalidations(&self) -> StoreResult<Option<mpsc::Receiver<Invalidation>>> {
+        let listener = self
+            .listen()
+            .await
+            .context("listening for cache invalidations")?;
+        let (tx, rx) = mpsc::channel(1024);
+        let store = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = relay(store, listener, tx.clone()) => {}
+                () = tx.closed() => {}
+            }
+        });
+        Ok(Some(rx))
+    }
+}
+
+/// Forwards notifications to `tx` until it is closed, re-establishing the listener when lost.
+async fn relay(store: PostgresStore, mut listener: PgListener, tx: mpsc::Sender<Invalidation>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                let inv = match Uuid::parse_str(n.payload()) {
+                    Ok(id) => Invalidation::Token(id),
+                    Err(_) => {
+                        tracing::warn!("malformed cache invalidation payload; dropping the cache");
+                        Invalidation::All
+                    }
+                };
+                if tx.send(inv).await.is_err() {
+                    return;
+                }
+            }
+            // The connection was lost and (eager reconnect) is listening again.
+            Ok(None) => {
+                tracing::warn!("cache invalidation listener reconnected; dropping the cache");
+                if tx.send(Invalidation::All).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cache invalidation listener lost; reconnecting");
+                drop(listener);
+                let mut backoff = Duration::from_millis(100);
+                listener = loop {
+                    tokio::time::sleep(backoff).await;
+                    match store.listen().await {
+                        Ok(l) => break l,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cache invalidation listener still down");
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                };
+                tracing::info!("cache invalidation listener reconnected; dropping the cache");
+                if tx.send(Invalidation::All).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
