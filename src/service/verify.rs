@@ -314,15 +314,11 @@ impl Authority {
         // A scope this deployment does not know is held by no token: the answer is
         // INSUFFICIENT_PERMISSIONS, as the design keeps 400 for a missing token string only.
         let required = self.config.scopes.resolve(&req.required_scopes).ok();
-        let checked = match self.check_token(&req.token, ip, now).await {
-            Err(Error::RateLimited { retry_after }) => {
-                return Ok(VerifyResponse::rate_limited(retry_after));
-            }
-            other => other?,
-        };
-        let res = match checked {
-            None => VerifyResponse::invalid(),
-            Some(t) => {
+        let res = match self.check_token(&req.token, ip, now).await {
+            Err(Error::RateLimited { retry_after }) => VerifyResponse::rate_limited(retry_after),
+            Err(e) => return Err(e),
+            Ok(None) => VerifyResponse::invalid(),
+            Ok(Some(t)) => {
                 let ok = required.is_some_and(|r| t.permissions.contains(r));
                 VerifyResponse {
                     valid: ok,

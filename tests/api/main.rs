@@ -1,5 +1,6 @@
 //! Integration tests: the real server over real HTTP.
 
+mod abuse;
 mod auth;
 mod cache;
 mod cli;
@@ -12,6 +13,7 @@ mod helpers;
 mod lifecycle;
 mod logs;
 mod multinode;
+mod nginx;
 mod ops;
 mod orgs;
 mod python_client;
