@@ -21,6 +21,10 @@ _lk_pg_main() {
     return 0
   fi
 
+  if [ "$(id -u)" != 0 ]; then
+    echo "postgres: starting a cluster needs root; set LATCHKEY_TEST_DATABASE_URL instead" >&2
+    return 1
+  fi
   if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     echo "postgres: installing Debian's postgresql package"
     apt-get update -qq

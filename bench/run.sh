@@ -195,7 +195,11 @@ bootstrap_token() { # the bootstrap line: contains _pat_, is not a JSON log line
 }
 
 seed() { # db-file count hash out [wrong-out]
-  local args=(--database-url "sqlite://$1" --count "$2" --hash "$3" --out "$4")
+  # SHA-256 sets are written with multi-row inserts (examples/seed.rs --method sql); the small
+  # Argon2id set goes through Store::insert_token, one transaction per token, as the server does.
+  local method=sql
+  [ "$3" = argon2id ] && method=store
+  local args=(--database-url "sqlite://$1" --count "$2" --hash "$3" --out "$4" --method "$method")
   [ $# -ge 5 ] && args+=(--wrong-out "$5")
   local out
   out=$("$BIN/examples/seed" "${args[@]}") || die "seeding $2 $3 tokens failed"

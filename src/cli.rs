@@ -193,6 +193,26 @@ pub struct CommonArgs {
     #[arg(long, env = "LATCHKEY_HASH", value_enum, default_value_t = HashAlgorithm::Sha256)]
     pub hash: HashAlgorithm,
 
+    /// PostgreSQL: most pooled connections per node (one more is held for notifications).
+    #[arg(long, env = "LATCHKEY_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    /// PostgreSQL: connections kept open when idle.
+    #[arg(long, env = "LATCHKEY_DB_MIN_CONNECTIONS", default_value_t = 0)]
+    pub db_min_connections: u32,
+
+    /// PostgreSQL: seconds a query waits for a free connection before it fails.
+    #[arg(long, env = "LATCHKEY_DB_ACQUIRE_TIMEOUT_SECONDS", default_value_t = 5)]
+    pub db_acquire_timeout_seconds: u64,
+
+    /// PostgreSQL: seconds before an idle connection is closed (0: never).
+    #[arg(long, env = "LATCHKEY_DB_IDLE_TIMEOUT_SECONDS", default_value_t = 600)]
+    pub db_idle_timeout_seconds: u64,
+
+    /// PostgreSQL: seconds before a connection is replaced, e.g. to follow a failover (0: never).
+    #[arg(long, env = "LATCHKEY_DB_MAX_LIFETIME_SECONDS", default_value_t = 1800)]
+    pub db_max_lifetime_seconds: u64,
+
     /// Log format on stderr. The level is set with LATCHKEY_LOG (e.g. `info`, `debug`).
     #[arg(long, env = "LATCHKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -9,6 +9,7 @@ use crate::cli::{CommonArgs, ServeArgs};
 use crate::service::AuthorityConfig;
 use crate::service::ratelimit::RateLimitConfig;
 use crate::startup::{ServerLimits, Settings};
+use crate::store::PoolOptions;
 use crate::token::ScopeRegistry;
 use crate::token::permissions::ScopeConfig;
 
@@ -25,6 +26,18 @@ pub fn load_scopes(path: Option<&Path>) -> anyhow::Result<ScopeRegistry> {
     let cfg: ScopeConfig =
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
     ScopeRegistry::new(&cfg).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}
+
+/// The database pool settings shared by `serve` and `bootstrap` (SQLite ignores them).
+pub fn pool_options(common: &CommonArgs) -> PoolOptions {
+    let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    PoolOptions {
+        max_connections: common.db_max_connections.max(1),
+        min_connections: common.db_min_connections,
+        acquire_timeout: Duration::from_secs(common.db_acquire_timeout_seconds.max(1)),
+        idle_timeout: secs(common.db_idle_timeout_seconds),
+        max_lifetime: secs(common.db_max_lifetime_seconds),
+    }
 }
 
 /// The service settings shared by `serve` and `bootstrap`.
@@ -57,6 +70,7 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     };
     Ok(Settings {
         database_url: args.common.database_url.clone(),
+        db_pool: pool_options(&args.common),
         listen: args.listen,
         authority,
         usage_flush_interval: Duration::from_millis(args.usage_flush_ms.max(10)),

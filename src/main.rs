@@ -21,7 +21,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Bootstrap(args) => {
             telemetry::init_logging(args.common.log_format);
             let authority = Authority::new(
-                store::connect(&args.common.database_url).await?,
+                store::connect_with(
+                    &args.common.database_url,
+                    &config::pool_options(&args.common),
+                )
+                .await?,
                 config::authority_config(&args.common)?,
             );
             let out = authority

@@ -17,6 +17,8 @@ use crate::{grpc, http, server, store, telemetry};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub database_url: String,
+    /// Connection pool of a server database (PostgreSQL).
+    pub db_pool: store::PoolOptions,
     /// Port 0 picks a free port; see [`Application::local_addr`].
     pub listen: SocketAddr,
     pub authority: AuthorityConfig,
@@ -67,7 +69,7 @@ impl Application {
     /// # Errors
     /// Database, migration, config or bind failures, with context.
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let store = store::connect(&settings.database_url).await?;
+        let store = store::connect_with(&settings.database_url, &settings.db_pool).await?;
         let authority = Arc::new(Authority::new(store, settings.authority));
         authority.spawn_invalidation_listener().await?;
         if let Some(out) = authority.bootstrap_if_empty(clock.now()).await? {

@@ -9,7 +9,7 @@ use super::model::{
     AuditEventView, AuditPage, ListAuditRequest, OrgScope, OrgView, RotateTokenRequest,
     RotatedToken, TokenView, UpdateOrgRequest,
 };
-use super::tokens::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_TTL_SECONDS, apply_policy};
+use super::tokens::{MAX_TTL_SECONDS, apply_policy, finish_page, page_params};
 use super::{Authority, Caller, audit};
 use crate::error::{Error, Result};
 use crate::store::{AuditListQuery, AuditRecord, TokenRecord};
@@ -211,15 +211,7 @@ impl Authority {
     pub async fn list_audit(&self, caller: &Caller, req: ListAuditRequest) -> Result<AuditPage> {
         let p = &caller.principal;
         p.require(Permissions::AUDIT_READ, "audit:read")?;
-        let limit = match req.page_size {
-            None | Some(0) => DEFAULT_PAGE_SIZE,
-            Some(n) => n.min(MAX_PAGE_SIZE),
-        };
-        let before_id = req
-            .page_token
-            .as_deref()
-            .map(|s| Uuid::try_parse(s).map_err(|_| Error::invalid("page_token is not valid")))
-            .transpose()?;
+        let (limit, before_id) = page_params(req.page_size, req.page_token.as_deref())?;
         if let (Some(s), Some(u)) = (req.since, req.until)
             && s >= u
         {
@@ -239,12 +231,7 @@ impl Authority {
                 limit: limit + 1,
             })
             .await?;
-        let next_page_token = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            rows.last().map(|e| e.id.to_string())
-        } else {
-            None
-        };
+        let next_page_token = finish_page(&mut rows, limit, |e| e.id);
         Ok(AuditPage {
             events: rows.into_iter().map(audit_view).collect(),
             next_page_token,

@@ -253,15 +253,7 @@ impl Authority {
     ) -> Result<TokenPage> {
         let p = &caller.principal;
         p.require(Permissions::TOKENS_READ, "tokens:read")?;
-        let limit = match req.page_size {
-            None | Some(0) => DEFAULT_PAGE_SIZE,
-            Some(n) => n.min(MAX_PAGE_SIZE),
-        };
-        let before_id = req
-            .page_token
-            .as_deref()
-            .map(|s| Uuid::try_parse(s).map_err(|_| Error::invalid("page_token is not valid")))
-            .transpose()?;
+        let (limit, before_id) = page_params(req.page_size, req.page_token.as_deref())?;
         let org_id = self.target_org(p, req.org_id).await?;
         let sees_all = p.effective().contains(Permissions::ORG_ADMIN);
         let mut rows = self
@@ -280,12 +272,7 @@ impl Authority {
                 now,
             })
             .await?;
-        let next_page_token = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            rows.last().map(|t| t.id.to_string())
-        } else {
-            None
-        };
+        let next_page_token = finish_page(&mut rows, limit, |t| t.id);
         metrics::counter!("latchkey_list_tokens_total").increment(1);
         Ok(TokenPage {
             tokens: rows.iter().map(|t| self.view(t, now)).collect(),
@@ -347,6 +334,33 @@ impl Authority {
         }
         let t = self.store.get_token(t.id).await?.ok_or(Error::NotFound)?;
         Ok(self.view(&t, now))
+    }
+}
+
+/// The page size and cursor of a list request: absent or 0 is the default, above the maximum is
+/// the maximum. The store is asked for one row more, to learn whether a next page exists.
+pub(crate) fn page_params(size: Option<u32>, token: Option<&str>) -> Result<(u32, Option<Uuid>)> {
+    let limit = match size {
+        None | Some(0) => DEFAULT_PAGE_SIZE,
+        Some(n) => n.min(MAX_PAGE_SIZE),
+    };
+    let before_id = token
+        .map(|s| Uuid::try_parse(s).map_err(|_| Error::invalid("page_token is not valid")))
+        .transpose()?;
+    Ok((limit, before_id))
+}
+
+/// Drops the extra row of a page and returns the cursor of the next page, if there is one.
+pub(crate) fn finish_page<T>(
+    rows: &mut Vec<T>,
+    limit: u32,
+    id: impl Fn(&T) -> Uuid,
+) -> Option<String> {
+    if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| id(r).to_string())
+    } else {
+        None
     }
 }
 
@@ -412,7 +426,13 @@ fn check_metadata(m: Option<serde_json::Value>) -> Result<Option<serde_json::Val
     match m {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v @ serde_json::Value::Object(_)) => {
-            if v.to_string().len() > MAX_METADATA_BYTES {
+            let text = v.to_string();
+            // PostgreSQL's jsonb cannot hold U+0000; refuse it on every backend alike.
+            if text.contains("\\u0000") {
+                Err(Error::invalid(
+                    "metadata must not contain the character U+0000",
+                ))
+            } else if text.len() > MAX_METADATA_BYTES {
                 Err(Error::invalid(
                     "metadata must be at most 4096 bytes of JSON",
                 ))
@@ -460,5 +480,7 @@ mod tests {
         let big = "x".repeat(MAX_METADATA_BYTES);
         assert!(check_metadata(Some(json!({ "k": big }))).is_err());
         assert_eq!(check_metadata(Some(serde_json::Value::Null)).unwrap(), None);
+        assert!(check_metadata(Some(json!({ "k": "a\u{0}b" }))).is_err());
+        assert!(check_metadata(Some(json!({ "k\u{0}": 1 }))).is_err());
     }
 }

@@ -32,7 +32,7 @@ use super::{
 use crate::token::{Permissions, TokenKind};
 
 /// The channel every node publishes token changes on and listens to.
-pub const INVALIDATION_CHANNEL: &str = "latchkey_invalidate";
+const INVALIDATION_CHANNEL: &str = "latchkey_invalidate";
 
 /// `application_name` of the listening connection (visible in `pg_stat_activity`).
 const LISTENER_APPLICATION_NAME: &str = "latchkey-listener";
@@ -580,8 +580,10 @@ impl Store for PostgresStore {
     ) -> StoreResult<Vec<Uuid>> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(
+            // Rows are locked in id order, like `add_usage` does, so the two cannot deadlock.
             "UPDATE tokens SET revoked_at = $1, live_name = NULL \
-             WHERE family_id = $2 AND revoked_at IS NULL RETURNING id",
+             WHERE id IN (SELECT id FROM tokens WHERE family_id = $2 AND revoked_at IS NULL \
+             ORDER BY id FOR UPDATE) AND revoked_at IS NULL RETURNING id",
         )
         .bind(micros(now))
         .bind(family_id)
@@ -657,10 +659,11 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    /// Listens on a dedicated connection. Each notification becomes `Invalidation::Token`; when
-    /// the connection is lost, the task reconnects (backing off up to 5 s) and, once it listens
-    /// again, sends `Invalidation::All`, since changes made meanwhile were not heard. The task
-    /// ends when the receiver is dropped.
+    /// Listens on a dedicated connection. Each notification becomes `Invalidation::Token`. When
+    /// the connection is lost (an error, a reset, or no answer to a probe after 30 s of silence),
+    /// the task reconnects (backing off up to 5 s) and, once it listens again, sends
+    /// `Invalidation::All`, since changes made meanwhile were not heard. The task ends when the
+    /// receiver is dropped.
     async fn invalidations(&self) -> StoreResult<Option<mpsc::Receiver<Invalidation>>> {
         let listener = self
             .listen()
@@ -678,11 +681,22 @@ impl Store for PostgresStore {
     }
 }
 
+/// After this long without a notification, the listener checks that its connection still
+/// answers: a connection cut without a reset (a silent network failure) is otherwise never noticed.
+const IDLE_PROBE: Duration = Duration::from_secs(30);
+/// How long that check may take before the connection is considered lost.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Forwards notifications to `tx` until it is closed, re-establishing the listener when lost.
 async fn relay(store: PostgresStore, mut listener: PgListener, tx: mpsc::Sender<Invalidation>) {
     loop {
-        match listener.try_recv().await {
-            Ok(Some(n)) => {
+        // `try_recv` is cancel-safe: a notification is never half-read when the probe wins.
+        let heard = tokio::select! {
+            r = listener.try_recv() => Some(r),
+            () = tokio::time::sleep(IDLE_PROBE) => None,
+        };
+        let lost = match heard {
+            Some(Ok(Some(n))) => {
                 let inv = match Uuid::parse_str(n.payload()) {
                     Ok(id) => Invalidation::Token(id),
                     Err(_) => {
@@ -693,32 +707,56 @@ async fn relay(store: PostgresStore, mut listener: PgListener, tx: mpsc::Sender<
                 if tx.send(inv).await.is_err() {
                     return;
                 }
+                false
             }
-            // The connection was lost and (eager reconnect) is listening again.
-            Ok(None) => {
+            // The connection was lost and, reconnected at once, is listening again.
+            Some(Ok(None)) => {
                 tracing::warn!("cache invalidation listener reconnected; dropping the cache");
                 if tx.send(Invalidation::All).await.is_err() {
                     return;
                 }
+                false
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "cache invalidation listener lost; reconnecting");
-                drop(listener);
-                let mut backoff = Duration::from_millis(100);
-                listener = loop {
-                    tokio::time::sleep(backoff).await;
-                    match store.listen().await {
-                        Ok(l) => break l,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cache invalidation listener still down");
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
+                true
+            }
+            None => {
+                let probe = sqlx::query("SELECT 1").execute(&mut listener);
+                match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                    Ok(Ok(_)) => false,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cache invalidation listener lost; reconnecting");
+                        true
                     }
-                };
-                tracing::info!("cache invalidation listener reconnected; dropping the cache");
-                if tx.send(Invalidation::All).await.is_err() {
-                    return;
+                    Err(_) => {
+                        tracing::warn!("cache invalidation listener not answering; reconnecting");
+                        true
+                    }
                 }
+            }
+        };
+        if lost {
+            drop(listener);
+            listener = reconnect(&store).await;
+            tracing::info!("cache invalidation listener reconnected; dropping the cache");
+            if tx.send(Invalidation::All).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A new listener, retrying with a backoff of up to 5 s until the database answers.
+async fn reconnect(store: &PostgresStore) -> PgListener {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        tokio::time::sleep(backoff).await;
+        match store.listen().await {
+            Ok(l) => return l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache invalidation listener still down");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

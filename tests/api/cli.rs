@@ -1,6 +1,6 @@
 use std::process::Command;
 
-use crate::helpers::{BIN, db_url, spawn_app};
+use crate::helpers::{BIN, spawn_app};
 
 #[tokio::test]
 async fn bootstrap_prints_a_working_admin_token_alone_on_stdout() {
@@ -12,7 +12,7 @@ async fn bootstrap_prints_a_working_admin_token_alone_on_stdout() {
         .args([
             "bootstrap",
             "--database-url",
-            &db_url(app.dir.path()),
+            &app.database_url,
             "--org-name",
             "second",
         ])
@@ -43,7 +43,7 @@ async fn bootstrap_prints_a_working_admin_token_alone_on_stdout() {
 async fn bootstrap_into_an_existing_org_mints_another_admin_of_that_org() {
     let app = spawn_app().await;
     let out = Command::new(BIN)
-        .args(["bootstrap", "--database-url", &db_url(app.dir.path())])
+        .args(["bootstrap", "--database-url", &app.database_url])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -63,7 +63,7 @@ fn the_server_prints_its_bootstrap_token_only_on_first_start() {
         let app = spawn_app().await;
         assert!(app.admin_token.starts_with("lk_pat_"));
         assert!(app.logs().contains("will not be shown again"));
-        let again = crate::helpers::spawn_binary(app.dir.clone(), &[]).await;
+        let again = app.restart(&[]).await;
         assert!(again.admin_token.is_empty());
         assert!(!again.logs().contains("will not be shown again"));
     });

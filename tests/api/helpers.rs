@@ -25,6 +25,10 @@ pub struct TestApp {
     pub admin_token: String,
     pub org_id: Uuid,
     pub dir: Arc<TempDir>,
+    /// The database the server runs on: a SQLite file in `dir`, or (with
+    /// `LATCHKEY_TEST_BACKEND=postgres`) a fresh PostgreSQL database.
+    pub database_url: String,
+    db: Option<Arc<TestDatabase>>,
     child: Option<Child>,
     logs: Arc<Mutex<String>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -56,16 +60,33 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 /// Starts the real binary with a fresh database, extra flags and environment variables.
 pub async fn spawn_app_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestApp {
     let dir = Arc::new(TempDir::new().expect("temp dir"));
-    spawn_binary_env(dir, extra, env).await
+    let (url, db) = fresh_database(dir.path()).await;
+    spawn_process(&url, dir, db, extra, env).await
 }
 
-/// Starts the real binary on the database in `dir` (for restarts).
-pub async fn spawn_binary(dir: Arc<TempDir>, extra: &[&str]) -> TestApp {
-    spawn_binary_env(dir, extra, &[]).await
+/// A fresh database for one test: a SQLite file in `dir`, or, when `LATCHKEY_TEST_BACKEND` is
+/// `postgres`, a new database on the `LATCHKEY_TEST_DATABASE_URL` server (`.ci/run` runs the
+/// whole suite both ways).
+async fn fresh_database(dir: &Path) -> (String, Option<Arc<TestDatabase>>) {
+    if std::env::var("LATCHKEY_TEST_BACKEND").as_deref() == Ok("postgres") {
+        let admin = std::env::var("LATCHKEY_TEST_DATABASE_URL")
+            .expect("LATCHKEY_TEST_BACKEND=postgres needs LATCHKEY_TEST_DATABASE_URL");
+        let db = TestDatabase::create(&admin).await;
+        (db.url.clone(), Some(Arc::new(db)))
+    } else {
+        (db_url(dir), None)
+    }
 }
 
-async fn spawn_binary_env(dir: Arc<TempDir>, extra: &[&str], env: &[(&str, &str)]) -> TestApp {
-    let url = db_url(dir.path());
+/// Starts `latchkey serve` on `url` and waits for its `listening` line; reads the bootstrap
+/// token (printed on a first start only) from its stderr.
+async fn spawn_process(
+    url: &str,
+    dir: Arc<TempDir>,
+    db: Option<Arc<TestDatabase>>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> TestApp {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -74,7 +95,7 @@ async fn spawn_binary_env(dir: Arc<TempDir>, extra: &[&str], env: &[(&str, &str)
             "--log-format",
             "json",
             "--database-url",
-            &url,
+            url,
         ])
         .args(extra)
         .env("LATCHKEY_LOG", "info")
@@ -120,15 +141,19 @@ async fn spawn_binary_env(dir: Arc<TempDir>, extra: &[&str], env: &[(&str, &str)
         admin_token,
         org_id: Uuid::nil(),
         dir,
+        database_url: url.to_string(),
+        db,
         child: Some(child),
         logs,
         shutdown: None,
         clock: None,
     };
-    app.org_id = app
-        .org_of(&app.admin_token.clone())
-        .await
-        .unwrap_or(Uuid::nil());
+    if !app.admin_token.is_empty() {
+        app.org_id = app
+            .org_of(&app.admin_token.clone())
+            .await
+            .unwrap_or(Uuid::nil());
+    }
     app
 }
 
@@ -136,7 +161,7 @@ async fn spawn_binary_env(dir: Arc<TempDir>, extra: &[&str], env: &[(&str, &str)
 pub async fn spawn_with_clock() -> TestApp {
     let dir = Arc::new(TempDir::new().expect("temp dir"));
     let clock = Arc::new(ManualClock::new());
-    let url = db_url(dir.path());
+    let (url, db) = fresh_database(dir.path()).await;
     // Bootstrap first, so the token is in hand and the application finds a non-empty database.
     let authority = Authority::new(
         latchkey::store::connect(&url).await.unwrap(),
@@ -144,7 +169,8 @@ pub async fn spawn_with_clock() -> TestApp {
     );
     let boot = authority.bootstrap("default", clock.now()).await.unwrap();
     let settings = Settings {
-        database_url: url,
+        database_url: url.clone(),
+        db_pool: Default::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         authority: AuthorityConfig::default(),
         usage_flush_interval: Duration::from_millis(100),
@@ -164,6 +190,8 @@ pub async fn spawn_with_clock() -> TestApp {
         admin_token: boot.plaintext.expose().clone(),
         org_id: boot.org.id,
         dir,
+        database_url: url,
+        db,
         child: None,
         logs: Arc::new(Mutex::new(String::new())),
         shutdown: Some(tx),
@@ -307,16 +335,21 @@ impl TestApp {
         (org_id, t)
     }
 
-    /// Reads a value straight from the database file.
-    pub async fn db_scalar(&self, sql: &'static str, id: &str) -> i64 {
-        use sqlx::Row;
-        let pool = sqlx::SqlitePool::connect(&db_url(self.dir.path()))
-            .await
-            .unwrap();
-        let row = sqlx::query(sql).bind(id).fetch_one(&pool).await.unwrap();
-        let v: i64 = row.try_get(0).unwrap();
-        pool.close().await;
-        v
+    /// Starts another server process on this app's database (a restart, after a stop).
+    pub async fn restart(&self, extra: &[&str]) -> TestApp {
+        spawn_process(
+            &self.database_url,
+            self.dir.clone(),
+            self.db.clone(),
+            extra,
+            &[],
+        )
+        .await
+    }
+
+    /// The store behind the server, opened beside it, for checks the API does not expose.
+    pub async fn store(&self) -> Arc<dyn latchkey::store::Store> {
+        latchkey::store::connect(&self.database_url).await.unwrap()
     }
 }
 
@@ -439,67 +472,6 @@ fn with_database(url: &str, database: &str) -> String {
 /// sharing a database. Only the first node on an empty database prints a bootstrap token; on the
 /// others `admin_token` is empty and `org_id` nil (copy them from the first node).
 pub async fn spawn_node(url: &str, extra: &[&str]) -> TestApp {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--database-url",
-            url,
-        ])
-        .args(extra)
-        .env("LATCHKEY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start latchkey");
-    let stderr = child.stderr.take().expect("stderr");
-    let logs = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    {
-        let logs = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["fields"]["message"] == "listening"
-                {
-                    let _ = tx.send(v["fields"]["address"].as_str().unwrap_or("").to_string());
-                }
-                let mut l = logs.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-    }
-    let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
-        .await
-        .unwrap()
-        .unwrap_or_else(|_| panic!("server did not start; logs:\n{}", logs.lock().unwrap()));
-    let admin_token = logs
-        .lock()
-        .unwrap()
-        .lines()
-        .find(|l| !l.starts_with('{') && l.contains("_pat_"))
-        .map(|l| l.trim().to_string())
-        .unwrap_or_default();
-    let mut app = TestApp {
-        address: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        admin_token,
-        org_id: Uuid::nil(),
-        dir: Arc::new(TempDir::new().expect("temp dir")),
-        child: Some(child),
-        logs,
-        shutdown: None,
-        clock: None,
-    };
-    if !app.admin_token.is_empty() {
-        app.org_id = app
-            .org_of(&app.admin_token.clone())
-            .await
-            .unwrap_or(Uuid::nil());
-    }
-    app
+    let dir = Arc::new(TempDir::new().expect("temp dir"));
+    spawn_process(url, dir, None, extra, &[]).await
 }

@@ -76,28 +76,41 @@ async fn no_plaintext_token_or_verifier_reaches_the_logs_audit_or_metrics() {
         .text()
         .await
         .unwrap();
-    let verifiers: Vec<String> = {
-        use sqlx::Row;
-        let pool = sqlx::SqlitePool::connect(&crate::helpers::db_url(app.dir.path()))
-            .await
-            .unwrap();
-        let rows = sqlx::query("SELECT verifier FROM tokens")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        rows.iter().map(|r| r.get::<String, _>(0)).collect()
-    };
-    let audit: String = {
-        use sqlx::Row;
-        let pool = sqlx::SqlitePool::connect(&crate::helpers::db_url(app.dir.path()))
-            .await
-            .unwrap();
-        let rows = sqlx::query("SELECT actor || action || COALESCE(details, '') || COALESCE(user_agent, '') FROM audit_events")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        rows.iter().map(|r| r.get::<String, _>(0)).collect()
-    };
+    let store = app.store().await;
+    let tokens = store
+        .list_tokens(&latchkey::store::TokenListQuery {
+            org_id: app.org_id,
+            created_by: None,
+            state: None,
+            before_id: None,
+            limit: 1000,
+            now: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let verifiers: Vec<String> = tokens.into_iter().map(|t| t.verifier).collect();
+    assert!(verifiers.len() >= 4);
+    let audit: String = store
+        .list_audit(&latchkey::store::AuditListQuery {
+            org_id: app.org_id,
+            token_id: None,
+            action: None,
+            actor: None,
+            since: None,
+            until: None,
+            before_id: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {} {:?} {:?}",
+                e.actor, e.action, e.details, e.user_agent, e.ip
+            )
+        })
+        .collect();
 
     // Assert: the bootstrap token's one-time line is the only place a token appears.
     let logs = app.logs();

@@ -24,7 +24,16 @@ struct TwoNodes {
 async fn two_nodes(test: &str) -> Option<TwoNodes> {
     let admin = postgres_admin_url(test)?;
     let db = TestDatabase::create(&admin).await;
-    let flags = ["--usage-flush-ms", "100", "--cache-ttl-seconds", "300"];
+    // Usage flushed often; a long cache TTL, so only a notification can explain a fast refusal;
+    // room for the creates and rotations these tests make from one address.
+    let flags = [
+        "--usage-flush-ms",
+        "100",
+        "--cache-ttl-seconds",
+        "300",
+        "--rate-limit-mint-per-hour",
+        "1000",
+    ];
     // A first, so that it alone bootstraps the empty database.
     let a = spawn_node(&db.url, &flags).await;
     assert!(

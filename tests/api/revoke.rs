@@ -55,13 +55,16 @@ async fn revoking_twice_succeeds_and_writes_one_audit_event() {
     assert_eq!(second.status(), StatusCode::OK);
     let second: Value = second.json().await.unwrap();
     assert_eq!(first["revoked_at"], second["revoked_at"]);
-    let events = app
-        .db_scalar(
-            "SELECT COUNT(*) FROM audit_events WHERE token_id = ? AND action = 'token_revoked'",
-            id,
+    let events: Value = app
+        .get(
+            &format!("/v1/audit?token_id={id}&action=token_revoked"),
+            &app.admin_token,
         )
-        .await;
-    assert_eq!(events, 1);
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["events"].as_array().unwrap().len(), 1);
     let metrics = app
         .client
         .get(format!("{}/metrics", app.address))

@@ -1,7 +1,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{error_of, forge, spawn_app, spawn_app_with, spawn_binary};
+use crate::helpers::{error_of, forge, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_valid_token_verifies_with_its_identity_and_scopes() {
@@ -162,13 +162,18 @@ async fn argon2id_tokens_verify_and_are_stored_as_phc_strings() {
     assert_eq!(second["code"], "VALID");
     assert_eq!(app.verify(&wrong, &[]).await["code"], "INVALID");
     let id = view["id"].as_str().unwrap();
-    let is_argon = app
-        .db_scalar(
-            "SELECT verifier LIKE '$argon2id$%' FROM tokens WHERE id = ?",
-            id,
-        )
-        .await;
-    assert_eq!(is_argon, 1);
+    let stored = app
+        .store()
+        .await
+        .get_token(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stored.verifier.starts_with("$argon2id$v=19$"),
+        "{}",
+        stored.verifier
+    );
 }
 
 #[tokio::test]
@@ -184,7 +189,7 @@ async fn usage_counts_reach_the_database_and_survive_a_graceful_shutdown() {
 
     // Act
     assert!(app.stop_gracefully());
-    let restarted = spawn_binary(app.dir.clone(), &[]).await;
+    let restarted = app.restart(&[]).await;
 
     // Assert
     // The restarted server prints no bootstrap token (its database is not empty): reuse the first.
@@ -207,11 +212,15 @@ async fn usage_is_flushed_periodically_while_serving() {
         app.verify(&t, &[]).await;
     }
     // Poll the database (bounded) instead of sleeping for a fixed time.
+    let store = app.store().await;
     let mut count = 0;
     for _ in 0..200 {
-        count = app
-            .db_scalar("SELECT request_count FROM tokens WHERE id = ?", &id)
-            .await;
+        count = store
+            .get_token(id.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .request_count;
         if count == 3 {
             break;
         }
