@@ -1,6 +1,6 @@
 -- wrk script for bench/run.sh.
 --
---   wrk -t2 -c32 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE FILE THREADS [BEARER] [NONCE] [XFF]
+--   wrk -t2 -c32 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE FILE THREADS [BEARER] [NONCE] [XFF] [check]
 --
 -- MODE:
 --   verify  POST /v1/tokens/verify {"token": ...}, cycling through the tokens of FILE
@@ -8,16 +8,20 @@
 --   mint    POST /v1/tokens {"name": ...} as BEARER, a new name every request (FILE unused)
 -- XFF, when given, is sent as X-Forwarded-For (a client address behind a trusted proxy), so
 -- two load generators on one machine can stand for different clients. "-" leaves an argument
--- empty. FILE holds one token per line; wrk thread k (of THREADS) takes lines k, k+THREADS, ... (all of
--- them when that leaves it none), so the threads together send every token.
+-- empty. "check" (verify mode) reads every answer and counts those without "valid":true as
+-- "invalid" (this costs the load generator some CPU).
+-- FILE holds one token per line; wrk thread k (of THREADS) takes lines k, k+THREADS, ... (all
+-- of them when that leaves it none), so the threads together send every token.
 -- done() prints one line: WRKJSON {...} with the rate, latency percentiles (microseconds) and
 -- error counts.
 
 local next_id = 0
+local threads = {}
 
 function setup(thread)
   next_id = next_id + 1
   thread:set("tid", next_id)
+  threads[#threads + 1] = thread
 end
 
 local mode, requests, tokens, count, pos, bearer, nonce, minted, xff, builder
@@ -49,6 +53,12 @@ function init(args)
   bearer = arg(args[4]) or ""
   nonce = arg(args[5]) or tostring(os.time())
   xff = arg(args[6])
+  invalid = 0
+  if arg(args[7]) == "check" then
+    response = function(status, headers, body)
+      if not string.find(body, '"valid":true', 1, true) then invalid = invalid + 1 end
+    end
+  end
   minted = 0
   if mode == "mint" then
     return
@@ -95,11 +105,13 @@ end
 
 function done(summary, latency, requests_)
   local e = summary.errors
+  local bad = 0
+  for _, t in ipairs(threads) do bad = bad + (tonumber(t:get("invalid")) or 0) end
   local secs = summary.duration / 1e6
   io.write(string.format(
     'WRKJSON {"requests":%d,"seconds":%.3f,"rps":%.1f,"p50_us":%d,"p99_us":%d,"max_us":%d,' ..
-    '"socket_errors":%d,"status_errors":%d,"timeouts":%d}\n',
+    '"socket_errors":%d,"status_errors":%d,"timeouts":%d,"invalid":%d}\n',
     summary.requests, secs, summary.requests / secs,
     latency:percentile(50), latency:percentile(99), latency.max,
-    e.connect + e.read + e.write, e.status, e.timeout))
+    e.connect + e.read + e.write, e.status, e.timeout, bad))
 end

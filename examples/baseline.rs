@@ -1,23 +1,28 @@
 //! The benchmark baseline: Latchkey's HTTP and gRPC stack doing no work.
 //!
-//! Same runtime (`#[tokio::main]`, multi-threaded, one worker per core), same `axum::serve` with
-//! connect info, same one-port dispatch on the `application/grpc` content type as
-//! `latchkey::startup::one_port`, the same tonic-generated `AuthService` server mounted through
-//! `tonic::service::Routes::into_axum_router`. Every answer is fixed and computed once at start:
+//! The same runtime (`#[tokio::main]`: multi-threaded, one worker per core), the same serving
+//! loop (`latchkey::server::serve`: hyper-util HTTP/1.1 + HTTP/2, header timeout, connection
+//! bound, the default `ServerLimits`), the same one-port dispatch on the `application/grpc`
+//! content type (`latchkey::server::one_port`), and the tonic-generated `AuthService` server
+//! mounted like Latchkey's (`tonic::service::Routes::into_axum_router`). Every answer is fixed
+//! and built once at start:
 //!
 //! - `POST /v1/tokens/verify`: 200 with a `VALID` JSON body shaped like Latchkey's;
 //! - `GET /v1/auth/check`: 204 with the three `X-Latchkey-*` headers;
 //! - gRPC `latchkey.auth.v1.AuthService/ValidateToken`: a fixed `VALID` response; every other
 //!   RPC is `UNIMPLEMENTED`.
 //!
-//! The request body is not parsed and no middleware runs, so the ratio Latchkey / baseline
-//! counts all of Latchkey's own work (JSON parsing, tracing and body-limit layers, verify,
-//! metrics) as the cost of verification.
+//! The request body is not parsed and no middleware runs (no request bound, trace, body limit or
+//! gRPC bearer layer), so the ratio Latchkey / baseline counts all of Latchkey's own work above
+//! the transport (those layers, JSON parsing, the verification, metrics) as its cost.
 //!
 //! Usage: `cargo run --release --example baseline -- [--listen 127.0.0.1:8081]`. It prints
 //! `listening on <addr>` on stdout once bound and serves until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -26,9 +31,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use latchkey::grpc::pb;
 use latchkey::grpc::pb::auth_service_server::{AuthService, AuthServiceServer};
+use latchkey::startup::ServerLimits;
 use tokio::net::TcpListener;
 use tonic::{Request, Status};
-use tower::ServiceExt;
 
 const TOKEN_ID: &str = "0192f3c4-1111-7222-8333-444455556666";
 const ORG_ID: &str = "0192f3c4-0000-7000-8000-000000000001";
@@ -149,19 +154,6 @@ impl AuthService for Baseline {
     }
 }
 
-/// The same dispatch as `latchkey::startup::one_port`.
-fn one_port(rest: Router, grpc: Router) -> Router {
-    let svc = tower::service_fn(move |req: axum::extract::Request| {
-        let is_grpc = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let target = if is_grpc { grpc.clone() } else { rest.clone() };
-        async move { target.oneshot(req).await }
-    });
-    Router::new().fallback_service(svc)
-}
-
 fn listen_arg() -> anyhow::Result<SocketAddr> {
     let mut args = std::env::args().skip(1);
     let mut listen: SocketAddr = "127.0.0.1:8081".parse()?;
@@ -208,11 +200,13 @@ async fn main() -> anyhow::Result<()> {
         .into_axum_router();
     let listener = TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(
+    let app = latchkey::server::one_port(rest, grpc, Arc::new(Vec::new()));
+    latchkey::server::serve(
         listener,
-        one_port(rest, grpc).into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        ServerLimits::default(),
+        shutdown_signal(),
+        Duration::from_secs(1),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
-    Ok(())
+    .await
 }

@@ -69,6 +69,8 @@ impl Application {
     /// # Errors
     /// Database, migration, config or bind failures, with context.
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // The recorder first: the service takes its metric handles when it is built.
+        let metrics = telemetry::metrics();
         let store = store::connect_with(&settings.database_url, &settings.db_pool).await?;
         let authority = Arc::new(Authority::new(store, settings.authority));
         authority.spawn_invalidation_listener().await?;
@@ -81,7 +83,7 @@ impl Application {
         let rest = http::router(
             authority.clone(),
             clock.clone(),
-            telemetry::metrics(),
+            metrics,
             settings.max_body_bytes,
         );
         let grpc = grpc::router(authority.clone(), clock, settings.max_body_bytes).await?;

@@ -152,6 +152,7 @@ pub struct Authority {
     usage: verify::UsageBuffer,
     argon2_slots: tokio::sync::Semaphore,
     limits: ratelimit::RateLimits,
+    verify_metrics: verify::VerifyMetrics,
 }
 
 impl Authority {
@@ -162,6 +163,7 @@ impl Authority {
             usage: verify::UsageBuffer::default(),
             argon2_slots: tokio::sync::Semaphore::new(cpus),
             limits: ratelimit::RateLimits::new(&config.rate_limits),
+            verify_metrics: verify::VerifyMetrics::new(),
             store,
             config,
         }

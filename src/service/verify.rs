@@ -14,7 +14,9 @@ use uuid::Uuid;
 use super::model::{VerifiedToken, VerifyCode, VerifyRequest, VerifyResponse};
 use super::{Authority, Principal, PrincipalKind};
 use crate::error::{Error, Result};
-use crate::store::{ClientIp, Invalidation, TokenRecord, UsageDelta, merge_client_ips};
+use crate::store::{
+    ClientIp, Invalidation, MAX_CLIENT_IPS, TokenRecord, UsageDelta, merge_client_ips,
+};
 use crate::token::{Permissions, TokenKind, Verifier, format, hash};
 
 /// What a successful verification knows about the token.
@@ -99,15 +101,43 @@ impl TokenCache {
     }
 }
 
+/// The verify path's metric handles, looked up once instead of on every verification.
+pub(super) struct VerifyMetrics {
+    valid: metrics::Counter,
+    invalid: metrics::Counter,
+    insufficient: metrics::Counter,
+    rate_limited: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl VerifyMetrics {
+    pub(super) fn new() -> Self {
+        let result = |r: &'static str| metrics::counter!("latchkey_verify_total", "result" => r);
+        Self {
+            valid: result("valid"),
+            invalid: result("invalid"),
+            insufficient: result("insufficient_permissions"),
+            rate_limited: result("rate_limited"),
+            duration: metrics::histogram!("latchkey_verify_duration_seconds"),
+        }
+    }
+}
+
+/// Usage of one token counted in memory; addresses stay `IpAddr` until the flush.
+struct PendingUsage {
+    count: i64,
+    last_used_at: DateTime<Utc>,
+    ips: Vec<(IpAddr, DateTime<Utc>)>,
+}
+
 /// Usage counted in memory since the last flush.
 #[derive(Default)]
-pub(super) struct UsageBuffer(Mutex<HashMap<Uuid, UsageDelta>>);
+pub(super) struct UsageBuffer(Mutex<HashMap<Uuid, PendingUsage>>);
 
 impl UsageBuffer {
     fn record(&self, id: Uuid, ip: Option<IpAddr>, now: DateTime<Utc>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(id).or_insert_with(|| UsageDelta {
-            token_id: id,
+        let entry = map.entry(id).or_insert_with(|| PendingUsage {
             count: 0,
             last_used_at: now,
             ips: Vec::new(),
@@ -115,35 +145,67 @@ impl UsageBuffer {
         entry.count += 1;
         entry.last_used_at = entry.last_used_at.max(now);
         if let Some(ip) = ip {
-            // Bounded like the stored list, so a token used from many addresses costs no more.
-            merge_client_ips(
-                &mut entry.ips,
-                &[ClientIp {
-                    ip: ip.to_string(),
-                    last_seen_at: now,
-                }],
-            );
+            match entry.ips.iter_mut().find(|(known, _)| *known == ip) {
+                Some(seen) => seen.1 = seen.1.max(now),
+                None => {
+                    entry.ips.push((ip, now));
+                    // Bounded like the stored list: keep the most recently seen.
+                    if entry.ips.len() > MAX_CLIENT_IPS {
+                        entry.ips.sort_by(|a, b| b.1.cmp(&a.1));
+                        entry.ips.truncate(MAX_CLIENT_IPS);
+                    }
+                }
+            }
         }
     }
 
     fn take(&self) -> Vec<UsageDelta> {
         let map = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        map.into_values().collect()
+        map.into_iter()
+            .map(|(token_id, u)| {
+                let mut ips = Vec::new();
+                let seen: Vec<ClientIp> = u
+                    .ips
+                    .iter()
+                    .map(|(ip, at)| ClientIp {
+                        ip: ip.to_string(),
+                        last_seen_at: *at,
+                    })
+                    .collect();
+                merge_client_ips(&mut ips, &seen);
+                UsageDelta {
+                    token_id,
+                    count: u.count,
+                    last_used_at: u.last_used_at,
+                    ips,
+                }
+            })
+            .collect()
     }
 
     fn put_back(&self, batch: Vec<UsageDelta>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for u in batch {
-            match map.get_mut(&u.token_id) {
-                Some(e) => {
-                    e.count += u.count;
-                    e.last_used_at = e.last_used_at.max(u.last_used_at);
-                    merge_client_ips(&mut e.ips, &u.ips);
-                }
-                None => {
-                    map.insert(u.token_id, u);
+            let ips: Vec<(IpAddr, DateTime<Utc>)> = u
+                .ips
+                .iter()
+                .filter_map(|c| c.ip.parse().ok().map(|ip| (ip, c.last_seen_at)))
+                .collect();
+            let entry = map.entry(u.token_id).or_insert_with(|| PendingUsage {
+                count: 0,
+                last_used_at: u.last_used_at,
+                ips: Vec::new(),
+            });
+            entry.count += u.count;
+            entry.last_used_at = entry.last_used_at.max(u.last_used_at);
+            for (ip, at) in ips {
+                match entry.ips.iter_mut().find(|(known, _)| *known == ip) {
+                    Some(seen) => seen.1 = seen.1.max(at),
+                    None => entry.ips.push((ip, at)),
                 }
             }
+            entry.ips.sort_by(|a, b| b.1.cmp(&a.1));
+            entry.ips.truncate(MAX_CLIENT_IPS);
         }
     }
 }
@@ -338,15 +400,14 @@ impl Authority {
                 }
             }
         };
-        let result = match res.code {
-            VerifyCode::Valid => "valid",
-            VerifyCode::Invalid => "invalid",
-            VerifyCode::InsufficientPermissions => "insufficient_permissions",
-            VerifyCode::RateLimited => "rate_limited",
-        };
-        metrics::counter!("latchkey_verify_total", "result" => result).increment(1);
-        metrics::histogram!("latchkey_verify_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+        let m = &self.verify_metrics;
+        match res.code {
+            VerifyCode::Valid => m.valid.increment(1),
+            VerifyCode::Invalid => m.invalid.increment(1),
+            VerifyCode::InsufficientPermissions => m.insufficient.increment(1),
+            VerifyCode::RateLimited => m.rate_limited.increment(1),
+        }
+        m.duration.record(started.elapsed().as_secs_f64());
         Ok(res)
     }
 

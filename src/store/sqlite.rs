@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,6 +27,9 @@ use crate::token::{Permissions, TokenKind};
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// SQLite runs one writer at a time. Queueing writers here, in order, is much faster than
+    /// letting them collide on the database lock and back off in the busy handler.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -177,7 +181,10 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("applying SQLite migrations")?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
@@ -308,6 +315,7 @@ impl Store for SqliteStore {
         first_token: Option<&TokenRecord>,
         events: &[AuditRecord],
     ) -> StoreResult<()> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.write_tx().await?;
         let res = sqlx::query(
             "INSERT INTO orgs (id, name, created_at, max_ttl_seconds, default_ttl_seconds) \
@@ -343,6 +351,7 @@ impl Store for SqliteStore {
         events: &[AuditRecord],
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.write_tx().await?;
         insert_token_row(&mut tx, token, now).await?;
         insert_events(&mut tx, events).await?;
@@ -410,6 +419,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         event: &AuditRecord,
     ) -> StoreResult<bool> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.write_tx().await?;
         let res = sqlx::query(
             "UPDATE tokens SET revoked_at = ?, live_name = NULL WHERE id = ? AND revoked_at IS NULL",
@@ -431,6 +441,7 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let _writer = self.writer.lock().await;
         let mut tx = self.write_tx().await?;
         for u in batch {
             let mut ips = match sqlx::query("SELECT client_ips FROM tokens WHERE id = ?")
@@ -460,6 +471,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_org(&self, org: &OrgRecord, event: &AuditRecord) -> StoreResult<()> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE orgs SET max_ttl_seconds = ?, default_ttl_seconds = ? WHERE id = ?")
             .bind(org.max_ttl_seconds)
@@ -480,6 +492,7 @@ impl Store for SqliteStore {
         events: &[AuditRecord],
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.write_tx().await?;
         // The old token keeps an earlier expiry if it had one.
         let res = sqlx::query(
@@ -508,6 +521,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         event: &AuditRecord,
     ) -> StoreResult<Vec<Uuid>> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query(
             "UPDATE tokens SET revoked_at = ?, live_name = NULL \
@@ -533,6 +547,7 @@ impl Store for SqliteStore {
         disabled_at: Option<DateTime<Utc>>,
         event: &AuditRecord,
     ) -> StoreResult<bool> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.write_tx().await?;
         let sql = if disabled_at.is_some() {
             "UPDATE tokens SET disabled_at = ? WHERE id = ? AND disabled_at IS NULL"
