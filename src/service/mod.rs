@@ -1,6 +1,7 @@
 //! Every business rule, once: who may do what, org isolation, expiry, audit, the verify path.
 //! Operations take the acting [`Caller`] and `now`; both transports call the same methods.
 
+mod argon2_pool;
 mod audit;
 mod leaked;
 mod lifecycle;
@@ -150,7 +151,7 @@ pub struct Authority {
     config: AuthorityConfig,
     cache: verify::TokenCache,
     usage: verify::UsageBuffer,
-    argon2_slots: tokio::sync::Semaphore,
+    argon2: argon2_pool::Argon2Pool,
     limits: ratelimit::RateLimits,
     verify_metrics: verify::VerifyMetrics,
 }
@@ -161,7 +162,8 @@ impl Authority {
         Self {
             cache: verify::TokenCache::new(config.cache_capacity, config.cache_ttl),
             usage: verify::UsageBuffer::default(),
-            argon2_slots: tokio::sync::Semaphore::new(cpus),
+            // One core stays free for everything else; 64 checks may wait, more are refused.
+            argon2: argon2_pool::Argon2Pool::new(cpus.saturating_sub(1).max(1), 64),
             limits: ratelimit::RateLimits::new(&config.rate_limits),
             verify_metrics: verify::VerifyMetrics::new(),
             store,

@@ -201,12 +201,13 @@ impl RateLimits {
 }
 
 /// The metric labels, so every limit shows in `/metrics` from the start.
-pub const LABELS: [&str; 5] = [
+pub const LABELS: [&str; 6] = [
     "mint_ip",
     "mint_token",
     "management",
     "failed_verify",
     "leaked_report",
+    "argon2_queue",
 ];
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ impl UsageBuffer {
                     entry.ips.push((ip, now));
                     // Bounded like the stored list: keep the most recently seen.
                     if entry.ips.len() > MAX_CLIENT_IPS {
-                        entry.ips.sort_by(|a, b| b.1.cmp(&a.1));
+                        entry.ips.sort_by_key(|e| std::cmp::Reverse(e.1));
                         entry.ips.truncate(MAX_CLIENT_IPS);
                     }
                 }
@@ -204,7 +204,7 @@ impl UsageBuffer {
                     None => entry.ips.push((ip, at)),
                 }
             }
-            entry.ips.sort_by(|a, b| b.1.cmp(&a.1));
+            entry.ips.sort_by_key(|e| std::cmp::Reverse(e.1));
             entry.ips.truncate(MAX_CLIENT_IPS);
         }
     }
@@ -252,22 +252,22 @@ impl Authority {
     ) -> Result<bool> {
         match &entry.verifier {
             Verifier::Sha256(d) => Ok(hash::digest_eq(d, &hash::sha256(secret.expose()))),
-            Verifier::Argon2id(_) => {
+            Verifier::Argon2id(phc) => {
                 let digest = hash::sha256(secret.expose());
                 if let Some(known) = entry.fast.get() {
                     return Ok(hash::digest_eq(known, &digest));
                 }
-                // Bounded: at most one Argon2id check per core at a time.
-                let _slot = self
-                    .argon2_slots
-                    .acquire()
+                let ok = self
+                    .argon2
+                    .matches(phc.clone(), secret.clone())
                     .await
-                    .map_err(|e| Error::Internal(e.into()))?;
-                let verifier = entry.verifier.clone();
-                let secret = secret.clone();
-                let ok = tokio::task::spawn_blocking(move || verifier.matches(&secret))
-                    .await
-                    .map_err(|e| Error::Internal(e.into()))?;
+                    .map_err(|_| {
+                        metrics::counter!("latchkey_rate_limited_total", "limit" => "argon2_queue")
+                            .increment(1);
+                        Error::RateLimited {
+                            retry_after: std::time::Duration::from_secs(1),
+                        }
+                    })?;
                 if ok {
                     let _ = entry.fast.set(digest);
                 }
