@@ -1,6 +1,6 @@
 -- wrk script for bench/run.sh.
 --
---   wrk -t2 -c32 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE FILE THREADS [BEARER] [NONCE] [XFF] [check]
+--   wrk -t2 -c32 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE FILE THREADS [BEARER] [NONCE] [XFF] [check] [PACE]
 --
 -- MODE:
 --   verify  POST /v1/tokens/verify {"token": ...}, cycling through the tokens of FILE
@@ -9,7 +9,9 @@
 -- XFF, when given, is sent as X-Forwarded-For (a client address behind a trusted proxy), so
 -- two load generators on one machine can stand for different clients. "-" leaves an argument
 -- empty. "check" (verify mode) reads every answer and counts those without "valid":true as
--- "invalid" (this costs the load generator some CPU).
+-- "invalid" (this costs the load generator some CPU). PACE, in milliseconds, makes every
+-- connection wait that long before each request (a light, steady load instead of a closed loop
+-- at full speed: for the latency a request sees when the server is not saturated).
 -- FILE holds one token per line; wrk thread k (of THREADS) takes lines k, k+THREADS, ... (all
 -- of them when that leaves it none), so the threads together send every token.
 -- done() prints one line: WRKJSON {...} with the rate, latency percentiles (microseconds) and
@@ -54,6 +56,10 @@ function init(args)
   nonce = arg(args[5]) or tostring(os.time())
   xff = arg(args[6])
   invalid = 0
+  local pace = tonumber(arg(args[8]) or "")
+  if pace then
+    delay = function() return pace end
+  end
   if arg(args[7]) == "check" then
     response = function(status, headers, body)
       if not string.find(body, '"valid":true', 1, true) then invalid = invalid + 1 end

@@ -99,10 +99,7 @@ fn parse_args() -> anyhow::Result<Args> {
         duration > 0.0 && duration <= 3600.0,
         "--duration: 0 < s <= 3600"
     );
-    anyhow::ensure!(
-        (0.0..=600.0).contains(&warmup),
-        "--warmup: 0 <= s <= 600"
-    );
+    anyhow::ensure!((0.0..=600.0).contains(&warmup), "--warmup: 0 <= s <= 600");
     Ok(Args {
         url: url.context("--url is required")?,
         tokens: tokens.context("--tokens is required")?,

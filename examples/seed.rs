@@ -161,7 +161,12 @@ fn prepare_batch(prefix: &Prefix, hash: HashAlgorithm, n: usize) -> anyhow::Resu
 }
 
 /// The token row and its audit event, as `POST /v1/tokens` writes them.
-fn rows(p: &Prepared, org_id: Uuid, name: String, now: DateTime<Utc>) -> (TokenRecord, AuditRecord) {
+fn rows(
+    p: &Prepared,
+    org_id: Uuid,
+    name: String,
+    now: DateTime<Utc>,
+) -> (TokenRecord, AuditRecord) {
     let g = &p.generated;
     let record = TokenRecord {
         id: g.id,
@@ -351,7 +356,14 @@ async fn main() -> anyhow::Result<()> {
         let batch: Vec<_> = prepared
             .iter()
             .enumerate()
-            .map(|(k, p)| rows(p, org.id, format!("bench-{}-{:07}", &run[20..], done + k), now))
+            .map(|(k, p)| {
+                rows(
+                    p,
+                    org.id,
+                    format!("bench-{}-{:07}", &run[20..], done + k),
+                    now,
+                )
+            })
             .collect();
         match &pool {
             None => insert_via_store(&store, batch, args.concurrency, now).await?,
@@ -363,7 +375,11 @@ async fn main() -> anyhow::Result<()> {
             if let Some(w) = wrong.as_mut() {
                 let mut other = [0u8; 32];
                 getrandom::fill(&mut other)?;
-                writeln!(w, "{}", format::format_token(&args.prefix, g.kind, g.id, &other))?;
+                writeln!(
+                    w,
+                    "{}",
+                    format::format_token(&args.prefix, g.kind, g.id, &other)
+                )?;
             }
         }
         done += n;
