@@ -187,8 +187,21 @@ impl SqliteStore {
         })
     }
 
-    async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(other)
+    /// A write transaction and the in-process writer lock, held together until both are dropped
+    /// (after commit), so no write path can take one without the other.
+    async fn write_tx(
+        &self,
+    ) -> StoreResult<(
+        tokio::sync::OwnedMutexGuard<()>,
+        Transaction<'static, Sqlite>,
+    )> {
+        let guard = self.writer.clone().lock_owned().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(other)?;
+        Ok((guard, tx))
     }
 }
 
@@ -315,8 +328,7 @@ impl Store for SqliteStore {
         first_token: Option<&TokenRecord>,
         events: &[AuditRecord],
     ) -> StoreResult<()> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let res = sqlx::query(
             "INSERT INTO orgs (id, name, created_at, max_ttl_seconds, default_ttl_seconds) \
              VALUES (?, ?, ?, ?, ?)",
@@ -351,8 +363,7 @@ impl Store for SqliteStore {
         events: &[AuditRecord],
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         insert_token_row(&mut tx, token, now).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await.map_err(other)
@@ -419,8 +430,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         event: &AuditRecord,
     ) -> StoreResult<bool> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let res = sqlx::query(
             "UPDATE tokens SET revoked_at = ?, live_name = NULL WHERE id = ? AND revoked_at IS NULL",
         )
@@ -441,8 +451,7 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let _writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         for u in batch {
             let mut ips = match sqlx::query("SELECT client_ips FROM tokens WHERE id = ?")
                 .bind(u.token_id.to_string())
@@ -471,8 +480,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_org(&self, org: &OrgRecord, event: &AuditRecord) -> StoreResult<()> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         sqlx::query("UPDATE orgs SET max_ttl_seconds = ?, default_ttl_seconds = ? WHERE id = ?")
             .bind(org.max_ttl_seconds)
             .bind(org.default_ttl_seconds)
@@ -492,8 +500,7 @@ impl Store for SqliteStore {
         events: &[AuditRecord],
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         // The old token keeps an earlier expiry if it had one.
         let res = sqlx::query(
             "UPDATE tokens SET replaced_by = ?1, live_name = NULL, \
@@ -521,8 +528,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         event: &AuditRecord,
     ) -> StoreResult<Vec<Uuid>> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let rows = sqlx::query(
             "UPDATE tokens SET revoked_at = ?, live_name = NULL \
              WHERE family_id = ? AND revoked_at IS NULL RETURNING id",
@@ -547,8 +553,7 @@ impl Store for SqliteStore {
         disabled_at: Option<DateTime<Utc>>,
         event: &AuditRecord,
     ) -> StoreResult<bool> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let sql = if disabled_at.is_some() {
             "UPDATE tokens SET disabled_at = ? WHERE id = ? AND disabled_at IS NULL"
         } else {
