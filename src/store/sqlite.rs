@@ -14,7 +14,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -29,7 +30,9 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// SQLite runs one writer at a time. Queueing writers here, in order, is much faster than
     /// letting them collide on the database lock and back off in the busy handler.
-    writer: Arc<tokio::sync::Mutex<()>>,
+    writer: Arc<Mutex<()>>,
+    /// Token inserts go through the group commit (see [`group_commit`]).
+    inserts: mpsc::Sender<PendingInsert>,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -181,20 +184,19 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("applying SQLite migrations")?;
+        let writer = Arc::new(Mutex::new(()));
+        let (inserts, queued) = mpsc::channel(1024);
+        tokio::spawn(group_commit(pool.clone(), writer.clone(), queued));
         Ok(Self {
             pool,
-            writer: Arc::new(tokio::sync::Mutex::new(())),
+            writer,
+            inserts,
         })
     }
 
     /// A write transaction and the in-process writer lock, held together until both are dropped
     /// (after commit), so no write path can take one without the other.
-    async fn write_tx(
-        &self,
-    ) -> StoreResult<(
-        tokio::sync::OwnedMutexGuard<()>,
-        Transaction<'static, Sqlite>,
-    )> {
+    async fn write_tx(&self) -> StoreResult<(OwnedMutexGuard<()>, Transaction<'static, Sqlite>)> {
         let guard = self.writer.clone().lock_owned().await;
         let tx = self
             .pool
@@ -209,25 +211,68 @@ async fn insert_events(
     tx: &mut Transaction<'_, Sqlite>,
     events: &[AuditRecord],
 ) -> StoreResult<()> {
-    for e in events {
-        sqlx::query(
-            "INSERT INTO audit_events (id, org_id, occurred_at, actor, action, token_id, ip, \
-             user_agent, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(e.id.to_string())
-        .bind(e.org_id.to_string())
-        .bind(micros(e.occurred_at))
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(e.token_id.map(|t| t.to_string()))
-        .bind(&e.ip)
-        .bind(&e.user_agent)
-        .bind(e.details.to_string())
-        .execute(&mut **tx)
-        .await
-        .map_err(other)?;
+    if events.is_empty() {
+        return Ok(());
     }
+    let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) "));
+    q.push_values(events, |mut b, e| {
+        b.push_bind(e.id.to_string())
+            .push_bind(e.org_id.to_string())
+            .push_bind(micros(e.occurred_at))
+            .push_bind(e.actor.clone())
+            .push_bind(e.action.clone())
+            .push_bind(e.token_id.map(|t| t.to_string()))
+            .push_bind(e.ip.clone())
+            .push_bind(e.user_agent.clone())
+            .push_bind(e.details.to_string());
+    });
+    q.build().execute(&mut **tx).await.map_err(other)?;
     Ok(())
+}
+
+/// Inserts `tokens` in one statement. A live name that is taken fails the whole statement with a
+/// conflict; expired holders of a name are not released here (see [`insert_token_row`]).
+async fn insert_token_rows(
+    tx: &mut Transaction<'_, Sqlite>,
+    tokens: &[&TokenRecord],
+) -> StoreResult<()> {
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
+         created_by, expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, \
+         family_id, disabled_at, client_ips) ",
+    );
+    q.push_values(tokens, |mut b, t| {
+        let live = t.revoked_at.is_none() && t.replaced_by.is_none();
+        b.push_bind(t.id.to_string())
+            .push_bind(t.org_id.to_string())
+            .push_bind(t.name.clone())
+            .push_bind(live.then(|| t.name.clone()))
+            .push_bind(t.kind.code())
+            .push_bind(t.verifier.clone())
+            .push_bind(t.permissions.bits() as i64)
+            .push_bind(micros(t.created_at))
+            .push_bind(t.created_by.clone())
+            .push_bind(opt_micros(t.expires_at))
+            .push_bind(opt_micros(t.revoked_at))
+            .push_bind(opt_micros(t.last_used_at))
+            .push_bind(t.request_count)
+            .push_bind(t.replaced_by.map(|u| u.to_string()))
+            .push_bind(t.metadata.as_ref().map(|m| m.to_string()))
+            .push_bind(t.family_id.to_string())
+            .push_bind(opt_micros(t.disabled_at))
+            .push_bind(ips_to_json(&t.client_ips));
+    });
+    match q.build().execute(&mut **tx).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            let names: Vec<&str> = tokens.iter().map(|t| t.name.as_str()).collect();
+            Err(StoreError::Conflict(match names.as_slice() {
+                [one] => format!("a live token named {one:?} already exists in this org"),
+                _ => "a live token name in this batch is taken".to_string(),
+            }))
+        }
+        Err(e) => Err(other(e)),
+    }
 }
 
 async fn insert_token_row(
@@ -246,40 +291,71 @@ async fn insert_token_row(
     .execute(&mut **tx)
     .await
     .map_err(other)?;
-    let live = t.revoked_at.is_none() && t.replaced_by.is_none();
-    let res = sqlx::query(
-        "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
-         created_by, expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, \
-         family_id, disabled_at, client_ips) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(t.id.to_string())
-    .bind(t.org_id.to_string())
-    .bind(&t.name)
-    .bind(live.then(|| t.name.clone()))
-    .bind(t.kind.code())
-    .bind(&t.verifier)
-    .bind(t.permissions.bits() as i64)
-    .bind(micros(t.created_at))
-    .bind(&t.created_by)
-    .bind(opt_micros(t.expires_at))
-    .bind(opt_micros(t.revoked_at))
-    .bind(opt_micros(t.last_used_at))
-    .bind(t.request_count)
-    .bind(t.replaced_by.map(|u| u.to_string()))
-    .bind(t.metadata.as_ref().map(|m| m.to_string()))
-    .bind(t.family_id.to_string())
-    .bind(opt_micros(t.disabled_at))
-    .bind(ips_to_json(&t.client_ips))
-    .execute(&mut **tx)
-    .await;
-    match res {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(StoreError::Conflict(
-            format!("a live token named {:?} already exists in this org", t.name),
-        )),
-        Err(e) => Err(other(e)),
+    insert_token_rows(tx, &[t]).await
+}
+
+/// A token insert waiting for the group commit.
+struct PendingInsert {
+    token: TokenRecord,
+    events: Vec<AuditRecord>,
+    now: DateTime<Utc>,
+    done: oneshot::Sender<StoreResult<()>>,
+}
+
+/// The most inserts committed in one transaction.
+const MAX_INSERT_BATCH: usize = 64;
+
+/// Group commit of token inserts. SQLite takes one writer at a time and every statement is a hop
+/// to sqlx's connection thread, so under concurrent mints most of a mint's time is spent
+/// queueing for the writer. This task takes whatever inserts are waiting (up to
+/// [`MAX_INSERT_BATCH`]), writes them in one transaction of two statements, and answers each
+/// caller after COMMIT. If the batch fails (a name taken, even by another token of the same
+/// batch), it is rolled back and each insert is retried in a transaction of its own, so every
+/// caller gets exactly its own answer. At low load a batch is a single insert: nothing waits
+/// for company. Running in its own task, a batch is never cut short by a cancelled request.
+async fn group_commit(
+    pool: SqlitePool,
+    writer: Arc<Mutex<()>>,
+    mut rx: mpsc::Receiver<PendingInsert>,
+) {
+    let mut batch = Vec::with_capacity(MAX_INSERT_BATCH);
+    while rx.recv_many(&mut batch, MAX_INSERT_BATCH).await > 0 {
+        let _writer = writer.lock().await;
+        if batch.len() > 1 && insert_batch(&pool, &batch).await.is_ok() {
+            for p in batch.drain(..) {
+                let _ = p.done.send(Ok(()));
+            }
+            continue;
+        }
+        for p in batch.drain(..) {
+            let res = insert_one(&pool, &p.token, &p.events, p.now).await;
+            let _ = p.done.send(res);
+        }
     }
+}
+
+async fn insert_batch(pool: &SqlitePool, batch: &[PendingInsert]) -> StoreResult<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(other)?;
+    let tokens: Vec<&TokenRecord> = batch.iter().map(|p| &p.token).collect();
+    insert_token_rows(&mut tx, &tokens).await?;
+    let events: Vec<AuditRecord> = batch
+        .iter()
+        .flat_map(|p| p.events.iter().cloned())
+        .collect();
+    insert_events(&mut tx, &events).await?;
+    tx.commit().await.map_err(other)
+}
+
+async fn insert_one(
+    pool: &SqlitePool,
+    token: &TokenRecord,
+    events: &[AuditRecord],
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(other)?;
+    insert_token_row(&mut tx, token, now).await?;
+    insert_events(&mut tx, events).await?;
+    tx.commit().await.map_err(other)
 }
 
 #[async_trait]
@@ -363,10 +439,16 @@ impl Store for SqliteStore {
         events: &[AuditRecord],
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let (_writer, mut tx) = self.write_tx().await?;
-        insert_token_row(&mut tx, token, now).await?;
-        insert_events(&mut tx, events).await?;
-        tx.commit().await.map_err(other)
+        let (done, answer) = oneshot::channel();
+        let pending = PendingInsert {
+            token: token.clone(),
+            events: events.to_vec(),
+            now,
+            done,
+        };
+        let gone = || StoreError::Other(anyhow::anyhow!("the SQLite insert writer has stopped"));
+        self.inserts.send(pending).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     async fn get_token(&self, id: Uuid) -> StoreResult<Option<TokenRecord>> {

@@ -106,6 +106,7 @@ on_every_backend! {
         tokens_are_filtered_by_state_and_creator,
         a_second_live_token_with_the_same_name_in_an_org_is_a_conflict,
         concurrent_creation_of_one_name_leaves_one_live_token,
+        concurrent_creations_each_get_their_own_answer_and_audit_event,
         revoking_twice_changes_nothing_the_second_time,
         rotation_replaces_a_live_token_once,
         revoking_a_family_revokes_each_live_member_once,
@@ -569,6 +570,68 @@ async fn concurrent_creation_of_one_name_leaves_one_live_token(store: Arc<dyn St
     // Assert
     assert_eq!((created, conflicts), (1, 7));
     assert_eq!(store.list_tokens(&tokens_of(&org)).await.unwrap().len(), 1);
+}
+
+async fn concurrent_creations_each_get_their_own_answer_and_audit_event(store: Arc<dyn Store>) {
+    // Arrange: many distinct names, four racers for one name, and a name held by an expired token
+    // (which a new token may take), all at once so that the SQLite backend commits them in groups.
+    let org = org_in(&store, "acme").await;
+    let mut expired = new_token(&org, "reused");
+    expired.expires_at = Some(at(2));
+    inserted(&store, expired.clone()).await;
+    let mut candidates: Vec<TokenRecord> =
+        (0..40).map(|i| new_token(&org, &format!("t{i}"))).collect();
+    candidates.extend((0..4).map(|_| new_token(&org, "dup")));
+    candidates.push(new_token(&org, "reused"));
+
+    // Act
+    let tasks: Vec<_> = candidates
+        .iter()
+        .cloned()
+        .map(|t| {
+            let store = store.clone();
+            let ev = event(&org, "token_created", Some(t.id), at(5));
+            tokio::spawn(
+                async move { (t.name.clone(), store.insert_token(&t, &[ev], at(5)).await) },
+            )
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut conflicts = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            (name, Ok(())) => created.push(name),
+            (name, Err(StoreError::Conflict(msg))) => conflicts.push((name, msg)),
+            (_, Err(e)) => panic!("unexpected error: {e:?}"),
+        }
+    }
+
+    // Assert
+    assert_eq!(created.len(), 42, "created {created:?}");
+    assert_eq!(created.iter().filter(|n| *n == "dup").count(), 1);
+    assert!(created.contains(&"reused".to_string()));
+    assert_eq!(conflicts.len(), 3);
+    for (name, msg) in &conflicts {
+        assert_eq!(name, "dup");
+        assert_eq!(msg, "a live token named \"dup\" already exists in this org");
+    }
+    let live = store
+        .list_tokens(&TokenListQuery {
+            state: Some(StateFilter::Active),
+            ..tokens_of(&org)
+        })
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 42);
+    let events = store.list_audit(&audit_of(&org)).await.unwrap();
+    let mut audited: Vec<Uuid> = events.iter().filter_map(|e| e.token_id).collect();
+    let mut live_ids: Vec<Uuid> = live.iter().map(|t| t.id).collect();
+    audited.sort();
+    live_ids.sort();
+    assert_eq!(
+        audited, live_ids,
+        "one audit event per created token, none for refused ones"
+    );
 }
 
 async fn revoking_twice_changes_nothing_the_second_time(store: Arc<dyn Store>) {
