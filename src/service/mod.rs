@@ -149,7 +149,8 @@ impl Default for AuthorityConfig {
 pub struct Authority {
     store: Arc<dyn Store>,
     config: AuthorityConfig,
-    cache: verify::TokenCache,
+    cache: Arc<verify::TokenCache>,
+    loader: verify::Loader,
     usage: verify::UsageBuffer,
     argon2: argon2_pool::Argon2Pool,
     limits: ratelimit::RateLimits,
@@ -160,7 +161,11 @@ impl Authority {
     pub fn new(store: Arc<dyn Store>, config: AuthorityConfig) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
-            cache: verify::TokenCache::new(config.cache_capacity, config.cache_ttl),
+            cache: Arc::new(verify::TokenCache::new(
+                config.cache_capacity,
+                config.cache_ttl,
+            )),
+            loader: verify::Loader::default(),
             usage: verify::UsageBuffer::default(),
             // One core stays free for everything else; 64 checks may wait, more are refused.
             argon2: argon2_pool::Argon2Pool::new(cpus.saturating_sub(1).max(1), 64),

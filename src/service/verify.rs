@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::model::{VerifiedToken, VerifyCode, VerifyRequest, VerifyResponse};
 use super::{Authority, Principal, PrincipalKind};
 use crate::error::{Error, Result};
 use crate::store::{
-    ClientIp, Invalidation, MAX_CLIENT_IPS, TokenRecord, UsageDelta, merge_client_ips,
+    ClientIp, Invalidation, MAX_CLIENT_IPS, Store, UsageDelta, VerifyRecord, merge_client_ips,
 };
 use crate::token::{Permissions, TokenKind, Verifier, format, hash};
 
@@ -108,6 +109,7 @@ pub(super) struct VerifyMetrics {
     insufficient: metrics::Counter,
     rate_limited: metrics::Counter,
     duration: metrics::Histogram,
+    argon2_checks: metrics::Counter,
 }
 
 impl VerifyMetrics {
@@ -119,6 +121,7 @@ impl VerifyMetrics {
             insufficient: result("insufficient_permissions"),
             rate_limited: result("rate_limited"),
             duration: metrics::histogram!("latchkey_verify_duration_seconds"),
+            argon2_checks: metrics::counter!("latchkey_argon2_checks_total"),
         }
     }
 }
@@ -210,39 +213,147 @@ impl UsageBuffer {
     }
 }
 
-impl Authority {
-    async fn load(&self, id: Uuid) -> Result<Option<Arc<CachedToken>>> {
-        let epoch = self.cache.epoch.load(Ordering::SeqCst);
-        let Some(t): Option<TokenRecord> = self.store.get_token(id).await? else {
-            self.cache.missing.insert(id, Instant::now());
-            return Ok(None);
+/// A cache miss waiting for the batch loader.
+struct Miss {
+    id: Uuid,
+    reply: oneshot::Sender<Result<Option<Arc<CachedToken>>>>,
+}
+
+/// Most ids read in one round trip.
+const MAX_LOAD_BATCH: usize = 128;
+/// Batch reads in flight at once.
+const LOADS_IN_FLIGHT: usize = 2;
+
+/// Coalesces cache misses: every miss that arrives while earlier reads are in flight joins the
+/// next batch, read with one `Store::get_tokens_for_verify`. Under load a batch holds many ids
+/// for the cost of one round trip; an idle server reads each miss at once, alone.
+#[derive(Default)]
+pub(super) struct Loader(OnceLock<mpsc::Sender<Miss>>);
+
+async fn run_loader(store: Arc<dyn Store>, cache: Arc<TokenCache>, mut rx: mpsc::Receiver<Miss>) {
+    let permits = Arc::new(Semaphore::new(LOADS_IN_FLIGHT));
+    let mut batch = Vec::with_capacity(MAX_LOAD_BATCH);
+    while rx.recv_many(&mut batch, MAX_LOAD_BATCH).await > 0 {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
         };
-        let verifier: Verifier = t
-            .verifier
-            .parse()
-            .map_err(|e| Error::Internal(anyhow::Error::new(e).context(format!("token {id}"))))?;
-        let entry = Arc::new(CachedToken {
-            token: AuthenticatedToken {
-                id: t.id,
-                org_id: t.org_id,
-                kind: t.kind,
-                permissions: t.permissions,
-                expires_at: t.expires_at,
-            },
-            blocked: t.revoked_at.is_some() || t.disabled_at.is_some(),
-            verifier,
-            fast: OnceLock::new(),
-            loaded: Instant::now(),
-        });
-        if self.cache.epoch.load(Ordering::SeqCst) == epoch {
-            self.cache.entries.insert(id, entry.clone());
-            // An invalidation between the check and the insert would find nothing to remove, so
-            // look again: if one happened, the entry may be older than it and must go.
-            if self.cache.epoch.load(Ordering::SeqCst) != epoch {
-                self.cache.entries.remove(&id);
+        // Take everything that queued while the earlier reads were running.
+        while batch.len() < MAX_LOAD_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
             }
         }
-        Ok(Some(entry))
+        let misses = std::mem::replace(&mut batch, Vec::with_capacity(MAX_LOAD_BATCH));
+        let (store, cache) = (store.clone(), cache.clone());
+        // A task of its own: a request that gives up does not cut short the others' read.
+        tokio::spawn(async move {
+            load_batch(store.as_ref(), &cache, misses).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn load_batch(store: &dyn Store, cache: &TokenCache, misses: Vec<Miss>) {
+    let epoch = cache.epoch.load(Ordering::SeqCst);
+    let mut ids: Vec<Uuid> = misses.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = match store.get_tokens_for_verify(&ids).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            let cause = format!("{:#}", anyhow::Error::new(e));
+            for m in misses {
+                let err = anyhow::anyhow!("{cause}").context("reading tokens to verify");
+                let _ = m.reply.send(Err(Error::Internal(err)));
+            }
+            return;
+        }
+    };
+    let loaded_at = Instant::now();
+    let found: HashMap<Uuid, std::result::Result<Arc<CachedToken>, String>> = rows
+        .into_iter()
+        .map(|row| (row.id, cache.entry_for(row, loaded_at)))
+        .collect();
+    for id in &ids {
+        if !found.contains_key(id) {
+            cache.missing.insert(*id, loaded_at);
+        }
+    }
+    if cache.epoch.load(Ordering::SeqCst) == epoch {
+        let fresh = || found.values().filter_map(|e| e.as_ref().ok());
+        for e in fresh() {
+            cache.entries.insert(e.token.id, e.clone());
+        }
+        // An invalidation between the check and the inserts would find nothing to remove, so
+        // look again: if one happened, the entries may be older than it and must go.
+        if cache.epoch.load(Ordering::SeqCst) != epoch {
+            for e in fresh() {
+                cache.entries.remove(&e.token.id);
+            }
+        }
+    }
+    for m in misses {
+        let answer = match found.get(&m.id) {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(e.clone())),
+            Some(Err(why)) => Err(Error::Internal(anyhow::anyhow!("{why}"))),
+        };
+        let _ = m.reply.send(answer);
+    }
+}
+
+impl TokenCache {
+    /// The cache entry for a row just read. An Argon2id token keeps the fast digest of the entry
+    /// it replaces when the verifier is the same, so that a TTL refresh does not send every
+    /// request of a busy token back to Argon2id.
+    fn entry_for(
+        &self,
+        row: VerifyRecord,
+        loaded_at: Instant,
+    ) -> std::result::Result<Arc<CachedToken>, String> {
+        let verifier: Verifier = row
+            .verifier
+            .parse()
+            .map_err(|e| format!("token {}: {e}", row.id))?;
+        let fast = OnceLock::new();
+        if let Some(old) = self.entries.peek(&row.id)
+            && old.verifier == verifier
+            && let Some(d) = old.fast.get()
+        {
+            let _ = fast.set(*d);
+        }
+        Ok(Arc::new(CachedToken {
+            token: AuthenticatedToken {
+                id: row.id,
+                org_id: row.org_id,
+                kind: row.kind,
+                permissions: row.permissions,
+                expires_at: row.expires_at,
+            },
+            blocked: row.blocked,
+            verifier,
+            fast,
+            loaded: loaded_at,
+        }))
+    }
+}
+
+impl Authority {
+    /// Reads a token that missed the cache, through the batch loader.
+    async fn load(&self, id: Uuid) -> Result<Option<Arc<CachedToken>>> {
+        let loader = self.loader.0.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(4 * MAX_LOAD_BATCH);
+            tokio::spawn(run_loader(self.store.clone(), self.cache.clone(), rx));
+            tx
+        });
+        let stopped = || Error::Internal(anyhow::anyhow!("the token loader has stopped"));
+        let (reply, answer) = oneshot::channel();
+        loader
+            .send(Miss { id, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn secret_matches(
@@ -257,6 +368,7 @@ impl Authority {
                 if let Some(known) = entry.fast.get() {
                     return Ok(hash::digest_eq(known, &digest));
                 }
+                self.verify_metrics.argon2_checks.increment(1);
                 let ok = self
                     .argon2
                     .matches(phc.clone(), secret.clone())

@@ -87,6 +87,20 @@ pub struct TokenRecord {
     pub client_ips: Vec<ClientIp>,
 }
 
+/// What the verify path needs of a token: read in batches on cache misses, without the columns
+/// (metadata, client addresses, names) that only management calls show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyRecord {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub kind: TokenKind,
+    pub verifier: String,
+    pub permissions: Permissions,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Revoked or disabled.
+    pub blocked: bool,
+}
+
 /// One audit event, written in the same transaction as the change it records.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRecord {
@@ -191,6 +205,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     async fn get_token(&self, id: Uuid) -> StoreResult<Option<TokenRecord>>;
+
+    /// The verify columns of those of `ids` that exist, in any order, in one round trip.
+    async fn get_tokens_for_verify(&self, ids: &[Uuid]) -> StoreResult<Vec<VerifyRecord>>;
 
     /// Up to `limit` tokens, newest first.
     async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>>;

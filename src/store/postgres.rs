@@ -27,7 +27,8 @@ use uuid::Uuid;
 
 use super::{
     AuditListQuery, AuditRecord, ClientIp, Invalidation, OrgRecord, PoolOptions, StateFilter,
-    Store, StoreError, StoreResult, TokenListQuery, TokenRecord, UsageDelta, merge_client_ips,
+    Store, StoreError, StoreResult, TokenListQuery, TokenRecord, UsageDelta, VerifyRecord,
+    merge_client_ips,
 };
 use crate::token::{Permissions, TokenKind};
 
@@ -406,6 +407,39 @@ impl Store for PostgresStore {
         .await
         .map_err(other)?;
         Ok(row.as_ref().map(token_from_row).transpose()?)
+    }
+
+    async fn get_tokens_for_verify(&self, ids: &[Uuid]) -> StoreResult<Vec<VerifyRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT id, org_id, kind, verifier, permissions, expires_at, \
+             revoked_at IS NOT NULL OR disabled_at IS NOT NULL AS blocked \
+             FROM tokens WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        rows.iter()
+            .map(|row| -> anyhow::Result<VerifyRecord> {
+                let kind: i16 = row.try_get("kind")?;
+                Ok(VerifyRecord {
+                    id: row.try_get("id")?,
+                    org_id: row.try_get("org_id")?,
+                    kind: TokenKind::from_code(i64::from(kind))
+                        .context("unknown token kind in database")?,
+                    verifier: row.try_get("verifier")?,
+                    permissions: Permissions::from_bits(
+                        row.try_get::<i64, _>("permissions")? as u64
+                    ),
+                    expires_at: row.try_get("expires_at")?,
+                    blocked: row.try_get("blocked")?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()
+            .map_err(StoreError::Other)
     }
 
     async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>> {

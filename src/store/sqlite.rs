@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{
     AuditListQuery, AuditRecord, ClientIp, OrgRecord, StateFilter, Store, StoreError, StoreResult,
-    TokenListQuery, TokenRecord, UsageDelta, merge_client_ips,
+    TokenListQuery, TokenRecord, UsageDelta, VerifyRecord, merge_client_ips,
 };
 use crate::token::{Permissions, TokenKind};
 
@@ -460,6 +460,42 @@ impl Store for SqliteStore {
         .await
         .map_err(other)?;
         Ok(row.as_ref().map(token_from_row).transpose()?)
+    }
+
+    async fn get_tokens_for_verify(&self, ids: &[Uuid]) -> StoreResult<Vec<VerifyRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement for any number of ids (a JSON array in one bind), so the statement
+        // cache holds one plan; SQLite looks each id up in the primary key.
+        let list = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Other(e.into()))?;
+        let rows = sqlx::query(
+            "SELECT id, org_id, kind, verifier, permissions, expires_at, \
+             revoked_at IS NOT NULL OR disabled_at IS NOT NULL AS blocked \
+             FROM tokens WHERE id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        rows.iter()
+            .map(|row| -> anyhow::Result<VerifyRecord> {
+                let kind: i64 = row.try_get("kind")?;
+                Ok(VerifyRecord {
+                    id: parse_uuid(row.try_get::<&str, _>("id")?)?,
+                    org_id: parse_uuid(row.try_get::<&str, _>("org_id")?)?,
+                    kind: TokenKind::from_code(kind).context("unknown token kind in database")?,
+                    verifier: row.try_get("verifier")?,
+                    permissions: Permissions::from_bits(
+                        row.try_get::<i64, _>("permissions")? as u64
+                    ),
+                    expires_at: opt_from_micros(row.try_get("expires_at")?)?,
+                    blocked: row.try_get("blocked")?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()
+            .map_err(StoreError::Other)
     }
 
     async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>> {

@@ -7,21 +7,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, error_of, forge, spawn_app, spawn_app_with};
-
-async fn metric(app: &TestApp, line_prefix: &str) -> f64 {
-    let text = app
-        .request(Method::GET, "/metrics", None, None)
-        .await
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{line_prefix} missing:\n{text}"))
-}
+use crate::helpers::{error_of, forge, spawn_app, spawn_app_with};
 
 fn retry_after(res: &reqwest::Response) -> u64 {
     res.headers()["retry-after"]
@@ -50,7 +36,8 @@ async fn minting_beyond_the_hourly_limit_is_429_with_retry_after() {
     let b = error_of(third, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(b["error"]["code"], "rate_limited");
     assert_eq!(
-        metric(&app, "latchkey_rate_limited_total{limit=\"mint_ip\"}").await,
+        app.metric("latchkey_rate_limited_total{limit=\"mint_ip\"}")
+            .await,
         1.0
     );
     // Reading is not minting.
@@ -76,7 +63,11 @@ async fn management_calls_beyond_the_per_second_limit_are_429_but_verification_i
     for _ in 0..20 {
         assert_eq!(app.verify(&t, &[]).await["code"], "VALID");
     }
-    assert!(metric(&app, "latchkey_rate_limited_total{limit=\"management\"}").await >= 1.0);
+    assert!(
+        app.metric("latchkey_rate_limited_total{limit=\"management\"}")
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test]
@@ -134,7 +125,11 @@ async fn past_its_failure_limit_a_client_gets_rate_limited_for_costly_checks_onl
         .request(Method::GET, "/v1/auth/check", Some(&fresh_id), None)
         .await;
     assert_eq!(gate.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(metric(&app, "latchkey_verify_total{result=\"rate_limited\"}").await >= 2.0);
+    assert!(
+        app.metric("latchkey_verify_total{result=\"rate_limited\"}")
+            .await
+            >= 2.0
+    );
 }
 
 #[tokio::test]

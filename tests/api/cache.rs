@@ -12,7 +12,7 @@ use latchkey::service::model::{
 use latchkey::service::{Authority, AuthorityConfig, Caller, RequestMeta};
 use latchkey::store::{
     AuditListQuery, AuditRecord, OrgRecord, Store, StoreResult, TokenListQuery, TokenRecord,
-    UsageDelta,
+    UsageDelta, VerifyRecord,
 };
 use tempfile::TempDir;
 use tokio::sync::Notify;
@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::helpers::db_url;
 
-/// Passes everything to SQLite, counting token reads; when `hold_next` is set, the next token
-/// read fetches its row and then waits for `release` before returning it.
+/// Passes everything to SQLite, counting the verify path's token reads; when `hold_next` is set,
+/// the next such read fetches its rows and then waits for `release` before returning them.
 struct SpyStore {
     inner: Arc<dyn Store>,
     token_reads: AtomicUsize,
@@ -61,8 +61,11 @@ impl Store for SpyStore {
         self.inner.insert_token(t, e, now).await
     }
     async fn get_token(&self, id: Uuid) -> StoreResult<Option<TokenRecord>> {
+        self.inner.get_token(id).await
+    }
+    async fn get_tokens_for_verify(&self, ids: &[Uuid]) -> StoreResult<Vec<VerifyRecord>> {
         self.token_reads.fetch_add(1, Ordering::SeqCst);
-        let row = self.inner.get_token(id).await;
+        let row = self.inner.get_tokens_for_verify(ids).await;
         if self.hold_next.swap(false, Ordering::SeqCst) {
             self.holding.notify_one();
             self.release.notified().await;
@@ -199,6 +202,39 @@ async fn steady_state_verifications_make_no_database_round_trip() {
     }
 
     // Assert: one read to fill the cache, none after.
+    assert_eq!(f.spy.token_reads.load(Ordering::SeqCst) - before, 1);
+}
+
+#[tokio::test]
+async fn misses_that_arrive_together_are_read_in_one_round_trip() {
+    // Arrange: twenty tokens not yet in the cache, one of them asked for six times.
+    let f = Arc::new(fixture().await);
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        tokens.push(create(&f, &format!("cold {i}")).await.0);
+    }
+    let asked: Vec<String> = tokens
+        .iter()
+        .cloned()
+        .chain(std::iter::repeat_n(tokens[0].clone(), 5))
+        .collect();
+    let before = f.spy.token_reads.load(Ordering::SeqCst);
+
+    // Act: on this single-threaded runtime every verification reaches the loader before it runs.
+    let tasks: Vec<_> = asked
+        .into_iter()
+        .map(|t| {
+            let f = f.clone();
+            tokio::spawn(async move { verify(&f, &t).await })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for task in tasks {
+        codes.push(task.await.unwrap());
+    }
+
+    // Assert
+    assert!(codes.iter().all(|c| *c == VerifyCode::Valid), "{codes:?}");
     assert_eq!(f.spy.token_reads.load(Ordering::SeqCst) - before, 1);
 }
 

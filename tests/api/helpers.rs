@@ -212,6 +212,21 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// The value of the first `/metrics` line starting with `line_prefix` (name and labels).
+    pub async fn metric(&self, line_prefix: &str) -> f64 {
+        let text = self
+            .request(Method::GET, "/metrics", None, None)
+            .await
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(line_prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line_prefix} missing:\n{text}"))
+    }
+
     /// Everything the server wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
