@@ -1,15 +1,17 @@
 //! Serving: one listener for REST and gRPC, the client-IP rule, and the bounds on what clients
 //! can hold (header and request timeouts, open connections, requests in flight).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -17,7 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::startup::ServerLimits;
 
@@ -70,29 +72,60 @@ pub fn one_port(rest: Router, grpc: Router, trusted: Arc<Vec<IpNet>>) -> Router 
 
 /// Sheds load instead of queueing it: beyond `max_in_flight` requests answer 503 with
 /// `Retry-After` at once; a request that outlives the request timeout answers 408.
-async fn bound_requests(
-    axum::extract::State((slots, timeout)): axum::extract::State<(Arc<Semaphore>, Duration)>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let Ok(_slot) = slots.try_acquire() else {
-        metrics::counter!("latchkey_overload_rejected_total").increment(1);
-        let mut res = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the server is overloaded; retry shortly",
-        );
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return res;
-    };
-    match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(res) => res,
-        Err(_) => error_response(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request took too long",
-        ),
+///
+/// A tower service around the whole app (one wrap, where `Router::layer` would wrap each route),
+/// and the timer is armed only for a request that is not answered on its first poll: a verify
+/// answered from the cache never arms one.
+#[derive(Clone)]
+pub struct Bounded<S> {
+    inner: S,
+    slots: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl<S> Service<Request> for Bounded<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            metrics::counter!("latchkey_overload_rejected_total").increment(1);
+            let mut res = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the server is overloaded; retry shortly",
+            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Box::pin(std::future::ready(Ok(res)));
+        };
+        let answer = self.inner.call(req);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let _slot = slot;
+            let mut answer = std::pin::pin!(answer);
+            let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
+            if let Poll::Ready(res) = first {
+                return res;
+            }
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(res) => res,
+                Err(_) => Ok(error_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request took too long",
+                )),
+            }
+        })
     }
 }
 
@@ -107,12 +140,12 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// Adds the in-flight and request-time bounds to `app`.
-pub fn bounded(app: Router, limits: &ServerLimits) -> Router {
-    let state = (
-        Arc::new(Semaphore::new(limits.max_in_flight)),
-        limits.request_timeout,
-    );
-    app.layer(axum::middleware::from_fn_with_state(state, bound_requests))
+pub fn bounded<S>(app: S, limits: &ServerLimits) -> Bounded<S> {
+    Bounded {
+        inner: app,
+        slots: Arc::new(Semaphore::new(limits.max_in_flight)),
+        timeout: limits.request_timeout,
+    }
 }
 
 /// Accepts connections until `shutdown` completes, then lets open connections finish their
@@ -121,13 +154,17 @@ pub fn bounded(app: Router, limits: &ServerLimits) -> Router {
 ///
 /// # Errors
 /// Only if accepting fails for a reason other than a transient one.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -56,7 +56,7 @@ impl Default for ServerLimits {
 /// A built server, bound and ready to run.
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    router: server::Bounded<Router>,
     authority: Arc<Authority>,
     flush_interval: Duration,
     limits: ServerLimits,

@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -14,24 +15,65 @@ use crate::error::Error;
 use crate::server::ClientIp;
 use crate::service::{Caller, RequestMeta};
 
-/// JSON body with strict parsing; a rejection becomes `invalid_argument` (or 413).
+/// JSON body with strict parsing, at most `AppState::max_body_bytes` long; a rejection becomes
+/// `invalid_argument` (or `payload_too_large`).
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = Error;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::BytesRejection(r)) if r.status() == 413 => {
-                Err(Error::PayloadTooLarge)
-            }
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(Error::invalid(
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers()) {
+            return Err(Error::invalid(
                 "expected a JSON body with Content-Type: application/json",
-            )),
-            Err(r) => Err(Error::invalid(r.body_text())),
+            ));
         }
+        let body = Limited::new(req.into_body(), state.max_body_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    Error::PayloadTooLarge
+                } else {
+                    Error::invalid("the request body could not be read")
+                }
+            })?
+            .to_bytes();
+        parse_json(&body).map(ApiJson)
     }
+}
+
+/// `application/json` or `application/<anything>+json`, with any parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(Ok(value)) = headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let ci_prefix =
+        |p: &str| essence.len() >= p.len() && essence[..p.len()].eq_ignore_ascii_case(p);
+    let ci_suffix = |p: &str| {
+        essence.len() >= p.len() && essence[essence.len() - p.len()..].eq_ignore_ascii_case(p)
+    };
+    essence.eq_ignore_ascii_case("application/json")
+        || (ci_prefix("application/") && ci_suffix("+json"))
+}
+
+/// Parses a JSON body. Only when that fails is it parsed again, to name the field that was
+/// wrong in the message (the verify path does not pay for the path tracking).
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let detail = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Err(with_path) => with_path.to_string(),
+            Ok(_) => e.to_string(),
+        };
+        Error::invalid(match e.classify() {
+            serde_json::error::Category::Data => {
+                format!("Failed to deserialize the JSON body into the target type: {detail}")
+            }
+            _ => format!("Failed to parse the request body as JSON: {detail}"),
+        })
+    })
 }
 
 /// Query string with strict parsing.
@@ -63,6 +105,38 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
+/// The client's address as the server determined it (see `server::client_ip`).
+fn client_addr(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts.extensions.get::<ClientIp>().map(|c| c.0).or_else(|| {
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+    })
+}
+
+/// The client's address only, for the verify paths, which record no user agent.
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(client_addr(parts)))
+    }
+}
+
+/// The bearer token of the request, if any (see [`bearer`]).
+pub struct Bearer(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Bearer(bearer(&parts.headers).map(str::to_string)))
+    }
+}
+
 /// The client's address and user agent.
 pub struct Meta(pub RequestMeta);
 
@@ -70,12 +144,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts.extensions.get::<ClientIp>().map(|c| c.0).or_else(|| {
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-        });
+        let ip = client_addr(parts);
         let ua = parts
             .headers
             .get(header::USER_AGENT)

@@ -3,16 +3,21 @@
 //! `POST /v1/tokens/verify`, and answers with status and headers only.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
+use uuid::Uuid;
 
 use super::AppState;
 use super::error::ErrorBody;
-use super::extract::{ApiQuery, Meta, bearer};
+use super::extract::{ApiQuery, Bearer, ClientAddr};
 use crate::error::Error;
 use crate::service::model::{VerifyCode, VerifyRequest};
+
+const TOKEN_ID: HeaderName = HeaderName::from_static("x-latchkey-token-id");
+const ORG_ID: HeaderName = HeaderName::from_static("x-latchkey-org-id");
+const SCOPES: HeaderName = HeaderName::from_static("x-latchkey-scopes");
 
 /// `?require=a,b`: scopes (or composites) the token must all hold.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -37,12 +42,12 @@ pub struct CheckQuery {
     ))]
 pub async fn check(
     State(s): State<AppState>,
-    Meta(meta): Meta,
-    headers: HeaderMap,
+    ClientAddr(ip): ClientAddr,
+    Bearer(token): Bearer,
     ApiQuery(q): ApiQuery<CheckQuery>,
 ) -> Result<Response, Error> {
     let req = VerifyRequest {
-        token: bearer(&headers).unwrap_or_default().to_string(),
+        token: token.unwrap_or_default(),
         required_scopes: q
             .require
             .as_deref()
@@ -53,19 +58,19 @@ pub async fn check(
             .map(str::to_string)
             .collect(),
     };
-    let res = s.authority.verify(&req, meta.ip, s.clock.now()).await?;
+    let res = s.authority.verify(&req, ip, s.clock.now()).await?;
     match (res.code, res.token) {
         (VerifyCode::Valid, Some(t)) => {
             let mut out = StatusCode::NO_CONTENT.into_response();
             let h = out.headers_mut();
-            for (name, value) in [
-                ("x-latchkey-token-id", t.token_id.to_string()),
-                ("x-latchkey-org-id", t.org_id.to_string()),
-                ("x-latchkey-scopes", t.scopes.join(",")),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    h.insert(HeaderName::from_static(name), v);
+            let mut buf = Uuid::encode_buffer();
+            for (name, id) in [(TOKEN_ID, t.token_id), (ORG_ID, t.org_id)] {
+                if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
+                    h.insert(name, v);
                 }
+            }
+            if let Ok(v) = HeaderValue::from_str(&t.scopes.join(",")) {
+                h.insert(SCOPES, v);
             }
             Ok(out)
         }

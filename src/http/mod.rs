@@ -15,7 +15,7 @@ mod verify;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::extract::MatchedPath;
 use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -41,6 +41,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The OpenAPI document, rendered once.
     pub openapi: Arc<String>,
+    /// The largest JSON body a handler reads (413 beyond).
+    pub max_body_bytes: usize,
 }
 
 #[derive(OpenApi)]
@@ -104,7 +106,7 @@ async fn wrong_method() -> Response {
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
-/// Builds the REST router. `max_body_bytes` bounds every request body (413 beyond).
+/// Builds the REST router. `max_body_bytes` bounds every JSON body (413 beyond).
 pub fn router(
     authority: Arc<Authority>,
     clock: Arc<dyn Clock>,
@@ -117,25 +119,29 @@ pub fn router(
         clock,
         metrics,
         openapi: Arc::new(openapi_json()),
+        max_body_bytes,
     };
-    router
+    let router = router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(
-            TraceLayer::new_for_http()
-                // The route template, never the raw path or query: a client may paste a token there.
-                .make_span_with(|req: &Request<_>| {
-                    let route = req
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map_or("<unmatched>", MatchedPath::as_str);
-                    // A debug span: at the default level it costs nothing on the verify path.
-                    tracing::debug_span!("request", method = %req.method(), route = %route)
-                })
-                .on_request(())
-                // Per-request lines at DEBUG: the verify path runs millions of times a day.
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
-        )
+        .with_state(state);
+    // `Router::layer` wraps every route, and a wrap costs every request a few allocations even
+    // when its span is disabled; the request log exists only at DEBUG, so the layer is added only
+    // when DEBUG is on (the level is fixed at start).
+    if tracing::level_filters::LevelFilter::current() < tracing::level_filters::LevelFilter::DEBUG {
+        return router;
+    }
+    router.layer(
+        TraceLayer::new_for_http()
+            // The route template, never the raw path or query: a client may paste a token there.
+            .make_span_with(|req: &Request<_>| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("<unmatched>", MatchedPath::as_str);
+                tracing::debug_span!("request", method = %req.method(), route = %route)
+            })
+            .on_request(())
+            .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+    )
 }

@@ -1,6 +1,8 @@
 //! The request and response types of the API, shared by both transports. Field names are the
 //! design's (snake_case); bodies are strict (an unknown field is an error).
 
+use std::sync::{Arc, OnceLock};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -313,13 +315,15 @@ pub struct VerifyResponse {
     pub valid: bool,
     pub code: VerifyCode,
     #[serde(flatten)]
-    pub token: Option<VerifiedToken>,
+    #[schema(value_type = Option<VerifiedToken>)]
+    pub token: Option<Arc<VerifiedToken>>,
     /// With `RATE_LIMITED`: seconds until the client may try again (also in `Retry-After`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
 }
 
 /// What a verification tells about a genuine token (also with `INSUFFICIENT_PERMISSIONS`).
+// Built once per cache entry and shared by every answer about that token.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct VerifiedToken {
     pub token_id: Uuid,
@@ -328,6 +332,65 @@ pub struct VerifiedToken {
     pub scopes: Vec<String>,
     /// `null` for a token that does not expire.
     pub expires_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    json_fields: JsonFields,
+}
+
+/// A memo of a [`VerifiedToken`]'s JSON fields; not part of its value.
+#[derive(Clone, Default)]
+struct JsonFields(OnceLock<Box<str>>);
+
+impl PartialEq for JsonFields {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for JsonFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
+}
+
+impl VerifiedToken {
+    pub fn new(
+        token_id: Uuid,
+        org_id: Uuid,
+        permissions: u64,
+        scopes: Vec<String>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            token_id,
+            org_id,
+            permissions,
+            scopes,
+            expires_at,
+            json_fields: JsonFields::default(),
+        }
+    }
+
+    /// This token's fields as they appear in a JSON verify answer, without the braces
+    /// (`"token_id":...,"expires_at":...`). Rendered on first use: a cached token answers with
+    /// the same fields every time, so the verify path copies them instead of serialising.
+    pub fn json_fields(&self) -> &str {
+        self.json_fields.0.get_or_init(|| {
+            let whole = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+            whole[1..whole.len() - 1].into()
+        })
+    }
+}
+
+impl VerifyCode {
+    /// The wire name: `VALID`, `INVALID`, `INSUFFICIENT_PERMISSIONS`, `RATE_LIMITED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyCode::Valid => "VALID",
+            VerifyCode::Invalid => "INVALID",
+            VerifyCode::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            VerifyCode::RateLimited => "RATE_LIMITED",
+        }
+    }
 }
 
 impl VerifyResponse {

@@ -48,6 +48,8 @@ pub(super) struct CachedToken {
     /// For Argon2id verifiers: SHA-256 of the secret once it has matched, so later checks of
     /// the same token skip Argon2id.
     fast: OnceLock<[u8; 32]>,
+    /// What verify answers about this token, built on the first answer.
+    verified: OnceLock<Arc<VerifiedToken>>,
     loaded: Instant,
 }
 
@@ -334,6 +336,7 @@ impl TokenCache {
             blocked: row.blocked,
             verifier,
             fast,
+            verified: OnceLock::new(),
             loaded: loaded_at,
         }))
     }
@@ -437,6 +440,19 @@ impl Authority {
         ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<Option<AuthenticatedToken>> {
+        Ok(self
+            .valid_entry(presented, ip, now)
+            .await?
+            .map(|e| e.token.clone()))
+    }
+
+    /// [`Self::check_token`], answering with the cache entry.
+    async fn valid_entry(
+        &self,
+        presented: &str,
+        ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Arc<CachedToken>>> {
         let found = match format::parse(&self.config.prefix, presented) {
             Ok(parsed) => self.matching_entry(&parsed, ip).await?,
             Err(_) => None,
@@ -444,7 +460,7 @@ impl Authority {
         match found {
             Some(e) if !e.blocked && e.token.expires_at.is_none_or(|x| x > now) => {
                 self.usage.record(e.token.id, ip, now);
-                Ok(Some(e.token.clone()))
+                Ok(Some(e))
             }
             _ => {
                 if let (Some(l), Some(ip)) = (&self.limits.failed_verify, ip) {
@@ -488,12 +504,22 @@ impl Authority {
         // A scope this deployment does not know is held by no token: the answer is
         // INSUFFICIENT_PERMISSIONS, as the design keeps 400 for a missing token string only.
         let required = self.config.scopes.resolve(&req.required_scopes).ok();
-        let res = match self.check_token(&req.token, ip, now).await {
+        let res = match self.valid_entry(&req.token, ip, now).await {
             Err(Error::RateLimited { retry_after }) => VerifyResponse::rate_limited(retry_after),
             Err(e) => return Err(e),
             Ok(None) => VerifyResponse::invalid(),
-            Ok(Some(t)) => {
+            Ok(Some(e)) => {
+                let t = &e.token;
                 let ok = required.is_some_and(|r| t.permissions.contains(r));
+                let verified = e.verified.get_or_init(|| {
+                    Arc::new(VerifiedToken::new(
+                        t.id,
+                        t.org_id,
+                        t.permissions.bits(),
+                        self.config.scopes.names(t.permissions),
+                        t.expires_at,
+                    ))
+                });
                 VerifyResponse {
                     valid: ok,
                     code: if ok {
@@ -501,13 +527,7 @@ impl Authority {
                     } else {
                         VerifyCode::InsufficientPermissions
                     },
-                    token: Some(VerifiedToken {
-                        token_id: t.id,
-                        org_id: t.org_id,
-                        permissions: t.permissions.bits(),
-                        scopes: self.config.scopes.names(t.permissions),
-                        expires_at: t.expires_at,
-                    }),
+                    token: Some(verified.clone()),
                     retry_after_seconds: None,
                 }
             }

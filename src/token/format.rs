@@ -210,31 +210,32 @@ pub fn redact(text: &str) -> String {
 /// [`InvalidToken`] for anything that is not exactly the grammar, has a wrong checksum, another
 /// prefix, a non-canonical secret or an id that is not a lowercase hyphenated UUID v7.
 pub fn parse(expected: &Prefix, s: &str) -> Result<ParsedToken, InvalidToken> {
-    if s.len() > MAX_TOKEN_LEN || !s.is_ascii() {
+    // The layout is fixed once the prefix is known, so every part is checked in place, on bytes
+    // (non-ASCII input fails the per-byte checks), without splitting or allocating.
+    let b = s.as_bytes();
+    let p = expected.as_str().len();
+    let id_at = p + 5;
+    let secret_at = id_at + UUID_LEN + 1;
+    let checksum_at = secret_at + SECRET_LEN;
+    if b.len() != checksum_at + CHECKSUM_LEN
+        || &b[..p] != expected.as_str().as_bytes()
+        || b[p] != b'_'
+        || b[p + 4] != b'_'
+        || b[secret_at - 1] != b'_'
+    {
         return Err(InvalidToken);
     }
-    let mut parts = s.split('_');
-    let (Some(prefix), Some(kind), Some(id), Some(tail), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return Err(InvalidToken);
+    let kind = match &b[p + 1..p + 4] {
+        b"pat" => TokenKind::Pat,
+        b"svc" => TokenKind::Svc,
+        _ => return Err(InvalidToken),
     };
-    if prefix != expected.as_str() || tail.len() != SECRET_LEN + CHECKSUM_LEN {
+    let id = parse_id(&b[id_at..secret_at - 1])?;
+    let checksum = decode_checksum(&b[checksum_at..]).ok_or(InvalidToken)?;
+    if checksum != u64::from(crc32fast::hash(&b[..checksum_at])) {
         return Err(InvalidToken);
     }
-    let kind = TokenKind::from_name(kind).ok_or(InvalidToken)?;
-    let id = parse_id(id)?;
-    let (secret_str, checksum_str) = tail.split_at(SECRET_LEN);
-    let body_len = s.len() - CHECKSUM_LEN;
-    let expected_checksum = encode_checksum(crc32fast::hash(&s.as_bytes()[..body_len]));
-    if checksum_str != expected_checksum {
-        return Err(InvalidToken);
-    }
-    let secret = decode_secret(secret_str).ok_or(InvalidToken)?;
+    let secret = decode_secret(&b[secret_at..checksum_at]).ok_or(InvalidToken)?;
     Ok(ParsedToken {
         kind,
         id,
@@ -242,8 +243,7 @@ pub fn parse(expected: &Prefix, s: &str) -> Result<ParsedToken, InvalidToken> {
     })
 }
 
-fn parse_id(s: &str) -> Result<Uuid, InvalidToken> {
-    let b = s.as_bytes();
+fn parse_id(b: &[u8]) -> Result<Uuid, InvalidToken> {
     if b.len() != UUID_LEN {
         return Err(InvalidToken);
     }
@@ -257,11 +257,18 @@ fn parse_id(s: &str) -> Result<Uuid, InvalidToken> {
             return Err(InvalidToken);
         }
     }
-    let id = Uuid::parse_str(s).map_err(|_| InvalidToken)?;
+    let id = Uuid::try_parse_ascii(b).map_err(|_| InvalidToken)?;
     if id.get_version_num() != 7 || id.get_variant() != uuid::Variant::RFC4122 {
         return Err(InvalidToken);
     }
     Ok(id)
+}
+
+/// The value of the 6 base62 checksum digits. Equal values mean equal spellings, as the
+/// width is fixed.
+fn decode_checksum(b: &[u8]) -> Option<u64> {
+    b.iter()
+        .try_fold(0u64, |n, &c| Some(n * 62 + u64::from(digit_value(c)?)))
 }
 
 fn digit_value(c: u8) -> Option<u32> {
@@ -296,11 +303,11 @@ fn encode_secret(bytes: &[u8; 32]) -> String {
 ///
 /// This is on the verify hot path, so it works on four 64-bit limbs and takes up to ten digits
 /// per multiply (62^10 < 2^64) instead of one byte-wide long multiplication per digit.
-fn decode_secret(s: &str) -> Option<[u8; 32]> {
+fn decode_secret(s: &[u8]) -> Option<[u8; 32]> {
     const DIGITS_PER_STEP: usize = 10;
     // Little-endian limbs of the 256-bit value.
     let mut limbs = [0u64; 4];
-    for chunk in s.as_bytes().chunks(DIGITS_PER_STEP) {
+    for chunk in s.chunks(DIGITS_PER_STEP) {
         let mut scale: u64 = 1;
         let mut value: u64 = 0;
         for &c in chunk {
@@ -455,7 +462,7 @@ mod tests {
         assert_eq!(encode_secret(&[0u8; 32]), "0".repeat(SECRET_LEN));
         let max = encode_secret(&[0xffu8; 32]);
         assert_eq!(max.len(), SECRET_LEN);
-        assert_eq!(decode_secret(&max), Some([0xffu8; 32]));
+        assert_eq!(decode_secret(max.as_bytes()), Some([0xffu8; 32]));
         assert_eq!(encode_checksum(0), "000000");
         assert_eq!(encode_checksum(u32::MAX).len(), CHECKSUM_LEN);
     }
@@ -546,7 +553,7 @@ mod tests {
 
         #[test]
         fn the_limb_decoder_agrees_with_the_bytewise_one(s in "[0-9A-Za-z]{43}") {
-            prop_assert_eq!(decode_secret(&s), decode_secret_reference(&s));
+            prop_assert_eq!(decode_secret(s.as_bytes()), decode_secret_reference(&s));
         }
 
         #[test]
