@@ -203,6 +203,63 @@ async fn an_argon2id_token_read_again_after_its_cache_ttl_is_not_hashed_again() 
     );
 }
 
+/// Sends `chunks` as a chunked POST /v1/tokens/verify on a raw connection, one write each, and
+/// returns the status line and the body of the answer.
+async fn chunked_verify(app: &crate::helpers::TestApp, chunks: &[&str]) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.address.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        b"POST /v1/tokens/verify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for c in chunks {
+        let frame = format!("{:x}\r\n{c}\r\n", c.len());
+        // The server may answer (413) and close before the last chunks: the answer is read below.
+        let _ = conn.write_all(frame.as_bytes()).await;
+        let _ = conn.flush().await;
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer).await;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[tokio::test]
+async fn a_body_sent_in_several_chunks_is_read_whole() {
+    // Arrange
+    let app = spawn_app().await;
+    let (t, _) = app.token_with(&app.admin_token, "chunky", &[]).await;
+    let (start, rest) = t.split_at(20);
+
+    // Act
+    let (status, body) = chunked_verify(
+        &app,
+        &["{\"tok", &format!("en\":\"{start}"), &format!("{rest}\"}}")],
+    )
+    .await;
+
+    // Assert
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("\"code\":\"VALID\""), "{body}");
+}
+
+#[tokio::test]
+async fn a_chunked_body_beyond_the_limit_is_413() {
+    // Arrange: no Content-Length, so only counting the chunks can catch it.
+    let app = spawn_app_with(&["--max-body-bytes", "1024"]).await;
+    let filler = "x".repeat(600);
+
+    // Act
+    let (status, _) = chunked_verify(&app, &["{\"token\":\"", &filler, &filler, "\"}"]).await;
+
+    // Assert
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+}
+
 #[tokio::test]
 async fn usage_counts_reach_the_database_and_survive_a_graceful_shutdown() {
     // Arrange: a long flush interval, so only the shutdown flush can write the counts.
