@@ -247,17 +247,29 @@ fn parse_id(b: &[u8]) -> Result<Uuid, InvalidToken> {
     if b.len() != UUID_LEN {
         return Err(InvalidToken);
     }
-    for (i, c) in b.iter().enumerate() {
-        let ok = if matches!(i, 8 | 13 | 18 | 23) {
-            *c == b'-'
-        } else {
-            c.is_ascii_digit() || (b'a'..=b'f').contains(c)
-        };
-        if !ok {
-            return Err(InvalidToken);
+    // Lowercase hex only, hyphens in their places; decoded in the same pass.
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(InvalidToken),
+    };
+    let mut bytes = [0u8; 16];
+    let mut out = bytes.iter_mut();
+    let mut i = 0;
+    while i < UUID_LEN {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if b[i] != b'-' {
+                return Err(InvalidToken);
+            }
+            i += 1;
+            continue;
         }
+        if let Some(byte) = out.next() {
+            *byte = (hex(b[i])? << 4) | hex(b[i + 1])?;
+        }
+        i += 2;
     }
-    let id = Uuid::try_parse_ascii(b).map_err(|_| InvalidToken)?;
+    let id = Uuid::from_bytes(bytes);
     if id.get_version_num() != 7 || id.get_variant() != uuid::Variant::RFC4122 {
         return Err(InvalidToken);
     }
