@@ -239,7 +239,9 @@ async fn run_loader(store: Arc<dyn Store>, cache: Arc<TokenCache>, mut rx: mpsc:
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        // Take everything that queued while the earlier reads were running.
+        // Let the requests that are ready to run reach their miss first (no timer: a yield
+        // puts the loader behind them), then take everything that queued.
+        tokio::task::yield_now().await;
         while batch.len() < MAX_LOAD_BATCH {
             match rx.try_recv() {
                 Ok(m) => batch.push(m),
@@ -261,6 +263,7 @@ async fn load_batch(store: &dyn Store, cache: &TokenCache, misses: Vec<Miss>) {
     let mut ids: Vec<Uuid> = misses.iter().map(|m| m.id).collect();
     ids.sort_unstable();
     ids.dedup();
+    metrics::histogram!("latchkey_verify_load_batch_size").record(ids.len() as f64);
     let rows = match store.get_tokens_for_verify(&ids).await {
         Ok(rows) => rows,
         Err(e) => {

@@ -4,6 +4,7 @@
 mod postgres;
 mod sqlite;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +62,28 @@ pub fn merge_client_ips(known: &mut Vec<ClientIp>, seen: &[ClientIp]) {
     }
     known.sort_by(|a, b| b.last_seen_at.cmp(&a.last_seen_at).then(a.ip.cmp(&b.ip)));
     known.truncate(MAX_CLIENT_IPS);
+}
+
+/// Folds a batch into one delta per token, ordered by id: rows are then locked in one global
+/// order, so two nodes flushing overlapping batches cannot deadlock.
+pub fn combine_usage(batch: &[UsageDelta]) -> BTreeMap<Uuid, UsageDelta> {
+    let mut by_id: BTreeMap<Uuid, UsageDelta> = BTreeMap::new();
+    for u in batch {
+        match by_id.get_mut(&u.token_id) {
+            Some(d) => {
+                d.count += u.count;
+                d.last_used_at = d.last_used_at.max(u.last_used_at);
+                merge_client_ips(&mut d.ips, &u.ips);
+            }
+            None => {
+                let mut d = u.clone();
+                d.ips.clear();
+                merge_client_ips(&mut d.ips, &u.ips);
+                by_id.insert(u.token_id, d);
+            }
+        }
+    }
+    by_id
 }
 
 /// A token row. `verifier` is the self-describing verifier string, never a secret.

@@ -13,7 +13,6 @@
 //!   so the notification is delivered exactly when the change commits, and never if it rolls
 //!   back. [`Store::invalidations`] listens on a dedicated connection.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ use uuid::Uuid;
 use super::{
     AuditListQuery, AuditRecord, ClientIp, Invalidation, OrgRecord, PoolOptions, StateFilter,
     Store, StoreError, StoreResult, TokenListQuery, TokenRecord, UsageDelta, VerifyRecord,
-    merge_client_ips,
+    combine_usage, merge_client_ips,
 };
 use crate::token::{Permissions, TokenKind};
 
@@ -289,28 +288,6 @@ async fn insert_token_row(
     }
 }
 
-/// Folds a batch into one delta per token, ordered by id: rows are then locked in one global
-/// order, so two nodes flushing overlapping batches cannot deadlock.
-fn combine(batch: &[UsageDelta]) -> BTreeMap<Uuid, UsageDelta> {
-    let mut by_id: BTreeMap<Uuid, UsageDelta> = BTreeMap::new();
-    for u in batch {
-        match by_id.get_mut(&u.token_id) {
-            Some(d) => {
-                d.count += u.count;
-                d.last_used_at = d.last_used_at.max(u.last_used_at);
-                merge_client_ips(&mut d.ips, &u.ips);
-            }
-            None => {
-                let mut d = u.clone();
-                d.ips.clear();
-                merge_client_ips(&mut d.ips, &u.ips);
-                by_id.insert(u.token_id, d);
-            }
-        }
-    }
-    by_id
-}
-
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -517,7 +494,7 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut deltas = combine(batch);
+        let mut deltas = combine_usage(batch);
         let ids: Vec<Uuid> = deltas.keys().copied().collect();
         let mut tx = self.begin().await?;
         // Lock the rows (in id order) so the client address merge reads what it overwrites; the

@@ -2,6 +2,7 @@
 //! Every write transaction starts with `BEGIN IMMEDIATE`, so concurrent writers queue on the
 //! busy timeout instead of failing to upgrade a read lock.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use uuid::Uuid;
 
 use super::{
     AuditListQuery, AuditRecord, ClientIp, OrgRecord, StateFilter, Store, StoreError, StoreResult,
-    TokenListQuery, TokenRecord, UsageDelta, VerifyRecord, merge_client_ips,
+    TokenListQuery, TokenRecord, UsageDelta, VerifyRecord, combine_usage, merge_client_ips,
 };
 use crate::token::{Permissions, TokenKind};
 
@@ -88,15 +89,21 @@ fn ips_from_json(s: &str) -> anyhow::Result<Vec<ClientIp>> {
         .collect()
 }
 
-fn ips_to_json(ips: &[ClientIp]) -> String {
-    let stored: Vec<StoredIp> = ips
-        .iter()
+fn stored_ips(ips: &[ClientIp]) -> Vec<StoredIp> {
+    ips.iter()
         .map(|i| StoredIp {
             ip: i.ip.clone(),
             last_seen_at: micros(i.last_seen_at),
         })
-        .collect();
-    serde_json::to_string(&stored).unwrap_or_else(|_| "[]".into())
+        .collect()
+}
+
+fn ips_to_json(ips: &[ClientIp]) -> String {
+    serde_json::to_string(&stored_ips(ips)).unwrap_or_else(|_| "[]".into())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Other(e.into()))
 }
 
 fn token_from_row(row: &SqliteRow) -> anyhow::Result<TokenRecord> {
@@ -467,33 +474,41 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         // One statement for any number of ids (a JSON array in one bind), so the statement
-        // cache holds one plan; SQLite looks each id up in the primary key.
-        let list = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
-            .map_err(|e| StoreError::Other(e.into()))?;
-        let rows = sqlx::query(
-            "SELECT id, org_id, kind, verifier, permissions, expires_at, \
-             revoked_at IS NOT NULL OR disabled_at IS NOT NULL AS blocked \
+        // cache holds one plan; SQLite looks each id up in the primary key. The rows come back
+        // as one JSON array in one row: sqlx hands every row over from its connection thread
+        // separately, and on a busy machine each handover costs more than the lookup.
+        let list = to_json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
+        let row = sqlx::query(
+            "SELECT json_group_array(json_array(id, org_id, kind, verifier, permissions, \
+             expires_at, revoked_at IS NOT NULL OR disabled_at IS NOT NULL)) \
              FROM tokens WHERE id IN (SELECT value FROM json_each(?))",
         )
         .bind(list)
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(other)?;
-        rows.iter()
-            .map(|row| -> anyhow::Result<VerifyRecord> {
-                let kind: i64 = row.try_get("kind")?;
-                Ok(VerifyRecord {
-                    id: parse_uuid(row.try_get::<&str, _>("id")?)?,
-                    org_id: parse_uuid(row.try_get::<&str, _>("org_id")?)?,
-                    kind: TokenKind::from_code(kind).context("unknown token kind in database")?,
-                    verifier: row.try_get("verifier")?,
-                    permissions: Permissions::from_bits(
-                        row.try_get::<i64, _>("permissions")? as u64
-                    ),
-                    expires_at: opt_from_micros(row.try_get("expires_at")?)?,
-                    blocked: row.try_get("blocked")?,
-                })
-            })
+        // SQLite's JSON has no booleans: `blocked` is 0 or 1.
+        type Found<'a> = (&'a str, &'a str, i64, String, i64, Option<i64>, i64);
+        let json: &str = row.try_get(0).map_err(other)?;
+        let found: Vec<Found<'_>> = serde_json::from_str(json)
+            .context("malformed verify rows")
+            .map_err(StoreError::Other)?;
+        found
+            .into_iter()
+            .map(
+                |(id, org_id, kind, verifier, permissions, expires_at, blocked)| {
+                    Ok(VerifyRecord {
+                        id: parse_uuid(id)?,
+                        org_id: parse_uuid(org_id)?,
+                        kind: TokenKind::from_code(kind)
+                            .context("unknown token kind in database")?,
+                        verifier,
+                        permissions: Permissions::from_bits(permissions as u64),
+                        expires_at: opt_from_micros(expires_at)?,
+                        blocked: blocked != 0,
+                    })
+                },
+            )
             .collect::<anyhow::Result<_>>()
             .map_err(StoreError::Other)
     }
@@ -569,27 +584,47 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
+        // A flush can hold tens of thousands of tokens (a verify load cycling through many):
+        // two statements per chunk, with the rows passed as one JSON array, instead of two
+        // statements per token.
+        const CHUNK: usize = 1_000;
+        let batch: Vec<UsageDelta> = combine_usage(batch).into_values().collect();
         let (_writer, mut tx) = self.write_tx().await?;
-        for u in batch {
-            let mut ips = match sqlx::query("SELECT client_ips FROM tokens WHERE id = ?")
-                .bind(u.token_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(other)?
-            {
-                Some(row) => ips_from_json(&row.try_get::<String, _>(0).map_err(other)?)?,
-                // Deleted meanwhile: nothing to count.
-                None => continue,
-            };
-            merge_client_ips(&mut ips, &u.ips);
-            sqlx::query(
-                "UPDATE tokens SET request_count = request_count + ?, \
-                 last_used_at = MAX(COALESCE(last_used_at, 0), ?), client_ips = ? WHERE id = ?",
+        for chunk in batch.chunks(CHUNK) {
+            let ids: Vec<String> = chunk.iter().map(|u| u.token_id.to_string()).collect();
+            let rows = sqlx::query(
+                "SELECT id, client_ips FROM tokens WHERE id IN (SELECT value FROM json_each(?))",
             )
-            .bind(u.count)
-            .bind(micros(u.last_used_at))
-            .bind(ips_to_json(&ips))
-            .bind(u.token_id.to_string())
+            .bind(to_json(&ids)?)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(other)?;
+            let mut known: HashMap<&str, &str> = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                known.insert(
+                    row.try_get::<&str, _>(0).map_err(other)?,
+                    row.try_get::<&str, _>(1).map_err(other)?,
+                );
+            }
+            let mut updates: Vec<(&str, i64, i64, Vec<StoredIp>)> = Vec::with_capacity(rows.len());
+            for (u, id) in chunk.iter().zip(&ids) {
+                // Deleted meanwhile: nothing to count.
+                let Some(stored) = known.get(id.as_str()) else {
+                    continue;
+                };
+                let mut ips = ips_from_json(stored)?;
+                merge_client_ips(&mut ips, &u.ips);
+                updates.push((id, u.count, micros(u.last_used_at), stored_ips(&ips)));
+            }
+            sqlx::query(
+                "WITH d (id, n, last_used_at, ips) AS (SELECT json_extract(value, '$[0]'), \
+                 json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+                 json_extract(value, '$[3]') FROM json_each(?)) \
+                 UPDATE tokens SET request_count = request_count + d.n, \
+                 last_used_at = MAX(COALESCE(tokens.last_used_at, 0), d.last_used_at), \
+                 client_ips = d.ips FROM d WHERE tokens.id = d.id",
+            )
+            .bind(to_json(&updates)?)
             .execute(&mut *tx)
             .await
             .map_err(other)?;

@@ -114,6 +114,7 @@ on_every_backend! {
         audit_events_are_filtered_and_paged_newest_first,
         usage_adds_up_and_keeps_the_latest_use_and_addresses,
         concurrent_usage_flushes_lose_no_counts,
+        a_usage_flush_of_thousands_of_tokens_counts_each_one,
     ],
     two_handles: [
         changes_through_one_handle_are_announced_to_the_others,
@@ -1276,4 +1277,26 @@ async fn an_unknown_database_url_scheme_is_refused() {
     // Assert
     let err = res.err().expect("refused").to_string();
     assert!(err.contains("unsupported database URL scheme"), "{err}");
+}
+
+async fn a_usage_flush_of_thousands_of_tokens_counts_each_one(store: Arc<dyn Store>) {
+    // Arrange: 1,500 ids that do not exist (a backend may split a flush into statements of a
+    // thousand), then two real tokens, whose ids sort after all of them.
+    let org = org_in(&store, "acme").await;
+    let gone: Vec<Uuid> = (0..1_500).map(|_| Uuid::now_v7()).collect();
+    let first = inserted(&store, new_token(&org, "first")).await;
+    let second = inserted(&store, new_token(&org, "second")).await;
+    let mut batch: Vec<UsageDelta> = gone.iter().map(|id| usage(*id, 1, 5, vec![])).collect();
+    batch.push(usage(first.id, 2, 6, vec![ip("192.0.2.1", 6)]));
+    batch.push(usage(second.id, 3, 7, vec![]));
+
+    // Act
+    store.add_usage(&batch).await.unwrap();
+
+    // Assert
+    let first = get(&store, first.id).await;
+    let second = get(&store, second.id).await;
+    assert_eq!((first.request_count, second.request_count), (2, 3));
+    assert_eq!(first.client_ips, [ip("192.0.2.1", 6)]);
+    assert_eq!(second.last_used_at, Some(at(7)));
 }
