@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::clock::Clock;
@@ -58,6 +59,7 @@ pub struct Application {
     listener: TcpListener,
     router: server::Bounded<Router>,
     authority: Arc<Authority>,
+    metrics: PrometheusHandle,
     flush_interval: Duration,
     limits: ServerLimits,
 }
@@ -83,7 +85,7 @@ impl Application {
         let rest = http::router(
             authority.clone(),
             clock.clone(),
-            metrics,
+            metrics.clone(),
             settings.max_body_bytes,
         );
         let grpc = grpc::router(authority.clone(), clock, settings.max_body_bytes).await?;
@@ -95,6 +97,7 @@ impl Application {
             listener,
             router,
             authority,
+            metrics,
             flush_interval: settings.usage_flush_interval,
             limits: settings.limits,
         })
@@ -123,6 +126,7 @@ impl Application {
         let (stop_flusher, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let flusher = {
             let authority = self.authority.clone();
+            let metrics = self.metrics.clone();
             let every = self.flush_interval;
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
@@ -134,6 +138,9 @@ impl Application {
                         _ = &mut stopped => break,
                     }
                     authority.housekeeping();
+                    // Histogram samples wait in the recorder until upkeep folds them in; without
+                    // it they pile up for as long as nobody scrapes /metrics.
+                    metrics.run_upkeep();
                     if let Err(e) = authority.flush_usage().await {
                         tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
                     }

@@ -279,7 +279,7 @@ pub fn validation(v: VerifyResponse) -> pb::ValidateTokenResponse {
         out.token_id = t.token_id.to_string();
         out.org_id = t.org_id.to_string();
         out.permissions = t.permissions as i64;
-        out.scopes = t.scopes.clone();
+        out.scopes = t.scopes.to_vec();
         out.expires_at = t.expires_at.map(timestamp);
     }
     out

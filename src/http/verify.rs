@@ -73,7 +73,7 @@ mod tests {
             uuid::Uuid::now_v7(),
             uuid::Uuid::now_v7(),
             5,
-            vec!["tokens:create".into(), "say \"hi\"".into()],
+            vec!["tokens:create".into(), "say \"hi\"".into()].into(),
             chrono::DateTime::from_timestamp(1_900_000_000, 123_000),
         ));
         for (valid, code) in [

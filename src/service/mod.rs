@@ -151,6 +151,8 @@ pub struct Authority {
     config: AuthorityConfig,
     cache: Arc<verify::TokenCache>,
     loader: verify::Loader,
+    /// Scope names by permission bits, for verify answers.
+    scope_names: quick_cache::sync::Cache<u64, Arc<[String]>>,
     usage: verify::UsageBuffer,
     argon2: argon2_pool::Argon2Pool,
     limits: ratelimit::RateLimits,
@@ -166,6 +168,7 @@ impl Authority {
                 config.cache_ttl,
             )),
             loader: verify::Loader::default(),
+            scope_names: quick_cache::sync::Cache::new(1024),
             usage: verify::UsageBuffer::default(),
             // One core stays free for everything else; 64 checks may wait, more are refused.
             argon2: argon2_pool::Argon2Pool::new(cpus.saturating_sub(1).max(1), 64),

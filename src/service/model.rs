@@ -329,7 +329,9 @@ pub struct VerifiedToken {
     pub token_id: Uuid,
     pub org_id: Uuid,
     pub permissions: u64,
-    pub scopes: Vec<String>,
+    // Shared by every token with the same permissions.
+    #[schema(value_type = Vec<String>)]
+    pub scopes: Arc<[String]>,
     /// `null` for a token that does not expire.
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(skip)]
@@ -357,7 +359,7 @@ impl VerifiedToken {
         token_id: Uuid,
         org_id: Uuid,
         permissions: u64,
-        scopes: Vec<String>,
+        scopes: Arc<[String]>,
         expires_at: Option<DateTime<Utc>>,
     ) -> Self {
         Self {

@@ -519,7 +519,7 @@ impl Authority {
                         t.id,
                         t.org_id,
                         t.permissions.bits(),
-                        self.config.scopes.names(t.permissions),
+                        self.scope_names(t.permissions),
                         t.expires_at,
                     ))
                 });
@@ -544,6 +544,16 @@ impl Authority {
         }
         m.duration.record(started.elapsed().as_secs_f64());
         Ok(res)
+    }
+
+    /// The names of `p`'s bits, shared by every cached token with the same permissions.
+    fn scope_names(&self, p: Permissions) -> Arc<[String]> {
+        if let Some(names) = self.scope_names.get(&p.bits()) {
+            return names;
+        }
+        let names: Arc<[String]> = self.config.scopes.names(p).into();
+        self.scope_names.insert(p.bits(), names.clone());
+        names
     }
 
     /// Applies a change published by another node: drops the token, or everything.
