@@ -34,6 +34,9 @@ pub struct SqliteStore {
     writer: Arc<Mutex<()>>,
     /// Token inserts go through the group commit (see [`group_commit`]).
     inserts: mpsc::Sender<PendingInsert>,
+    /// Read connections for the verify path, driven on the calling thread (see
+    /// [`SqliteStore::read_for_verify`]); empty for an in-memory database.
+    readers: Arc<Vec<std::sync::Mutex<rusqlite::Connection>>>,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -194,10 +197,27 @@ impl SqliteStore {
         let writer = Arc::new(Mutex::new(()));
         let (inserts, queued) = mpsc::channel(1024);
         tokio::spawn(group_commit(pool.clone(), writer.clone(), queued));
+        let readers = if file.as_path() == Path::new(":memory:") {
+            Vec::new()
+        } else {
+            (0..2)
+                .map(|_| {
+                    let c = rusqlite::Connection::open_with_flags(
+                        &file,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    c.busy_timeout(Duration::from_secs(10))?;
+                    Ok(std::sync::Mutex::new(c))
+                })
+                .collect::<rusqlite::Result<_>>()
+                .with_context(|| format!("opening read connections to {}", file.display()))?
+        };
         Ok(Self {
             pool,
             writer,
             inserts,
+            readers: Arc::new(readers),
         })
     }
 
@@ -299,6 +319,45 @@ async fn insert_token_row(
     .await
     .map_err(other)?;
     insert_token_rows(tx, &[t]).await
+}
+
+impl SqliteStore {
+    /// Reads the verify columns on the calling thread through a free read connection: a primary
+    /// key lookup takes microseconds, less than handing the query to sqlx's connection thread and
+    /// waking up again. `None` when every read connection is busy (the caller uses sqlx).
+    fn read_for_verify(&self, ids: &[Uuid]) -> Option<StoreResult<Vec<VerifyRecord>>> {
+        let conn = self.readers.iter().find_map(|m| m.try_lock().ok())?;
+        Some(read_verify_rows(&conn, ids).map_err(StoreError::Other))
+    }
+}
+
+fn read_verify_rows(
+    conn: &rusqlite::Connection,
+    ids: &[Uuid],
+) -> anyhow::Result<Vec<VerifyRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, org_id, kind, verifier, permissions, expires_at, \
+         revoked_at IS NOT NULL OR disabled_at IS NOT NULL FROM tokens WHERE id = ?1",
+    )?;
+    let mut out = Vec::with_capacity(ids.len());
+    let mut buf = Uuid::encode_buffer();
+    for id in ids {
+        let key: &str = id.hyphenated().encode_lower(&mut buf);
+        let mut rows = stmt.query([key])?;
+        if let Some(row) = rows.next()? {
+            let kind: i64 = row.get(2)?;
+            out.push(VerifyRecord {
+                id: parse_uuid(row.get_ref(0)?.as_str()?)?,
+                org_id: parse_uuid(row.get_ref(1)?.as_str()?)?,
+                kind: TokenKind::from_code(kind).context("unknown token kind in database")?,
+                verifier: row.get(3)?,
+                permissions: Permissions::from_bits(row.get::<_, i64>(4)? as u64),
+                expires_at: opt_from_micros(row.get(5)?)?,
+                blocked: row.get::<_, i64>(6)? != 0,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// A token insert waiting for the group commit.
@@ -472,6 +531,9 @@ impl Store for SqliteStore {
     async fn get_tokens_for_verify(&self, ids: &[Uuid]) -> StoreResult<Vec<VerifyRecord>> {
         if ids.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(found) = self.read_for_verify(ids) {
+            return found;
         }
         // One statement for any number of ids (a JSON array in one bind), so the statement
         // cache holds one plan; SQLite looks each id up in the primary key. The rows come back
@@ -755,5 +817,63 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|r| audit_from_row(r).map_err(StoreError::Other))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_every_read_connection_busy_the_verify_read_goes_through_sqlx() {
+        // Arrange: one token, and both read connections held.
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = SqliteStore::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        let org = OrgRecord {
+            id: Uuid::now_v7(),
+            name: "acme".into(),
+            created_at: at,
+            max_ttl_seconds: None,
+            default_ttl_seconds: None,
+        };
+        let id = Uuid::now_v7();
+        let token = TokenRecord {
+            id,
+            org_id: org.id,
+            name: "t".into(),
+            kind: TokenKind::Svc,
+            verifier: format!("sha256:{}", "ab".repeat(32)),
+            permissions: Permissions::from_bits(5),
+            created_at: at,
+            created_by: "bootstrap".into(),
+            expires_at: Some(at),
+            revoked_at: None,
+            last_used_at: None,
+            request_count: 0,
+            replaced_by: None,
+            metadata: None,
+            family_id: id,
+            disabled_at: None,
+            client_ips: Vec::new(),
+        };
+        store.create_org(&org, Some(&token), &[]).await.unwrap();
+        let held: Vec<_> = store.readers.iter().map(|m| m.lock().unwrap()).collect();
+
+        // Act
+        let busy = store.read_for_verify(&[id]).is_none();
+        let through_sqlx = store.get_tokens_for_verify(&[id]).await.unwrap();
+        drop(held);
+        let direct = store.read_for_verify(&[id]).unwrap().unwrap();
+
+        // Assert
+        assert!(busy);
+        assert_eq!(through_sqlx, direct);
+        assert_eq!(direct.len(), 1);
+        assert_eq!(direct[0].kind, TokenKind::Svc);
+        assert_eq!(direct[0].expires_at, Some(at));
+        assert!(!direct[0].blocked);
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use latchkey::store::{
     self, AuditListQuery, AuditRecord, ClientIp, Invalidation, OrgRecord, StateFilter, Store,
-    StoreError, TokenListQuery, TokenRecord, UsageDelta,
+    StoreError, TokenListQuery, TokenRecord, UsageDelta, VerifyRecord,
 };
 use latchkey::token::{Permissions, TokenKind};
 use serde_json::json;
@@ -115,6 +115,7 @@ on_every_backend! {
         usage_adds_up_and_keeps_the_latest_use_and_addresses,
         concurrent_usage_flushes_lose_no_counts,
         a_usage_flush_of_thousands_of_tokens_counts_each_one,
+        the_verify_read_returns_the_verify_columns_of_the_ids_that_exist,
     ],
     two_handles: [
         changes_through_one_handle_are_announced_to_the_others,
@@ -1299,4 +1300,60 @@ async fn a_usage_flush_of_thousands_of_tokens_counts_each_one(store: Arc<dyn Sto
     assert_eq!((first.request_count, second.request_count), (2, 3));
     assert_eq!(first.client_ips, [ip("192.0.2.1", 6)]);
     assert_eq!(second.last_used_at, Some(at(7)));
+}
+
+async fn the_verify_read_returns_the_verify_columns_of_the_ids_that_exist(store: Arc<dyn Store>) {
+    // Arrange: a live token with an expiry, a revoked one, a disabled service token.
+    let org = org_in(&store, "acme").await;
+    let mut live = new_token(&org, "live");
+    live.expires_at = Some(at(500));
+    let live = inserted(&store, live).await;
+    let revoked = inserted(&store, new_token(&org, "revoked")).await;
+    store
+        .revoke_token(
+            revoked.id,
+            at(2),
+            &event(&org, "token_revoked", Some(revoked.id), at(2)),
+        )
+        .await
+        .unwrap();
+    let mut disabled = new_token(&org, "disabled");
+    disabled.kind = TokenKind::Svc;
+    let disabled = inserted(&store, disabled).await;
+    store
+        .set_disabled(
+            disabled.id,
+            Some(at(3)),
+            &event(&org, "token_disabled", Some(disabled.id), at(3)),
+        )
+        .await
+        .unwrap();
+
+    // Act
+    let mut rows = store
+        .get_tokens_for_verify(&[Uuid::now_v7(), disabled.id, live.id, revoked.id])
+        .await
+        .unwrap();
+    let none = store.get_tokens_for_verify(&[]).await.unwrap();
+
+    // Assert
+    rows.sort_by_key(|r| r.id);
+    let expect = |t: &TokenRecord, blocked: bool| VerifyRecord {
+        id: t.id,
+        org_id: t.org_id,
+        kind: t.kind,
+        verifier: t.verifier.clone(),
+        permissions: t.permissions,
+        expires_at: t.expires_at,
+        blocked,
+    };
+    assert_eq!(
+        rows,
+        [
+            expect(&live, false),
+            expect(&revoked, true),
+            expect(&disabled, true)
+        ]
+    );
+    assert!(none.is_empty());
 }
