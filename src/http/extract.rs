@@ -3,12 +3,11 @@
 
 use std::net::SocketAddr;
 
-use axum::body::{Bytes, HttpBody};
+use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use bytes::BytesMut;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
@@ -35,37 +34,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
-/// The whole body, at most `limit` bytes. A body that arrives in one frame (every small request
-/// does) is handed over as it is, without a copy.
+/// The whole body, at most `limit` bytes (a body of one frame is handed over without a copy).
 async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Error> {
-    let too_large = |n: u64| n > limit as u64;
-    if too_large(body.size_hint().lower()) {
-        return Err(Error::PayloadTooLarge);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(Error::PayloadTooLarge),
+        Err(_) => Err(Error::invalid("the request body could not be read")),
     }
-    let unreadable = |_| Error::invalid("the request body could not be read");
-    let mut body = Limited::new(body, limit);
-    let mut whole: Option<Bytes> = None;
-    let mut more = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            if e.is::<LengthLimitError>() {
-                Error::PayloadTooLarge
-            } else {
-                unreadable(e)
-            }
-        })?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
-        };
-        match whole.take() {
-            None if more.is_empty() => whole = Some(data),
-            first => {
-                more.extend_from_slice(&first.unwrap_or_default());
-                more.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok(whole.unwrap_or_else(|| more.freeze()))
 }
 
 /// `application/json` or `application/<anything>+json`, with any parameters.

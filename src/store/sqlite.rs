@@ -225,13 +225,13 @@ impl SqliteStore {
     /// (after commit), so no write path can take one without the other.
     async fn write_tx(&self) -> StoreResult<(OwnedMutexGuard<()>, Transaction<'static, Sqlite>)> {
         let guard = self.writer.clone().lock_owned().await;
-        let tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(other)?;
-        Ok((guard, tx))
+        Ok((guard, begin_immediate(&self.pool).await?))
     }
+}
+
+/// A write transaction; the caller holds the writer lock.
+async fn begin_immediate(pool: &SqlitePool) -> StoreResult<Transaction<'static, Sqlite>> {
+    pool.begin_with("BEGIN IMMEDIATE").await.map_err(other)
 }
 
 async fn insert_events(
@@ -331,30 +331,53 @@ impl SqliteStore {
     }
 }
 
+/// The columns of a [`VerifyRecord`], selected by both verify read paths.
+const VERIFY_COLUMNS: &str = "id, org_id, kind, verifier, permissions, expires_at, \
+     revoked_at IS NOT NULL OR disabled_at IS NOT NULL AS blocked";
+
+/// A [`VerifyRecord`] from the columns of [`VERIFY_COLUMNS`], in order.
+fn verify_record(
+    id: &str,
+    org_id: &str,
+    kind: i64,
+    verifier: String,
+    permissions: i64,
+    expires_at: Option<i64>,
+    blocked: bool,
+) -> anyhow::Result<VerifyRecord> {
+    Ok(VerifyRecord {
+        id: parse_uuid(id)?,
+        org_id: parse_uuid(org_id)?,
+        kind: TokenKind::from_code(kind).context("unknown token kind in database")?,
+        verifier,
+        permissions: Permissions::from_bits(permissions as u64),
+        expires_at: opt_from_micros(expires_at)?,
+        blocked,
+    })
+}
+
 fn read_verify_rows(
     conn: &rusqlite::Connection,
     ids: &[Uuid],
 ) -> anyhow::Result<Vec<VerifyRecord>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, org_id, kind, verifier, permissions, expires_at, \
-         revoked_at IS NOT NULL OR disabled_at IS NOT NULL FROM tokens WHERE id = ?1",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {VERIFY_COLUMNS} FROM tokens WHERE id = ?1"
+    ))?;
     let mut out = Vec::with_capacity(ids.len());
     let mut buf = Uuid::encode_buffer();
     for id in ids {
         let key: &str = id.hyphenated().encode_lower(&mut buf);
         let mut rows = stmt.query([key])?;
         if let Some(row) = rows.next()? {
-            let kind: i64 = row.get(2)?;
-            out.push(VerifyRecord {
-                id: parse_uuid(row.get_ref(0)?.as_str()?)?,
-                org_id: parse_uuid(row.get_ref(1)?.as_str()?)?,
-                kind: TokenKind::from_code(kind).context("unknown token kind in database")?,
-                verifier: row.get(3)?,
-                permissions: Permissions::from_bits(row.get::<_, i64>(4)? as u64),
-                expires_at: opt_from_micros(row.get(5)?)?,
-                blocked: row.get::<_, i64>(6)? != 0,
-            });
+            out.push(verify_record(
+                row.get_ref(0)?.as_str()?,
+                row.get_ref(1)?.as_str()?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+                row.get(6)?,
+            )?);
         }
     }
     Ok(out)
@@ -401,7 +424,7 @@ async fn group_commit(
 }
 
 async fn insert_batch(pool: &SqlitePool, batch: &[PendingInsert]) -> StoreResult<()> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(other)?;
+    let mut tx = begin_immediate(pool).await?;
     let tokens: Vec<&TokenRecord> = batch.iter().map(|p| &p.token).collect();
     insert_token_rows(&mut tx, &tokens).await?;
     let events: Vec<AuditRecord> = batch
@@ -418,7 +441,7 @@ async fn insert_one(
     events: &[AuditRecord],
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(other)?;
+    let mut tx = begin_immediate(pool).await?;
     insert_token_row(&mut tx, token, now).await?;
     insert_events(&mut tx, events).await?;
     tx.commit().await.map_err(other)
@@ -535,42 +558,28 @@ impl Store for SqliteStore {
         if let Some(found) = self.read_for_verify(ids) {
             return found;
         }
-        // One statement for any number of ids (a JSON array in one bind), so the statement
-        // cache holds one plan; SQLite looks each id up in the primary key. The rows come back
-        // as one JSON array in one row: sqlx hands every row over from its connection thread
-        // separately, and on a busy machine each handover costs more than the lookup.
+        // Every read connection busy (or an in-memory database): the same read through sqlx,
+        // all ids in one statement (a JSON array in one bind).
         let list = to_json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
-        let row = sqlx::query(
-            "SELECT json_group_array(json_array(id, org_id, kind, verifier, permissions, \
-             expires_at, revoked_at IS NOT NULL OR disabled_at IS NOT NULL)) \
-             FROM tokens WHERE id IN (SELECT value FROM json_each(?))",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {VERIFY_COLUMNS} FROM tokens WHERE id IN (SELECT value FROM json_each(?))"
+        )))
         .bind(list)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(other)?;
-        // SQLite's JSON has no booleans: `blocked` is 0 or 1.
-        type Found<'a> = (&'a str, &'a str, i64, String, i64, Option<i64>, i64);
-        let json: &str = row.try_get(0).map_err(other)?;
-        let found: Vec<Found<'_>> = serde_json::from_str(json)
-            .context("malformed verify rows")
-            .map_err(StoreError::Other)?;
-        found
-            .into_iter()
-            .map(
-                |(id, org_id, kind, verifier, permissions, expires_at, blocked)| {
-                    Ok(VerifyRecord {
-                        id: parse_uuid(id)?,
-                        org_id: parse_uuid(org_id)?,
-                        kind: TokenKind::from_code(kind)
-                            .context("unknown token kind in database")?,
-                        verifier,
-                        permissions: Permissions::from_bits(permissions as u64),
-                        expires_at: opt_from_micros(expires_at)?,
-                        blocked: blocked != 0,
-                    })
-                },
-            )
+        rows.iter()
+            .map(|row| {
+                verify_record(
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                    row.try_get(4)?,
+                    row.try_get(5)?,
+                    row.try_get(6)?,
+                )
+            })
             .collect::<anyhow::Result<_>>()
             .map_err(StoreError::Other)
     }
