@@ -240,8 +240,8 @@ async fn insert_via_store(
 }
 
 /// `--method sql`: the rows `SqliteStore::insert_token` writes (a live token: `live_name` is
-/// its name; timestamps in microseconds; `client_ips` `[]`), as multi-row inserts in one
-/// transaction.
+/// its name; timestamps in microseconds; no usage yet, so no `token_usage` row), as multi-row
+/// inserts in one transaction.
 async fn insert_via_sql(
     pool: &sqlx::SqlitePool,
     batch: &[(TokenRecord, AuditRecord)],
@@ -251,8 +251,8 @@ async fn insert_via_sql(
     for chunk in batch.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, \
-             created_at, created_by, expires_at, revoked_at, last_used_at, request_count, \
-             replaced_by, metadata, family_id, disabled_at, client_ips) ",
+             created_at, created_by, expires_at, revoked_at, replaced_by, metadata, family_id, \
+             disabled_at) ",
         );
         q.push_values(chunk, |mut b, (t, _)| {
             b.push_bind(t.id.to_string())
@@ -266,13 +266,10 @@ async fn insert_via_sql(
                 .push_bind(t.created_by.clone())
                 .push_bind(None::<i64>)
                 .push_bind(None::<i64>)
-                .push_bind(None::<i64>)
-                .push_bind(0i64)
                 .push_bind(None::<String>)
                 .push_bind(None::<String>)
                 .push_bind(t.family_id.to_string())
-                .push_bind(None::<i64>)
-                .push_bind("[]");
+                .push_bind(None::<i64>);
         });
         q.build().execute(&mut *tx).await?;
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(

@@ -153,7 +153,7 @@ pub struct Authority {
     loader: verify::Loader,
     /// Scope names by permission bits, for verify answers.
     scope_names: quick_cache::sync::Cache<u64, Arc<[String]>>,
-    usage: verify::UsageBuffer,
+    usage: Arc<verify::UsageBuffer>,
     argon2: argon2_pool::Argon2Pool,
     limits: ratelimit::RateLimits,
     verify_metrics: verify::VerifyMetrics,
@@ -169,7 +169,7 @@ impl Authority {
             )),
             loader: verify::Loader::default(),
             scope_names: quick_cache::sync::Cache::new(1024),
-            usage: verify::UsageBuffer::default(),
+            usage: Arc::default(),
             // One core stays free for everything else; 64 checks may wait, more are refused.
             argon2: argon2_pool::Argon2Pool::new(cpus.saturating_sub(1).max(1), 64),
             limits: ratelimit::RateLimits::new(&config.rate_limits),

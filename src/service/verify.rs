@@ -164,6 +164,10 @@ impl UsageBuffer {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
     fn take(&self) -> Vec<UsageDelta> {
         let map = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
         map.into_iter()
@@ -188,7 +192,7 @@ impl UsageBuffer {
             .collect()
     }
 
-    fn put_back(&self, batch: Vec<UsageDelta>) {
+    fn put_back(&self, batch: &[UsageDelta]) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for u in batch {
             let ips: Vec<(IpAddr, DateTime<Utc>)> = u
@@ -570,12 +574,37 @@ impl Authority {
     /// # Errors
     /// The store's error.
     pub async fn flush_usage(&self) -> Result<usize> {
-        let batch = self.usage.take();
-        let n = batch.len();
-        if let Err(e) = self.store.add_usage(&batch).await {
-            self.usage.put_back(batch);
-            return Err(e.into());
+        if self.usage.is_empty() {
+            return Ok(0);
         }
+        // A flush can carry tens of thousands of tokens. Building the batch and freeing it take
+        // milliseconds, which on a request thread would stall every request queued behind them.
+        let usage = self.usage.clone();
+        let batch: Arc<[UsageDelta]> = off_request_threads(move || usage.take().into()).await?;
+        let n = batch.len();
+        let started = std::time::Instant::now();
+        let written = self.store.add_usage(batch.clone()).await;
+        let elapsed = started.elapsed();
+        let usage = self.usage.clone();
+        let failed = written.is_err();
+        off_request_threads(move || {
+            if failed {
+                usage.put_back(&batch);
+            }
+        })
+        .await?;
+        written?;
+        metrics::histogram!("latchkey_usage_flush_seconds").record(elapsed);
+        metrics::histogram!("latchkey_usage_flush_tokens").record(n as f64);
         Ok(n)
     }
+}
+
+/// Runs `f` on the blocking pool.
+async fn off_request_threads<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(e.into()))
 }

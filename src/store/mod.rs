@@ -245,8 +245,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
 
     /// Adds usage counts atomically (`request_count = request_count + n`), keeping the latest
-    /// `last_used_at` and merging client addresses with [`merge_client_ips`].
-    async fn add_usage(&self, batch: &[UsageDelta]) -> StoreResult<()>;
+    /// `last_used_at` and merging client addresses with [`merge_client_ips`]. Usage of a token
+    /// that is gone is skipped. The batch is shared so that a store may write it on another
+    /// thread without copying it.
+    async fn add_usage(&self, batch: Arc<[UsageDelta]>) -> StoreResult<()>;
 
     /// Updates an org's lifetime policy and writes `event`, in one transaction.
     async fn update_org(&self, org: &OrgRecord, event: &AuditRecord) -> StoreResult<()>;

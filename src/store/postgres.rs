@@ -14,6 +14,7 @@
 //!   back. [`Store::invalidations`] listens on a dedicated connection.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -490,11 +491,11 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
-    async fn add_usage(&self, batch: &[UsageDelta]) -> StoreResult<()> {
+    async fn add_usage(&self, batch: Arc<[UsageDelta]>) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut deltas = combine_usage(batch);
+        let mut deltas = combine_usage(&batch);
         let ids: Vec<Uuid> = deltas.keys().copied().collect();
         let mut tx = self.begin().await?;
         // Lock the rows (in id order) so the client address merge reads what it overwrites; the

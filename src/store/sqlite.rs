@@ -2,15 +2,14 @@
 //! Every write transaction starts with `BEGIN IMMEDIATE`, so concurrent writers queue on the
 //! busy timeout instead of failing to upgrade a read lock.
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use rusqlite::OptionalExtension;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -21,7 +20,7 @@ use uuid::Uuid;
 
 use super::{
     AuditListQuery, AuditRecord, ClientIp, OrgRecord, StateFilter, Store, StoreError, StoreResult,
-    TokenListQuery, TokenRecord, UsageDelta, VerifyRecord, combine_usage, merge_client_ips,
+    TokenListQuery, TokenRecord, UsageDelta, VerifyRecord, merge_client_ips,
 };
 use crate::token::{Permissions, TokenKind};
 
@@ -35,8 +34,10 @@ pub struct SqliteStore {
     /// Token inserts go through the group commit (see [`group_commit`]).
     inserts: mpsc::Sender<PendingInsert>,
     /// Read connections for the verify path, driven on the calling thread (see
-    /// [`SqliteStore::read_for_verify`]); empty for an in-memory database.
+    /// [`SqliteStore::read_for_verify`]).
     readers: Arc<Vec<std::sync::Mutex<rusqlite::Connection>>>,
+    /// The connection of the usage flush, driven on a blocking thread (see [`write_usage`]).
+    usage: Arc<std::sync::Mutex<rusqlite::Connection>>,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -63,9 +64,12 @@ fn other(e: sqlx::Error) -> StoreError {
     StoreError::Other(anyhow::Error::new(e))
 }
 
+/// A token's columns, selected `FROM` [`TOKEN_ROWS`]: usage comes from `token_usage`.
 const TOKEN_COLUMNS: &str = "id, org_id, name, kind, verifier, permissions, created_at, created_by, \
-     expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, family_id, \
-     disabled_at, client_ips";
+     expires_at, revoked_at, u.last_used_at, COALESCE(u.request_count, 0) AS request_count, \
+     replaced_by, metadata, family_id, disabled_at, COALESCE(u.client_ips, '[]') AS client_ips";
+
+const TOKEN_ROWS: &str = "tokens LEFT JOIN token_usage u ON u.token_id = tokens.id";
 
 const ORG_COLUMNS: &str = "id, name, created_at, max_ttl_seconds, default_ttl_seconds";
 
@@ -99,10 +103,6 @@ fn stored_ips(ips: &[ClientIp]) -> Vec<StoredIp> {
             last_seen_at: micros(i.last_seen_at),
         })
         .collect()
-}
-
-fn ips_to_json(ips: &[ClientIp]) -> String {
-    serde_json::to_string(&stored_ips(ips)).unwrap_or_else(|_| "[]".into())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
@@ -168,8 +168,16 @@ impl SqliteStore {
     /// Opens (creating if missing, with its parent folder) and migrates the database at `url`.
     ///
     /// # Errors
-    /// A malformed URL, a folder or file that cannot be created, or a failed migration.
+    /// A malformed URL, an in-memory database (`sqlite::memory:`: every token would be lost when
+    /// the server stops, and the verify reads and the usage flush open the file themselves), a
+    /// folder or file that cannot be created, or a failed migration.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            anyhow::bail!(
+                "in-memory SQLite databases are not supported: give a file, such as \
+                 sqlite://latchkey-data/latchkey.db (created if missing)"
+            );
+        }
         let opts = SqliteConnectOptions::from_str(url)
             .with_context(|| "malformed sqlite database URL")?
             .create_if_missing(true)
@@ -179,7 +187,6 @@ impl SqliteStore {
             .foreign_keys(true);
         let file = opts.get_filename().to_path_buf();
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
-            && file.as_path() != Path::new(":memory:")
             && !dir.exists()
         {
             std::fs::create_dir_all(dir)
@@ -197,27 +204,32 @@ impl SqliteStore {
         let writer = Arc::new(Mutex::new(()));
         let (inserts, queued) = mpsc::channel(1024);
         tokio::spawn(group_commit(pool.clone(), writer.clone(), queued));
-        let readers = if file.as_path() == Path::new(":memory:") {
-            Vec::new()
-        } else {
-            (0..2)
-                .map(|_| {
-                    let c = rusqlite::Connection::open_with_flags(
-                        &file,
-                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?;
-                    c.busy_timeout(Duration::from_secs(10))?;
-                    Ok(std::sync::Mutex::new(c))
-                })
-                .collect::<rusqlite::Result<_>>()
-                .with_context(|| format!("opening read connections to {}", file.display()))?
+        let open = |mode: rusqlite::OpenFlags| {
+            let c = rusqlite::Connection::open_with_flags(
+                &file,
+                mode | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            c.busy_timeout(Duration::from_secs(10))?;
+            rusqlite::Result::Ok(std::sync::Mutex::new(c))
         };
+        let readers = (0..2)
+            .map(|_| open(rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY))
+            .collect::<rusqlite::Result<_>>()
+            .with_context(|| format!("opening read connections to {}", file.display()))?;
+        let usage = open(rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .and_then(|c| {
+                c.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pragma_update(None, "synchronous", "NORMAL")?;
+                Ok(c)
+            })
+            .with_context(|| format!("opening the usage connection to {}", file.display()))?;
         Ok(Self {
             pool,
             writer,
             inserts,
             readers: Arc::new(readers),
+            usage: Arc::new(usage),
         })
     }
 
@@ -258,15 +270,15 @@ async fn insert_events(
 }
 
 /// Inserts `tokens` in one statement. A live name that is taken fails the whole statement with a
-/// conflict; expired holders of a name are not released here (see [`insert_token_row`]).
+/// conflict; expired holders of a name are not released here (see [`insert_token_row`]). Usage
+/// fields go to `token_usage`, for the rare record that carries any (a new token has none).
 async fn insert_token_rows(
     tx: &mut Transaction<'_, Sqlite>,
     tokens: &[&TokenRecord],
 ) -> StoreResult<()> {
     let mut q = QueryBuilder::<Sqlite>::new(
         "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
-         created_by, expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, \
-         family_id, disabled_at, client_ips) ",
+         created_by, expires_at, revoked_at, replaced_by, metadata, family_id, disabled_at) ",
     );
     q.push_values(tokens, |mut b, t| {
         let live = t.revoked_at.is_none() && t.replaced_by.is_none();
@@ -281,25 +293,41 @@ async fn insert_token_rows(
             .push_bind(t.created_by.clone())
             .push_bind(opt_micros(t.expires_at))
             .push_bind(opt_micros(t.revoked_at))
-            .push_bind(opt_micros(t.last_used_at))
-            .push_bind(t.request_count)
             .push_bind(t.replaced_by.map(|u| u.to_string()))
             .push_bind(t.metadata.as_ref().map(|m| m.to_string()))
             .push_bind(t.family_id.to_string())
-            .push_bind(opt_micros(t.disabled_at))
-            .push_bind(ips_to_json(&t.client_ips));
+            .push_bind(opt_micros(t.disabled_at));
     });
     match q.build().execute(&mut **tx).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
             let names: Vec<&str> = tokens.iter().map(|t| t.name.as_str()).collect();
-            Err(StoreError::Conflict(match names.as_slice() {
+            return Err(StoreError::Conflict(match names.as_slice() {
                 [one] => format!("a live token named {one:?} already exists in this org"),
                 _ => "a live token name in this batch is taken".to_string(),
-            }))
+            }));
         }
-        Err(e) => Err(other(e)),
+        Err(e) => return Err(other(e)),
     }
+    let used = tokens
+        .iter()
+        .filter(|t| t.request_count != 0 || t.last_used_at.is_some() || !t.client_ips.is_empty())
+        .map(|t| Ok((t, to_json(&stored_ips(&t.client_ips))?)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    if used.is_empty() {
+        return Ok(());
+    }
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO token_usage (token_id, request_count, last_used_at, client_ips) ",
+    );
+    q.push_values(used, |mut b, (t, ips)| {
+        b.push_bind(t.id.to_string())
+            .push_bind(t.request_count)
+            .push_bind(opt_micros(t.last_used_at))
+            .push_bind(ips);
+    });
+    q.build().execute(&mut **tx).await.map_err(other)?;
+    Ok(())
 }
 
 async fn insert_token_row(
@@ -381,6 +409,48 @@ fn read_verify_rows(
         }
     }
     Ok(out)
+}
+
+/// Adds a usage batch to `token_usage` in one transaction, on the calling thread: a flush can
+/// hold tens of thousands of tokens (a verify load cycling through many), and prepared
+/// statements on a blocking thread keep that work off the threads that answer requests. The
+/// caller holds the writer lock. Usage of a token that is gone is skipped. A token twice in the
+/// batch is simply written twice: each write adds to and merges with what the previous wrote.
+fn write_usage(conn: &mut rusqlite::Connection, batch: &[UsageDelta]) -> anyhow::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut stored =
+            tx.prepare_cached("SELECT client_ips FROM token_usage WHERE token_id = ?1")?;
+        let mut exists = tx.prepare_cached("SELECT 1 FROM tokens WHERE id = ?1")?;
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO token_usage (token_id, request_count, last_used_at, client_ips) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (token_id) DO UPDATE SET \
+             request_count = request_count + excluded.request_count, \
+             last_used_at = MAX(COALESCE(last_used_at, 0), excluded.last_used_at), \
+             client_ips = excluded.client_ips",
+        )?;
+        let mut buf = Uuid::encode_buffer();
+        for u in batch {
+            let key: &str = u.token_id.hyphenated().encode_lower(&mut buf);
+            let mut ips = match stored
+                .query_row([key], |r| r.get::<_, String>(0))
+                .optional()?
+            {
+                Some(json) => ips_from_json(&json)?,
+                None if exists.exists([key])? => Vec::new(),
+                None => continue,
+            };
+            merge_client_ips(&mut ips, &u.ips);
+            upsert.execute(rusqlite::params![
+                key,
+                u.count,
+                micros(u.last_used_at),
+                serde_json::to_string(&stored_ips(&ips))?,
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// A token insert waiting for the group commit.
@@ -542,7 +612,7 @@ impl Store for SqliteStore {
 
     async fn get_token(&self, id: Uuid) -> StoreResult<Option<TokenRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?"
+            "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE id = ?"
         )))
         .bind(id.to_string())
         .fetch_optional(&self.pool)
@@ -558,7 +628,7 @@ impl Store for SqliteStore {
         if let Some(found) = self.read_for_verify(ids) {
             return found;
         }
-        // Every read connection busy (or an in-memory database): the same read through sqlx,
+        // Every read connection busy: the same read through sqlx,
         // all ids in one statement (a JSON array in one bind).
         let list = to_json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -588,7 +658,7 @@ impl Store for SqliteStore {
         // Only the filters that are present go into the SQL, so SQLite can pick
         // tokens_org_creator or tokens_org_id and seek straight to the cursor.
         let mut qb = sqlx::QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE org_id = "
+            "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE org_id = "
         ));
         qb.push_bind(q.org_id.to_string());
         if let Some(creator) = &q.created_by {
@@ -651,56 +721,22 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    async fn add_usage(&self, batch: &[UsageDelta]) -> StoreResult<()> {
+    async fn add_usage(&self, batch: Arc<[UsageDelta]>) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        // A flush can hold tens of thousands of tokens (a verify load cycling through many):
-        // two statements per chunk, with the rows passed as one JSON array, instead of two
-        // statements per token.
-        const CHUNK: usize = 1_000;
-        let batch: Vec<UsageDelta> = combine_usage(batch).into_values().collect();
-        let (_writer, mut tx) = self.write_tx().await?;
-        for chunk in batch.chunks(CHUNK) {
-            let ids: Vec<String> = chunk.iter().map(|u| u.token_id.to_string()).collect();
-            let rows = sqlx::query(
-                "SELECT id, client_ips FROM tokens WHERE id IN (SELECT value FROM json_each(?))",
+        let writer = self.writer.clone().lock_owned().await;
+        let conn = self.usage.clone();
+        tokio::task::spawn_blocking(move || {
+            let _writer = writer;
+            write_usage(
+                &mut conn.lock().unwrap_or_else(PoisonError::into_inner),
+                &batch,
             )
-            .bind(to_json(&ids)?)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(other)?;
-            let mut known: HashMap<&str, &str> = HashMap::with_capacity(rows.len());
-            for row in &rows {
-                known.insert(
-                    row.try_get::<&str, _>(0).map_err(other)?,
-                    row.try_get::<&str, _>(1).map_err(other)?,
-                );
-            }
-            let mut updates: Vec<(&str, i64, i64, Vec<StoredIp>)> = Vec::with_capacity(rows.len());
-            for (u, id) in chunk.iter().zip(&ids) {
-                // Deleted meanwhile: nothing to count.
-                let Some(stored) = known.get(id.as_str()) else {
-                    continue;
-                };
-                let mut ips = ips_from_json(stored)?;
-                merge_client_ips(&mut ips, &u.ips);
-                updates.push((id, u.count, micros(u.last_used_at), stored_ips(&ips)));
-            }
-            sqlx::query(
-                "WITH d (id, n, last_used_at, ips) AS (SELECT json_extract(value, '$[0]'), \
-                 json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
-                 json_extract(value, '$[3]') FROM json_each(?)) \
-                 UPDATE tokens SET request_count = request_count + d.n, \
-                 last_used_at = MAX(COALESCE(tokens.last_used_at, 0), d.last_used_at), \
-                 client_ips = d.ips FROM d WHERE tokens.id = d.id",
-            )
-            .bind(to_json(&updates)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(other)?;
-        }
-        tx.commit().await.map_err(other)
+        })
+        .await
+        .map_err(|e| StoreError::Other(e.into()))?
+        .map_err(StoreError::Other)
     }
 
     async fn update_org(&self, org: &OrgRecord, event: &AuditRecord) -> StoreResult<()> {
@@ -884,5 +920,87 @@ mod tests {
         assert_eq!(direct[0].kind, TokenKind::Svc);
         assert_eq!(direct[0].expires_at, Some(at));
         assert!(!direct[0].blocked);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_the_usage_table_keeps_its_usage_after_the_upgrade() {
+        // Arrange: the first schema, with a used token and an unused one.
+        let dir = tempfile::TempDir::new().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let pool = SqlitePool::connect_with(
+            SqliteConnectOptions::from_str(&url)
+                .unwrap()
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        sqlx::migrate!("./migrations/sqlite")
+            .run_to(1, &pool)
+            .await
+            .unwrap();
+        let (org, used, unused) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES (?, 'acme', 1)")
+            .bind(org.to_string())
+            .execute(&pool)
+            .await
+            .unwrap();
+        for (id, count, last, ips) in [
+            (
+                used,
+                7,
+                Some(1_767_225_600_000_000_i64),
+                r#"[{"ip":"192.0.2.1","last_seen_at":1767225600000000}]"#,
+            ),
+            (unused, 0, None, "[]"),
+        ] {
+            sqlx::query(
+                "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, \
+                 created_at, created_by, last_used_at, request_count, family_id, client_ips) \
+                 VALUES (?, ?, ?, ?, 1, 'sha256:00', 0, 1, 'bootstrap', ?, ?, ?, ?)",
+            )
+            .bind(id.to_string())
+            .bind(org.to_string())
+            .bind(id.to_string())
+            .bind(id.to_string())
+            .bind(last)
+            .bind(count)
+            .bind(id.to_string())
+            .bind(ips)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        // Act
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let used = store.get_token(used).await.unwrap().unwrap();
+        let unused = store.get_token(unused).await.unwrap().unwrap();
+
+        // Assert
+        assert_eq!(used.request_count, 7);
+        assert_eq!(
+            used.last_used_at,
+            DateTime::from_timestamp(1_767_225_600, 0)
+        );
+        assert_eq!(used.client_ips.len(), 1);
+        assert_eq!(used.client_ips[0].ip, "192.0.2.1");
+        assert_eq!((unused.request_count, unused.last_used_at), (0, None));
+        assert!(unused.client_ips.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_database_is_refused_with_a_clear_error() {
+        for url in ["sqlite::memory:", "sqlite://file:x?mode=memory"] {
+            // Act
+            let err = SqliteStore::connect(url).await.err().expect(url);
+
+            // Assert
+            assert!(
+                err.to_string()
+                    .contains("in-memory SQLite databases are not supported"),
+                "{err}"
+            );
+        }
     }
 }

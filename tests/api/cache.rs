@@ -83,7 +83,7 @@ impl Store for SpyStore {
     ) -> StoreResult<bool> {
         self.inner.revoke_token(id, now, e).await
     }
-    async fn add_usage(&self, batch: &[UsageDelta]) -> StoreResult<()> {
+    async fn add_usage(&self, batch: Arc<[UsageDelta]>) -> StoreResult<()> {
         self.inner.add_usage(batch).await
     }
     async fn update_org(&self, org: &OrgRecord, e: &AuditRecord) -> StoreResult<()> {

@@ -343,7 +343,7 @@ async fn timestamps_keep_microseconds_and_drop_nanoseconds(store: Arc<dyn Store>
         .await
         .unwrap();
     store
-        .add_usage(&[UsageDelta {
+        .add_usage(Arc::from([UsageDelta {
             token_id: token.id,
             count: 1,
             last_used_at: at(2) + nanos,
@@ -351,7 +351,7 @@ async fn timestamps_keep_microseconds_and_drop_nanoseconds(store: Arc<dyn Store>
                 ip: "192.0.2.1".into(),
                 last_seen_at: at(2) + nanos,
             }],
-        }])
+        }]))
         .await
         .unwrap();
     let read = get(&store, token.id).await;
@@ -988,25 +988,30 @@ async fn usage_adds_up_and_keeps_the_latest_use_and_addresses(store: Arc<dyn Sto
     let idle = inserted(&store, new_token(&org, "idle")).await;
 
     // Act
-    store.add_usage(&[]).await.unwrap();
+    store.add_usage(Arc::from([])).await.unwrap();
     store
-        .add_usage(&[usage(token.id, 3, 10, vec![ip("192.0.2.1", 10)])])
+        .add_usage(Arc::from([usage(
+            token.id,
+            3,
+            10,
+            vec![ip("192.0.2.1", 10)],
+        )]))
         .await
         .unwrap();
     store
-        .add_usage(&[
+        .add_usage(Arc::from([
             // Older than what is stored: the count adds up, the times do not go back.
             usage(token.id, 2, 5, vec![ip("192.0.2.2", 5), ip("192.0.2.1", 4)]),
             // A token that is gone: skipped, the rest still counts.
             usage(Uuid::now_v7(), 9, 5, vec![]),
             // The same token twice in one batch: both count.
             usage(token.id, 1, 8, vec![]),
-        ])
+        ]))
         .await
         .unwrap();
     let after_merge = get(&store, token.id).await;
     store
-        .add_usage(&[usage(
+        .add_usage(Arc::from([usage(
             token.id,
             4,
             20,
@@ -1017,7 +1022,7 @@ async fn usage_adds_up_and_keeps_the_latest_use_and_addresses(store: Arc<dyn Sto
                 ip("198.51.100.4", 12),
                 ip("198.51.100.5", 1),
             ],
-        )])
+        )]))
         .await
         .unwrap();
     let after_overflow = get(&store, token.id).await;
@@ -1062,10 +1067,10 @@ async fn concurrent_usage_flushes_lose_no_counts(store: Arc<dyn Store>) {
             };
             tokio::spawn(async move {
                 store
-                    .add_usage(&[
+                    .add_usage(Arc::from([
                         usage(x, 1, i, vec![ip(&format!("10.0.0.{i}"), i)]),
                         usage(y, 2, i, vec![]),
-                    ])
+                    ]))
                     .await
             })
         })
@@ -1160,7 +1165,7 @@ async fn changes_through_one_handle_are_announced_to_the_others(
     );
 
     writer
-        .add_usage(&[usage(t[5].id, 1, 9, vec![])])
+        .add_usage(Arc::from([usage(t[5].id, 1, 9, vec![])]))
         .await
         .unwrap();
     writer.revoke_token(t[5].id, at(10), &e(10)).await.unwrap();
@@ -1292,7 +1297,7 @@ async fn a_usage_flush_of_thousands_of_tokens_counts_each_one(store: Arc<dyn Sto
     batch.push(usage(second.id, 3, 7, vec![]));
 
     // Act
-    store.add_usage(&batch).await.unwrap();
+    store.add_usage(batch.into()).await.unwrap();
 
     // Assert
     let first = get(&store, first.id).await;
