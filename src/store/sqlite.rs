@@ -993,7 +993,9 @@ mod tests {
     async fn an_in_memory_database_is_refused_with_a_clear_error() {
         for url in ["sqlite::memory:", "sqlite://file:x?mode=memory"] {
             // Act
-            let err = SqliteStore::connect(url).await.err().expect(url);
+            let Err(err) = SqliteStore::connect(url).await else {
+                panic!("{url} was accepted");
+            };
 
             // Assert
             assert!(
