@@ -1,6 +1,7 @@
 //! The benchmark baseline: Latchkey's HTTP and gRPC stack doing no work.
 //!
-//! The same runtime (`#[tokio::main]`: multi-threaded, one worker per core), the same serving
+//! The same runtime (`#[tokio::main]`: multi-threaded, one worker per core; the same global
+//! allocator, mimalloc), the same serving
 //! loop (`latchkey::server::serve`: hyper-util HTTP/1.1 + HTTP/2, header timeout, connection
 //! bound, the default `ServerLimits`), the same one-port dispatch on the `application/grpc`
 //! content type (`latchkey::server::one_port`), and the tonic-generated `AuthService` server
@@ -179,6 +180,10 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+// The server's allocator, so the ratio does not count a different allocator as verify cost.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
