@@ -87,10 +87,19 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiter<K, C> {
 /// its attempts that would cost a database lookup or a hash are refused until the next cell.
 /// Cheap verifications (cache hits) never consult it, so an API behind one shared gateway
 /// address is not locked out by someone else's garbage.
+///
+/// A client that ran out stays on probation for [`PROBATION`] after its block ends: each costly
+/// attempt then takes a cell before it runs. Otherwise every connection of an attacker would
+/// start an Argon2id check the moment the block ends, before the first failure blocks it again
+/// (32 connections: 32 checks a second instead of one).
 pub struct FailureLimiter<C: Clock = DefaultClock> {
     limiter: Limiter<IpAddr, C>,
     blocked: quick_cache::sync::Cache<IpAddr, C::Instant>,
 }
+
+/// How long a client stays on probation after its block ends: the time a per-minute quota takes
+/// to refill.
+const PROBATION: Duration = Duration::from_secs(60);
 
 impl<C: Clock + Clone> FailureLimiter<C>
 where
@@ -115,13 +124,22 @@ where
     /// # Errors
     /// `Error::RateLimited` while the client is out of cells.
     pub fn allow_costly(&self, ip: IpAddr) -> Result<(), Error> {
-        let Some(until) = self.blocked.get(&ip) else {
+        let Some(mut until) = self.blocked.get(&ip) else {
             return Ok(());
         };
         let now = self.limiter.clock.now();
         if until <= now {
-            self.blocked.remove(&ip);
-            return Ok(());
+            if Duration::from(now.duration_since(until)) >= PROBATION {
+                self.blocked.remove(&ip);
+                return Ok(());
+            }
+            match self.limiter.inner.check_key(&ip) {
+                Ok(()) => return Ok(()),
+                Err(not_until) => {
+                    until = not_until.earliest_possible();
+                    self.blocked.insert(ip, until);
+                }
+            }
         }
         metrics::counter!("latchkey_rate_limited_total", "limit" => "failed_verify").increment(1);
         let wait: Duration = until.duration_since(now).into();
@@ -273,5 +291,31 @@ mod tests {
         assert!(f.allow_costly(ip(2)).is_ok());
         clock.advance(Duration::from_secs(20));
         assert!(f.allow_costly(ip(1)).is_ok());
+    }
+
+    #[test]
+    fn after_a_block_ends_concurrent_costly_attempts_of_that_client_take_a_cell_each() {
+        // Arrange: a client out of cells, its block just over.
+        let clock = FakeRelativeClock::default();
+        let f = FailureLimiter::new(3, clock.clone()).unwrap();
+        for _ in 0..4 {
+            f.failed(ip(1));
+        }
+        clock.advance(Duration::from_secs(20));
+
+        // Act: five attempts at once, before any of them has failed.
+        let allowed = (0..5).filter(|_| f.allow_costly(ip(1)).is_ok()).count();
+        clock.advance(Duration::from_secs(20));
+        let next_cell = f.allow_costly(ip(1));
+        clock.advance(PROBATION * 2);
+        let after_probation = (0..5).filter(|_| f.allow_costly(ip(1)).is_ok()).count();
+
+        // Assert
+        assert_eq!(allowed, 1, "one cell came back, so one costly attempt runs");
+        assert!(next_cell.is_ok());
+        assert_eq!(
+            after_probation, 5,
+            "a client that stopped failing is trusted again"
+        );
     }
 }
