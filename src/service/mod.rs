@@ -247,3 +247,16 @@ impl Authority {
         }
     }
 }
+
+/// Runs CPU-heavy work (an Argon2id hash, a large usage batch) on the blocking pool, off the
+/// threads that answer requests.
+///
+/// # Errors
+/// `internal` if `f` panicked.
+async fn off_request_threads<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(e.into()))
+}

@@ -8,7 +8,7 @@ use super::model::{
     ClientIpView, CreateTokenRequest, CreatedToken, ListTokensRequest, Name, OrgScope, TokenPage,
     TokenState, TokenView,
 };
-use super::{Authority, Caller, PrincipalKind, audit};
+use super::{Authority, Caller, PrincipalKind, audit, off_request_threads};
 use crate::error::{Error, Result};
 use crate::store::{StateFilter, TokenListQuery, TokenRecord};
 use crate::token::permissions::{GrantError, check_grant};
@@ -180,9 +180,7 @@ impl Authority {
         let verifier = match alg {
             crate::token::HashAlgorithm::Sha256 => Verifier::compute(alg, &secret)?,
             crate::token::HashAlgorithm::Argon2id => {
-                tokio::task::spawn_blocking(move || Verifier::compute(alg, &secret))
-                    .await
-                    .map_err(|e| Error::Internal(e.into()))??
+                off_request_threads(move || Verifier::compute(alg, &secret)).await??
             }
         };
         let record = TokenRecord {

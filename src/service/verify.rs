@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::model::{VerifiedToken, VerifyCode, VerifyRequest, VerifyResponse};
-use super::{Authority, Principal, PrincipalKind};
+use super::{Authority, Principal, PrincipalKind, off_request_threads};
 use crate::error::{Error, Result};
 use crate::store::{
     ClientIp, Invalidation, MAX_CLIENT_IPS, Store, UsageDelta, VerifyRecord, merge_client_ips,
@@ -585,10 +585,10 @@ impl Authority {
         let started = std::time::Instant::now();
         let written = self.store.add_usage(batch.clone()).await;
         let elapsed = started.elapsed();
-        let usage = self.usage.clone();
-        let failed = written.is_err();
+        // A failed batch goes back for the next flush; either way it is freed off the request threads.
+        let keep = written.is_err().then(|| self.usage.clone());
         off_request_threads(move || {
-            if failed {
+            if let Some(usage) = keep {
                 usage.put_back(&batch);
             }
         })
@@ -598,13 +598,4 @@ impl Authority {
         metrics::histogram!("latchkey_usage_flush_tokens").record(n as f64);
         Ok(n)
     }
-}
-
-/// Runs `f` on the blocking pool.
-async fn off_request_threads<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(e.into()))
 }

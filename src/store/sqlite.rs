@@ -210,17 +210,15 @@ impl SqliteStore {
                 mode | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             c.busy_timeout(Duration::from_secs(10))?;
-            rusqlite::Result::Ok(std::sync::Mutex::new(c))
+            rusqlite::Result::Ok(c)
         };
         let readers = (0..2)
-            .map(|_| open(rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY))
+            .map(|_| open(rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map(std::sync::Mutex::new))
             .collect::<rusqlite::Result<_>>()
             .with_context(|| format!("opening read connections to {}", file.display()))?;
         let usage = open(rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
             .and_then(|c| {
-                c.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .pragma_update(None, "synchronous", "NORMAL")?;
+                c.pragma_update(None, "synchronous", "NORMAL")?;
                 Ok(c)
             })
             .with_context(|| format!("opening the usage connection to {}", file.display()))?;
@@ -229,7 +227,7 @@ impl SqliteStore {
             writer,
             inserts,
             readers: Arc::new(readers),
-            usage: Arc::new(usage),
+            usage: Arc::new(std::sync::Mutex::new(usage)),
         })
     }
 
