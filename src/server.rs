@@ -6,12 +6,13 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -27,6 +28,8 @@ use crate::startup::ServerLimits;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The client address: the socket peer, unless the peer is a trusted proxy, in which case the
 /// right-most address of `X-Forwarded-For` that is not itself a trusted proxy. A malformed entry
 /// stops the walk at the last address that was believed.
@@ -35,14 +38,15 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     if !is_trusted(&peer) {
         return peer;
     }
-    let hops: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+    // Right to left over every X-Forwarded-For line, without collecting them.
+    let hops = headers
+        .get_all(&X_FORWARDED_FOR)
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
+        .flat_map(|v| v.rsplit(','));
     let mut believed = peer;
-    for hop in hops.iter().rev() {
+    for hop in hops {
         match hop.trim().parse::<IpAddr>() {
             Ok(ip) if is_trusted(&ip) => believed = ip,
             Ok(ip) => return ip,
@@ -79,8 +83,34 @@ pub fn one_port(rest: Router, grpc: Router, trusted: Arc<Vec<IpNet>>) -> Router 
 #[derive(Clone)]
 pub struct Bounded<S> {
     inner: S,
-    slots: Arc<Semaphore>,
+    in_flight: Arc<InFlight>,
     timeout: Duration,
+}
+
+/// Requests being answered and the most allowed. An atomic count rather than a semaphore: a
+/// semaphore's release takes its waiters' lock, and nobody waits here.
+struct InFlight {
+    count: AtomicUsize,
+    max: usize,
+}
+
+/// One request's place in [`InFlight`], given back on drop.
+struct Slot(Arc<InFlight>);
+
+impl Slot {
+    fn take(in_flight: &Arc<InFlight>) -> Option<Slot> {
+        if in_flight.count.fetch_add(1, Ordering::Acquire) >= in_flight.max {
+            in_flight.count.fetch_sub(1, Ordering::Release);
+            return None;
+        }
+        Some(Slot(in_flight.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl<S> Service<Request> for Bounded<S>
@@ -97,7 +127,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+        let Some(slot) = Slot::take(&self.in_flight) else {
             metrics::counter!("latchkey_overload_rejected_total").increment(1);
             let mut res = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -143,7 +173,10 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 pub fn bounded<S>(app: S, limits: &ServerLimits) -> Bounded<S> {
     Bounded {
         inner: app,
-        slots: Arc::new(Semaphore::new(limits.max_in_flight)),
+        in_flight: Arc::new(InFlight {
+            count: AtomicUsize::new(0),
+            max: limits.max_in_flight,
+        }),
         timeout: limits.request_timeout,
     }
 }

@@ -33,16 +33,29 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::service::Authority;
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc`, because axum clones the state for every request
+/// (once for the route, once for `State`), and each clone of a shared reference count is a cache
+/// line that the worker threads pass between them.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The contents of [`AppState`].
+pub struct Shared {
     pub authority: Arc<Authority>,
     pub clock: Arc<dyn Clock>,
     pub metrics: PrometheusHandle,
     /// The OpenAPI document, rendered once.
-    pub openapi: Arc<String>,
+    pub openapi: String,
     /// The largest JSON body a handler reads (413 beyond).
     pub max_body_bytes: usize,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 #[derive(OpenApi)]
@@ -114,13 +127,13 @@ pub fn router(
     max_body_bytes: usize,
 ) -> Router {
     let (router, _) = api().split_for_parts();
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         authority,
         clock,
         metrics,
-        openapi: Arc::new(openapi_json()),
+        openapi: openapi_json(),
         max_body_bytes,
-    };
+    }));
     let router = router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)

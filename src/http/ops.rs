@@ -45,6 +45,6 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 pub async fn openapi(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        s.openapi.as_ref().clone(),
+        s.openapi.clone(),
     )
 }

@@ -3,8 +3,9 @@
 //! and flushed in batches.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -135,42 +136,101 @@ struct PendingUsage {
     ips: Vec<(IpAddr, DateTime<Utc>)>,
 }
 
-/// Usage counted in memory since the last flush.
-#[derive(Default)]
-pub(super) struct UsageBuffer(Mutex<HashMap<Uuid, PendingUsage>>);
-
-impl UsageBuffer {
-    fn record(&self, id: Uuid, ip: Option<IpAddr>, now: DateTime<Utc>) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(id).or_insert_with(|| PendingUsage {
+impl PendingUsage {
+    fn new(at: DateTime<Utc>) -> Self {
+        Self {
             count: 0,
-            last_used_at: now,
+            last_used_at: at,
             ips: Vec::new(),
-        });
-        entry.count += 1;
-        entry.last_used_at = entry.last_used_at.max(now);
-        if let Some(ip) = ip {
-            match entry.ips.iter_mut().find(|(known, _)| *known == ip) {
-                Some(seen) => seen.1 = seen.1.max(now),
-                None => {
-                    entry.ips.push((ip, now));
-                    // Bounded like the stored list: keep the most recently seen.
-                    if entry.ips.len() > MAX_CLIENT_IPS {
-                        entry.ips.sort_by_key(|e| std::cmp::Reverse(e.1));
-                        entry.ips.truncate(MAX_CLIENT_IPS);
-                    }
+        }
+    }
+
+    /// Adds one address seen at `at`, keeping the most recently seen `MAX_CLIENT_IPS`.
+    fn saw(&mut self, ip: IpAddr, at: DateTime<Utc>) {
+        match self.ips.iter_mut().find(|(known, _)| *known == ip) {
+            Some(seen) => seen.1 = seen.1.max(at),
+            None => {
+                self.ips.push((ip, at));
+                if self.ips.len() > MAX_CLIENT_IPS {
+                    self.ips.sort_by_key(|e| std::cmp::Reverse(e.1));
+                    self.ips.truncate(MAX_CLIENT_IPS);
                 }
             }
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    fn absorb(&mut self, other: PendingUsage) {
+        self.count += other.count;
+        self.last_used_at = self.last_used_at.max(other.last_used_at);
+        for (ip, at) in other.ips {
+            self.saw(ip, at);
+        }
+    }
+}
+
+type UsageMap = HashMap<Uuid, PendingUsage>;
+
+/// Shards of the usage buffer. Each thread counts into its own shard, so the worker threads
+/// never wait for each other's lock, and a hot token's counter is not a cache line they pass
+/// back and forth; the flush merges the shards.
+const USAGE_SHARDS: usize = 8;
+
+/// Usage counted in memory since the last flush.
+pub(super) struct UsageBuffer([Mutex<UsageMap>; USAGE_SHARDS]);
+
+impl Default for UsageBuffer {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| Mutex::default()))
+    }
+}
+
+/// This thread's shard: threads take shard numbers in turn as they first count usage.
+fn usage_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % USAGE_SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+fn lock(shard: &Mutex<UsageMap>) -> std::sync::MutexGuard<'_, UsageMap> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl UsageBuffer {
+    fn record(&self, id: Uuid, ip: Option<IpAddr>, now: DateTime<Utc>) {
+        let mut map = lock(&self.0[usage_shard()]);
+        let entry = map.entry(id).or_insert_with(|| PendingUsage::new(now));
+        entry.count += 1;
+        entry.last_used_at = entry.last_used_at.max(now);
+        if let Some(ip) = ip {
+            entry.saw(ip, now);
+        }
     }
 
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|shard| lock(shard).is_empty())
+    }
+
+    /// Everything counted so far, merged across shards; the buffer is left empty.
     fn take(&self) -> Vec<UsageDelta> {
-        let map = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        map.into_iter()
+        let mut all = UsageMap::new();
+        for shard in &self.0 {
+            let map = std::mem::take(&mut *lock(shard));
+            if all.is_empty() {
+                all = map;
+                continue;
+            }
+            for (id, u) in map {
+                match all.entry(id) {
+                    Entry::Occupied(mut e) => e.get_mut().absorb(u),
+                    Entry::Vacant(e) => {
+                        e.insert(u);
+                    }
+                }
+            }
+        }
+        all.into_iter()
             .map(|(token_id, u)| {
                 let mut ips = Vec::new();
                 let seen: Vec<ClientIp> = u
@@ -192,29 +252,23 @@ impl UsageBuffer {
             .collect()
     }
 
+    /// Puts a batch that could not be written back, to be counted in the next flush.
     fn put_back(&self, batch: &[UsageDelta]) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.0[usage_shard()]);
         for u in batch {
-            let ips: Vec<(IpAddr, DateTime<Utc>)> = u
-                .ips
-                .iter()
-                .filter_map(|c| c.ip.parse().ok().map(|ip| (ip, c.last_seen_at)))
-                .collect();
-            let entry = map.entry(u.token_id).or_insert_with(|| PendingUsage {
-                count: 0,
-                last_used_at: u.last_used_at,
-                ips: Vec::new(),
-            });
-            entry.count += u.count;
-            entry.last_used_at = entry.last_used_at.max(u.last_used_at);
-            for (ip, at) in ips {
-                match entry.ips.iter_mut().find(|(known, _)| *known == ip) {
-                    Some(seen) => seen.1 = seen.1.max(at),
-                    None => entry.ips.push((ip, at)),
+            let mut back = PendingUsage::new(u.last_used_at);
+            back.count = u.count;
+            for c in &u.ips {
+                if let Ok(ip) = c.ip.parse() {
+                    back.saw(ip, c.last_seen_at);
                 }
             }
-            entry.ips.sort_by_key(|e| std::cmp::Reverse(e.1));
-            entry.ips.truncate(MAX_CLIENT_IPS);
+            match map.entry(u.token_id) {
+                Entry::Occupied(mut e) => e.get_mut().absorb(back),
+                Entry::Vacant(e) => {
+                    e.insert(back);
+                }
+            }
         }
     }
 }
@@ -597,5 +651,70 @@ impl Authority {
         metrics::histogram!("latchkey_usage_flush_seconds").record(elapsed);
         metrics::histogram!("latchkey_usage_flush_tokens").record(n as f64);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_900_000_000 + secs, 0).unwrap()
+    }
+
+    #[test]
+    fn usage_counted_on_many_threads_is_merged_into_one_delta_per_token() {
+        // Arrange
+        let usage = Arc::new(UsageBuffer::default());
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let ip1: IpAddr = "192.0.2.1".parse().unwrap();
+        let ip2: IpAddr = "192.0.2.2".parse().unwrap();
+
+        // Act: more threads than shards, each counting both tokens.
+        let threads: Vec<_> = (0..USAGE_SHARDS as i64 + 3)
+            .map(|i| {
+                let usage = usage.clone();
+                std::thread::spawn(move || {
+                    usage.record(a, Some(if i % 2 == 0 { ip1 } else { ip2 }), at(i));
+                    usage.record(a, None, at(i));
+                    usage.record(b, None, at(100 - i));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut batch = usage.take();
+        batch.sort_by_key(|u| u.token_id);
+
+        // Assert
+        let n = USAGE_SHARDS as i64 + 3;
+        assert_eq!(batch.len(), 2);
+        assert_eq!((batch[0].token_id, batch[0].count), (a, 2 * n));
+        assert_eq!(batch[0].last_used_at, at(n - 1));
+        assert_eq!(batch[0].ips.len(), 2);
+        assert_eq!((batch[1].token_id, batch[1].count), (b, n));
+        assert_eq!(batch[1].last_used_at, at(100));
+        assert!(usage.is_empty());
+    }
+
+    #[test]
+    fn a_batch_put_back_is_added_to_what_was_counted_since() {
+        // Arrange
+        let usage = UsageBuffer::default();
+        let id = Uuid::now_v7();
+        usage.record(id, Some("192.0.2.1".parse().unwrap()), at(1));
+        let batch = usage.take();
+
+        // Act
+        usage.record(id, None, at(5));
+        usage.put_back(&batch);
+        let again = usage.take();
+
+        // Assert
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].count, 2);
+        assert_eq!(again[0].last_used_at, at(5));
+        assert_eq!(again[0].ips, batch[0].ips);
     }
 }

@@ -283,12 +283,22 @@ fn decode_checksum(b: &[u8]) -> Option<u64> {
         .try_fold(0u64, |n, &c| Some(n * 62 + u64::from(digit_value(c)?)))
 }
 
+/// Base62 digit values by byte (`NOT_A_DIGIT` elsewhere): one load per digit on the verify path.
+const DIGIT_VALUES: [u8; 256] = {
+    let mut t = [NOT_A_DIGIT; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        t[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+const NOT_A_DIGIT: u8 = 0xff;
+
 fn digit_value(c: u8) -> Option<u32> {
-    match c {
-        b'0'..=b'9' => Some(u32::from(c - b'0')),
-        b'A'..=b'Z' => Some(u32::from(c - b'A') + 10),
-        b'a'..=b'z' => Some(u32::from(c - b'a') + 36),
-        _ => None,
+    match DIGIT_VALUES[usize::from(c)] {
+        NOT_A_DIGIT => None,
+        v => Some(u32::from(v)),
     }
 }
 
