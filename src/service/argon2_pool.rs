@@ -1,7 +1,9 @@
 //! Argon2id checks on a fixed set of worker threads with a bounded queue. The verify path's other
 //! work keeps a core to itself (one worker fewer than cores), memory stays at one block buffer
 //! per worker, and when the queue is full a check is refused at once instead of waiting behind
-//! attack traffic.
+//! attack traffic. The workers run at a lower scheduling priority (nice +10, Linux), so that
+//! when the machine is saturated a stream of Argon2id checks (new tokens, wrong secrets) does not
+//! take CPU time from verifications answered from the cache: those preempt it.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -33,7 +35,10 @@ impl Argon2Pool {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("latchkey-argon2-{i}"))
-                .spawn(move || work(&rx));
+                .spawn(move || {
+                    lower_priority();
+                    work(&rx)
+                });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "could not start an Argon2id worker");
             }
@@ -58,6 +63,25 @@ impl Argon2Pool {
     }
 }
 
+/// The niceness of Argon2id workers: a nice +10 thread gets about a tenth of the CPU share of a
+/// normal one while both want to run, and all of an idle core.
+const ARGON2_NICE: libc::c_int = 10;
+
+/// Lowers this thread's priority to [`ARGON2_NICE`]. Raising one's own niceness needs no
+/// privilege; if it fails anyway the worker runs at normal priority, which is only slower for
+/// the rest under attack.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread's id; no memory is shared with them.
+    unsafe {
+        // On Linux the nice value belongs to a thread, named by its thread id.
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, ARGON2_NICE) != 0 {
+            tracing::warn!("could not lower the priority of an Argon2id worker");
+        }
+    }
+}
+
 fn work(rx: &Mutex<Receiver<Job>>) {
     let mut workspace = Argon2Workspace::default();
     loop {
@@ -70,5 +94,63 @@ fn work(rx: &Mutex<Receiver<Job>>) {
         };
         let ok = workspace.matches(&job.phc, &job.secret);
         let _ = job.reply.send(ok);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::token::hash::{HashAlgorithm, Verifier};
+
+    /// The nice values of this process's threads whose name starts with `prefix` (the kernel
+    /// keeps the first 15 bytes of a thread's name), from /proc.
+    fn nice_of(prefix: &str) -> Vec<i64> {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("stat")),
+            ) else {
+                continue; // the thread ended meanwhile
+            };
+            if comm.trim_end().starts_with(prefix) {
+                // Field 19 is the nice value; the fields after the ")" closing the name are 3 on.
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                found.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn argon2_workers_run_at_a_lower_priority_than_the_request_threads() {
+        // Arrange
+        let pool = Argon2Pool::new(1, 4);
+        let secret = Secret::new([7u8; 32]);
+        let phc = Verifier::compute(HashAlgorithm::Argon2id, &secret)
+            .unwrap()
+            .encode();
+
+        // Act: one check, so the worker has surely started.
+        let matched = pool.matches(phc, secret).await;
+
+        // Assert
+        assert!(matched.unwrap());
+        let nice = nice_of("latchkey-argon2");
+        assert!(!nice.is_empty());
+        assert!(
+            nice.iter().all(|n| *n == i64::from(ARGON2_NICE)),
+            "{nice:?}"
+        );
+        assert_eq!(
+            nice_of("tokio-runtime")
+                .iter()
+                .chain(&nice_of("tokio-rt-worker"))
+                .filter(|n| **n != 0)
+                .count(),
+            0,
+            "the request threads keep their priority"
+        );
     }
 }
