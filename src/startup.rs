@@ -137,10 +137,19 @@ impl Application {
                         _ = tick.tick() => {}
                         _ = &mut stopped => break,
                     }
-                    authority.housekeeping();
                     // Histogram samples wait in the recorder until upkeep folds them in; without
-                    // it they pile up for as long as nobody scrapes /metrics.
-                    metrics.run_upkeep();
+                    // it they pile up for as long as nobody scrapes /metrics. Under load that is
+                    // one sample per verification, milliseconds of work a second: on a request
+                    // thread it would stall every request queued behind it, so it runs on the
+                    // blocking pool, with the rate limiters' pruning.
+                    let (a, m) = (authority.clone(), metrics.clone());
+                    let upkept = tokio::task::spawn_blocking(move || {
+                        a.housekeeping();
+                        m.run_upkeep();
+                    });
+                    if let Err(e) = upkept.await {
+                        tracing::warn!(error = %e, "metrics upkeep failed");
+                    }
                     if let Err(e) = authority.flush_usage().await {
                         tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
                     }

@@ -386,7 +386,10 @@ fn read_verify_rows(
     conn: &rusqlite::Connection,
     ids: &[Uuid],
 ) -> anyhow::Result<Vec<VerifyRecord>> {
-    let mut stmt = conn.prepare_cached(&format!(
+    // One read transaction for the batch: outside one, every lookup takes and drops SQLite's
+    // file and WAL read locks (system calls each) and checks whether the database changed.
+    let tx = conn.unchecked_transaction()?;
+    let mut stmt = tx.prepare_cached(&format!(
         "SELECT {VERIFY_COLUMNS} FROM tokens WHERE id = ?1"
     ))?;
     let mut out = Vec::with_capacity(ids.len());
@@ -406,6 +409,8 @@ fn read_verify_rows(
             )?);
         }
     }
+    drop(stmt);
+    tx.commit()?;
     Ok(out)
 }
 
