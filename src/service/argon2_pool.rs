@@ -123,7 +123,7 @@ mod tests {
         found
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn argon2_workers_run_at_a_lower_priority_than_the_request_threads() {
         // Arrange
         let pool = Argon2Pool::new(1, 4);
@@ -143,14 +143,11 @@ mod tests {
             nice.iter().all(|n| *n == i64::from(ARGON2_NICE)),
             "{nice:?}"
         );
-        assert_eq!(
-            nice_of("tokio-runtime")
-                .iter()
-                .chain(&nice_of("tokio-rt-worker"))
-                .filter(|n| **n != 0)
-                .count(),
-            0,
-            "the request threads keep their priority"
+        let request_threads = nice_of("tokio-rt-worker");
+        assert!(!request_threads.is_empty());
+        assert!(
+            request_threads.iter().all(|n| *n == 0),
+            "the request threads keep their priority: {request_threads:?}"
         );
     }
 }

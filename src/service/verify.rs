@@ -197,6 +197,16 @@ fn lock(shard: &Mutex<UsageMap>) -> std::sync::MutexGuard<'_, UsageMap> {
     shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Adds `u` to what `map` holds for `id`.
+fn add_usage(map: &mut UsageMap, id: Uuid, u: PendingUsage) {
+    match map.entry(id) {
+        Entry::Occupied(mut e) => e.get_mut().absorb(u),
+        Entry::Vacant(e) => {
+            e.insert(u);
+        }
+    }
+}
+
 impl UsageBuffer {
     fn record(&self, id: Uuid, ip: Option<IpAddr>, now: DateTime<Utc>) {
         let mut map = lock(&self.0[usage_shard()]);
@@ -219,8 +229,9 @@ impl UsageBuffer {
     fn take(&self) -> Vec<UsageDelta> {
         let mut all = UsageMap::new();
         for shard in &self.0 {
-            // The next second's map starts at this one's size: growing a map of thousands of
-            // tokens, one rehash after another, would happen on the request threads.
+            // The next second's map starts at this one's size (allocated outside the lock):
+            // growing a map of thousands of tokens, one rehash after another, would happen on
+            // the request threads.
             let fresh = UsageMap::with_capacity(lock(shard).len());
             let map = std::mem::replace(&mut *lock(shard), fresh);
             if all.is_empty() {
@@ -228,12 +239,7 @@ impl UsageBuffer {
                 continue;
             }
             for (id, u) in map {
-                match all.entry(id) {
-                    Entry::Occupied(mut e) => e.get_mut().absorb(u),
-                    Entry::Vacant(e) => {
-                        e.insert(u);
-                    }
-                }
+                add_usage(&mut all, id, u);
             }
         }
         let mut batch = all
@@ -272,12 +278,7 @@ impl UsageBuffer {
                     back.saw(ip, c.last_seen_at);
                 }
             }
-            match map.entry(u.token_id) {
-                Entry::Occupied(mut e) => e.get_mut().absorb(back),
-                Entry::Vacant(e) => {
-                    e.insert(back);
-                }
-            }
+            add_usage(&mut map, u.token_id, back);
         }
     }
 }
@@ -693,8 +694,8 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let mut batch = usage.take();
-        batch.sort_by_key(|u| u.token_id);
+        // `a` was made first, so it comes first: the batch is in token id order.
+        let batch = usage.take();
 
         // Assert
         let n = USAGE_SHARDS as i64 + 3;
