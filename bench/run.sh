@@ -49,7 +49,7 @@ ENFORCE=0
 KEEP=0
 
 ARGS="$*"
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
