@@ -126,8 +126,8 @@ cpu_list() { # "0-3,6" -> "0 1 2 3 6"
   done
   echo $out
 }
-CPUS=($(cpu_list "$(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status)"))
 if [ "$PIN" = 1 ]; then
+  CPUS=($(cpu_list "$(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status)"))
   [ ${#CPUS[@]} -ge 2 ] || { echo "bench/run.sh: --pin needs at least 2 CPUs" >&2; exit 2; }
   command -v taskset >/dev/null 2>&1 || { echo "bench/run.sh: --pin needs taskset (util-linux)" >&2; exit 2; }
   half=$(( ${#CPUS[@]} / 2 ))
@@ -257,14 +257,18 @@ if has_flag --rate-limit-per-second; then EXTRA_FLAGS+=(--rate-limit-per-second 
 XFF_SUPPORTED=0
 if has_flag --trusted-proxies; then EXTRA_FLAGS+=(--trusted-proxies 127.0.0.1/32); XFF_SUPPORTED=1; fi
 
+latchkey_serve() { # db-file hash cache-capacity -> LK_SERVE: the command, all but --listen
+  LK_SERVE=("$BIN/latchkey" serve --database-url "sqlite://$1" --log-format json --hash "$2"
+    --cache-capacity "$3" "${EXTRA_FLAGS[@]}")
+}
+
 LK_PID=""; LK_URL=""; LK_LOG=""
 start_latchkey() { # name db-file hash cache-capacity
   local name=$1 db=$2 hash=$3 cap=$4 port
   port=$(free_port) || die "no free port"
   LK_LOG="$TMP/$name.log"
-  LATCHKEY_LOG=warn "${SERVER_PIN[@]}" "$BIN/latchkey" serve --listen "127.0.0.1:$port" \
-    --database-url "sqlite://$db" --log-format json --hash "$hash" --cache-capacity "$cap" \
-    "${EXTRA_FLAGS[@]}" >"$LK_LOG" 2>&1 &
+  latchkey_serve "$db" "$hash" "$cap"
+  LATCHKEY_LOG=warn "${SERVER_PIN[@]}" "${LK_SERVE[@]}" --listen "127.0.0.1:$port" >"$LK_LOG" 2>&1 &
   LK_PID=$!
   PIDS+=("$LK_PID")
   LK_URL="http://127.0.0.1:$port"
@@ -514,6 +518,11 @@ fi
 stop_pid "$LK_PID"
 
 # --- Phase 3: Argon2id ------------------------------------------------------------------------
+# Argon2id against SHA-256, both warm, measured alternately like every other pair: a figure from
+# the first phase, minutes earlier, would compare the machine's moods as much as the hashes.
+start_latchkey sha256-again "$DB1" sha256 100000
+SHA_PID=$LK_PID; SHA_URL=$LK_URL
+check_valid "$SHA_URL" "$(cat "$TMP/warm.txt")" || die "a seeded token does not verify"
 DB2="$TMP/lk-argon2.db"
 start_latchkey argon2id "$DB2" argon2id 100000
 seed "$DB2" "$ARGON_TOKENS" argon2id "$TMP/argon.txt" "$TMP/argon-wrong.txt"
@@ -521,13 +530,6 @@ head -n1 "$TMP/argon.txt" >"$TMP/argon-warm.txt"
 tail -n +2 "$TMP/argon-wrong.txt" >"$TMP/argon-attack.txt"
 check_valid "$LK_URL" "$(cat "$TMP/argon-warm.txt")" || die "an Argon2id token does not verify"
 
-# Argon2id against SHA-256, both warm, measured alternately like every other pair: a figure from
-# the first phase, minutes earlier, would compare the machine's moods as much as the hashes.
-ARGON_PID=$LK_PID; ARGON_URL=$LK_URL
-start_latchkey sha256-again "$DB1" sha256 100000
-SHA_PID=$LK_PID; SHA_URL=$LK_URL
-LK_PID=$ARGON_PID; LK_URL=$ARGON_URL
-check_valid "$SHA_URL" "$(cat "$TMP/warm.txt")" || die "a seeded token does not verify"
 s_sha_warm() { measure_wrk "$SHA_URL" verify "$TMP/warm.txt"; }
 l_argon_warm() { measure_wrk "$LK_URL" verify "$TMP/argon-warm.txt"; }
 before=$(counters)
@@ -617,7 +619,6 @@ fi
 REQ_LK=null
 REQ_BASE=null
 if [ "$CALLGRIND" = 1 ]; then
-  need_tool callgrind_control valgrind
   cg_server() { # name command...: sets CG_REQ to the server's instructions per REST verify
     local name=$1 port pid total n THREADS=1 CONNS=4
     shift
@@ -638,8 +639,8 @@ if [ "$CALLGRIND" = 1 ]; then
     CG_REQ=$(( total / ${n%.*} ))
   }
   log "counting the instructions of whole REST verify requests under callgrind"
-  if cg_server latchkey "$BIN/latchkey" serve --database-url "sqlite://$DB1" --log-format json \
-       --hash sha256 --cache-capacity 1000 "${EXTRA_FLAGS[@]}" && REQ_LK=$CG_REQ &&
+  latchkey_serve "$DB1" sha256 1000
+  if cg_server latchkey "${LK_SERVE[@]}" && REQ_LK=$CG_REQ &&
      cg_server baseline "$BIN/examples/baseline" && REQ_BASE=$CG_REQ; then
     log "instructions per REST verify request: latchkey $REQ_LK, baseline $REQ_BASE"
   else
