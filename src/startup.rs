@@ -148,7 +148,7 @@ impl Application {
                         m.run_upkeep();
                     });
                     if let Err(e) = upkept.await {
-                        tracing::warn!(error = %e, "metrics upkeep failed");
+                        tracing::warn!(error = %e, "housekeeping or metrics upkeep failed");
                     }
                     if let Err(e) = authority.flush_usage().await {
                         tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
