@@ -361,6 +361,11 @@ impl SqliteStore {
 const VERIFY_COLUMNS: &str = "id, org_id, kind, verifier, permissions, expires_at, \
      revoked_at IS NOT NULL OR disabled_at IS NOT NULL AS blocked";
 
+/// The table both verify reads select from: `tokens` through its covering index (migration
+/// 0003), one B-tree per lookup. Named, because the planner would take the primary-key index
+/// and then read the wide row.
+const VERIFY_SOURCE: &str = "tokens INDEXED BY tokens_verify";
+
 /// A [`VerifyRecord`] from the columns of [`VERIFY_COLUMNS`], in order.
 fn verify_record(
     id: &str,
@@ -390,7 +395,7 @@ fn read_verify_rows(
     // file and WAL read locks (system calls each) and checks whether the database changed.
     let tx = conn.unchecked_transaction()?;
     let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {VERIFY_COLUMNS} FROM tokens WHERE id = ?1"
+        "SELECT {VERIFY_COLUMNS} FROM {VERIFY_SOURCE} WHERE id = ?1"
     ))?;
     let mut out = Vec::with_capacity(ids.len());
     let mut buf = Uuid::encode_buffer();
@@ -635,7 +640,7 @@ impl Store for SqliteStore {
         // all ids in one statement (a JSON array in one bind).
         let list = to_json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {VERIFY_COLUMNS} FROM tokens WHERE id IN (SELECT value FROM json_each(?))"
+            "SELECT {VERIFY_COLUMNS} FROM {VERIFY_SOURCE} WHERE id IN (SELECT value FROM json_each(?))"
         )))
         .bind(list)
         .fetch_all(&self.pool)
@@ -923,6 +928,44 @@ mod tests {
         assert_eq!(direct[0].kind, TokenKind::Svc);
         assert_eq!(direct[0].expires_at, Some(at));
         assert!(!direct[0].blocked);
+    }
+
+    #[tokio::test]
+    async fn both_verify_reads_find_every_column_in_the_covering_index() {
+        // Arrange
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = SqliteStore::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        let conn = store.readers[0].lock().unwrap();
+
+        // Act
+        let plans: Vec<String> = [
+            format!("SELECT {VERIFY_COLUMNS} FROM {VERIFY_SOURCE} WHERE id = ?1"),
+            format!(
+                "SELECT {VERIFY_COLUMNS} FROM {VERIFY_SOURCE} \
+                 WHERE id IN (SELECT value FROM json_each(?1))"
+            ),
+        ]
+        .iter()
+        .map(|sql| {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let details: Vec<String> = stmt
+                .query_map(["x"], |row| row.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            details.join("; ")
+        })
+        .collect();
+
+        // Assert: one B-tree per lookup, never the table row.
+        for plan in plans {
+            assert!(
+                plan.contains("SEARCH tokens USING COVERING INDEX tokens_verify"),
+                "{plan}"
+            );
+        }
     }
 
     #[tokio::test]
