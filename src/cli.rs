@@ -264,6 +264,19 @@ pub struct ServeArgs {
     )]
     pub rate_limit_failed_verify_per_minute: u32,
 
+    /// Milliseconds a verification or bearer authentication refused with 429 (the client is past
+    /// its failed-verification limit, or the Argon2id queue is full) waits before it is
+    /// answered, so a client guessing in a loop slows to a few attempts a second per connection
+    /// (0: answer at once). At most a
+    /// quarter of `--max-in-flight` refusals wait at once; the rest are answered at once.
+    #[arg(
+        long,
+        env = "LATCHKEY_RATE_LIMIT_REFUSAL_DELAY_MS",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(0..=10_000)
+    )]
+    pub rate_limit_refusal_delay_ms: u64,
+
     /// Leaked-token reports per minute per client IP (0: off).
     #[arg(
         long,

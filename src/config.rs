@@ -67,6 +67,8 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         management_burst: args.rate_limit_burst,
         failed_verify_per_minute: args.rate_limit_failed_verify_per_minute,
         leaked_reports_per_minute: args.rate_limit_leaked_per_minute,
+        refusal_delay: Duration::from_millis(args.rate_limit_refusal_delay_ms),
+        max_held_refusals: (args.max_in_flight / 4).max(1),
     };
     Ok(Settings {
         database_url: args.common.database_url.clone(),

@@ -5,6 +5,7 @@
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
@@ -25,6 +26,10 @@ pub struct RateLimitConfig {
     pub failed_verify_per_minute: u32,
     /// Leaked-token reports per minute per client IP.
     pub leaked_reports_per_minute: u32,
+    /// How long a refused verification or bearer authentication waits before its 429 is sent.
+    pub refusal_delay: Duration,
+    /// Most refusals waiting at once; beyond it a refusal is answered at once.
+    pub max_held_refusals: usize,
 }
 
 impl RateLimitConfig {
@@ -35,6 +40,8 @@ impl RateLimitConfig {
         management_burst: 0,
         failed_verify_per_minute: 0,
         leaked_reports_per_minute: 0,
+        refusal_delay: Duration::ZERO,
+        max_held_refusals: 0,
     };
 }
 
@@ -169,6 +176,48 @@ pub fn per_second_quota(n: u32, burst: u32) -> Option<Quota> {
     nz(n).map(|r| Quota::per_second(r).allow_burst(nz(burst).unwrap_or(r)))
 }
 
+/// Holds a refused verification for a while before it is answered. A client past its
+/// failed-verification limit that retries in a loop (a guessing attack) then sends a few
+/// requests a second per connection instead of thousands, and the CPU it would have taken
+/// answers valid traffic. Held answers cost a timer each and count against the node's
+/// in-flight bound, so at most `max_held` wait at once; the rest are answered at once.
+pub struct RefusalDelay {
+    delay: Duration,
+    max_held: usize,
+    held: AtomicUsize,
+}
+
+impl RefusalDelay {
+    /// `delay` zero (or `max_held` zero): refusals are answered at once.
+    pub fn new(delay: Duration, max_held: usize) -> Self {
+        Self {
+            delay,
+            max_held,
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits the delay, unless `max_held` refusals already wait.
+    pub async fn hold(&self) {
+        if self.delay.is_zero() {
+            return;
+        }
+        struct Release<'a>(&'a AtomicUsize);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        // Released on drop, so a client that hangs up frees its place.
+        let place = Release(&self.held);
+        if self.held.fetch_add(1, Ordering::Relaxed) >= self.max_held {
+            return;
+        }
+        tokio::time::sleep(self.delay).await;
+        drop(place);
+    }
+}
+
 /// Every limiter of a node.
 pub struct RateLimits {
     pub mint_per_ip: Option<Limiter<IpAddr>>,
@@ -176,6 +225,7 @@ pub struct RateLimits {
     pub management: Option<Limiter<IpAddr>>,
     pub failed_verify: Option<FailureLimiter>,
     pub leaked: Option<Limiter<IpAddr>>,
+    pub refusal_delay: RefusalDelay,
 }
 
 impl RateLimits {
@@ -199,6 +249,7 @@ impl RateLimits {
                 per_minute_quota(cfg.leaked_reports_per_minute),
                 clock,
             ),
+            refusal_delay: RefusalDelay::new(cfg.refusal_delay, cfg.max_held_refusals),
         }
     }
 
@@ -317,5 +368,57 @@ mod tests {
             after_probation, 5,
             "a client that stopped failing is trusted again"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_waits_the_delay_unless_the_held_ones_are_at_their_bound() {
+        // Arrange: one place.
+        let delay = std::sync::Arc::new(RefusalDelay::new(Duration::from_millis(100), 1));
+        let started = tokio::time::Instant::now();
+
+        // Act: one refusal holds the place; a second arrives while it waits.
+        let first = tokio::spawn({
+            let delay = delay.clone();
+            async move {
+                delay.hold().await;
+                started.elapsed()
+            }
+        });
+        tokio::task::yield_now().await;
+        delay.hold().await;
+        let second = started.elapsed();
+        let first = first.await.unwrap();
+        // The place is free again.
+        let third_started = tokio::time::Instant::now();
+        delay.hold().await;
+        let third = third_started.elapsed();
+
+        // Assert
+        assert_eq!(second, Duration::ZERO);
+        assert_eq!(first, Duration::from_millis(100));
+        assert_eq!(third, Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_dropped_while_it_waits_frees_its_place() {
+        // Arrange
+        let delay = RefusalDelay::new(Duration::from_millis(100), 1);
+
+        // Act: the client hangs up (the request future is dropped) half-way.
+        let _ = tokio::time::timeout(Duration::from_millis(50), delay.hold()).await;
+        let started = tokio::time::Instant::now();
+        delay.hold().await;
+
+        // Assert
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert_eq!(delay.held.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_delay_a_refusal_is_answered_at_once() {
+        let delay = RefusalDelay::new(Duration::ZERO, 8);
+        let started = tokio::time::Instant::now();
+        delay.hold().await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -504,7 +504,9 @@ impl Authority {
     ///
     /// # Errors
     /// `rate_limited` when the client is past its failed-verification limit and the check would
-    /// cost a database read or a hash; `internal` (database unreachable, corrupt row).
+    /// cost a database read or a hash, or the Argon2id queue is full; it is answered after the
+    /// refusal delay (`RateLimitConfig::refusal_delay`). `internal` (database unreachable,
+    /// corrupt row).
     pub async fn check_token(
         &self,
         presented: &str,
@@ -525,7 +527,13 @@ impl Authority {
         now: DateTime<Utc>,
     ) -> Result<Option<Arc<CachedToken>>> {
         let found = match format::parse(&self.config.prefix, presented) {
-            Ok(parsed) => self.matching_entry(&parsed, ip).await?,
+            Ok(parsed) => match self.matching_entry(&parsed, ip).await {
+                Err(refused @ Error::RateLimited { .. }) => {
+                    self.limits.refusal_delay.hold().await;
+                    return Err(refused);
+                }
+                found => found?,
+            },
             Err(_) => None,
         };
         match found {

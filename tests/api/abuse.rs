@@ -133,6 +133,52 @@ async fn past_its_failure_limit_a_client_gets_rate_limited_for_costly_checks_onl
 }
 
 #[tokio::test]
+async fn a_refused_verification_is_answered_after_the_refusal_delay_and_a_cache_hit_is_not() {
+    // Arrange: a cached valid token, and a client past its limit of one failure a minute.
+    let app = spawn_app_with(&[
+        "--rate-limit-failed-verify-per-minute",
+        "1",
+        "--rate-limit-refusal-delay-ms",
+        "400",
+    ])
+    .await;
+    let (cached, _) = app.token_with(&app.admin_token, "cached", &[]).await;
+    assert_eq!(app.verify(&cached, &[]).await["code"], "VALID");
+    let wrong = |n: u8| forge(&cached, None, Some([n; 32]));
+    for n in 0..2 {
+        app.verify(&wrong(n), &[]).await;
+    }
+    let cold = latchkey::token::format::format_token(
+        &Default::default(),
+        latchkey::token::TokenKind::Pat,
+        uuid::Uuid::now_v7(),
+        &[3u8; 32],
+    );
+
+    // Act
+    let started = std::time::Instant::now();
+    let refused = app.verify(&cold, &[]).await;
+    let refused_after = started.elapsed();
+    let bearer_started = std::time::Instant::now();
+    let bearer = app.get("/v1/tokens", &cold).await;
+    let bearer_after = bearer_started.elapsed();
+    let hit = app.verify(&cached, &[]).await;
+
+    // Assert: the answers are the same as without a delay; only their timing differs.
+    assert_eq!(refused["code"], "RATE_LIMITED");
+    assert!(
+        refused_after >= Duration::from_millis(400),
+        "{refused_after:?}"
+    );
+    assert_eq!(bearer.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        bearer_after >= Duration::from_millis(400),
+        "{bearer_after:?}"
+    );
+    assert_eq!(hit["code"], "VALID", "cache hits are never refused or held");
+}
+
+#[tokio::test]
 async fn behind_a_trusted_proxy_the_forwarded_client_is_audited_and_limited() {
     // Arrange: the test client (127.0.0.1) is a trusted proxy.
     let app = spawn_app_with(&[
