@@ -529,7 +529,8 @@ impl Authority {
         let found = match format::parse(&self.config.prefix, presented) {
             Ok(parsed) => match self.matching_entry(&parsed, ip).await {
                 Err(refused @ Error::RateLimited { .. }) => {
-                    self.limits.refusal_delay.hold().await;
+                    // Boxed: its timer would otherwise enlarge every verification's future.
+                    Box::pin(self.limits.refusal_delay.hold()).await;
                     return Err(refused);
                 }
                 found => found?,
