@@ -264,11 +264,11 @@ pub struct ServeArgs {
     )]
     pub rate_limit_failed_verify_per_minute: u32,
 
-    /// Milliseconds a verification or bearer authentication refused with 429 (the client is past
-    /// its failed-verification limit, or the Argon2id queue is full) waits before it is
-    /// answered, so a client guessing in a loop slows to a few attempts a second per connection
-    /// (0: answer at once). At most a
-    /// quarter of `--max-in-flight` refusals wait at once; the rest are answered at once.
+    /// Milliseconds a verification or bearer authentication refused because the client is past
+    /// its failed-verification limit waits before it is answered, so a client guessing in a loop
+    /// slows to a few attempts a second per HTTP/1.1 connection (0: answer at once). Must be
+    /// shorter than the request timeout. At most a quarter of `--max-in-flight` refusals wait at
+    /// once (none below 4); the rest are answered at once.
     #[arg(
         long,
         env = "LATCHKEY_RATE_LIMIT_REFUSAL_DELAY_MS",

@@ -61,14 +61,24 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     let mut authority = authority_config(&args.common)?;
     authority.cache_capacity = args.cache_capacity;
     authority.cache_ttl = Duration::from_secs(args.cache_ttl_seconds);
+    let request_timeout = Duration::from_secs(args.request_timeout_seconds.max(1));
+    let refusal_delay = Duration::from_millis(args.rate_limit_refusal_delay_ms);
+    // A held refusal must be answered as a refusal, not cut off by the request timeout.
+    anyhow::ensure!(
+        refusal_delay < request_timeout,
+        "--rate-limit-refusal-delay-ms ({} ms) must be shorter than --request-timeout-seconds ({} s)",
+        refusal_delay.as_millis(),
+        request_timeout.as_secs()
+    );
     authority.rate_limits = RateLimitConfig {
         mint_per_hour: args.rate_limit_mint_per_hour,
         management_per_second: args.rate_limit_per_second,
         management_burst: args.rate_limit_burst,
         failed_verify_per_minute: args.rate_limit_failed_verify_per_minute,
         leaked_reports_per_minute: args.rate_limit_leaked_per_minute,
-        refusal_delay: Duration::from_millis(args.rate_limit_refusal_delay_ms),
-        max_held_refusals: (args.max_in_flight / 4).max(1),
+        refusal_delay,
+        // None held below 4 in flight: one held refusal must not fill the server.
+        max_held_refusals: args.max_in_flight / 4,
     };
     Ok(Settings {
         database_url: args.common.database_url.clone(),
@@ -80,7 +90,7 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         trusted_proxies: args.trusted_proxies.clone(),
         limits: ServerLimits {
             header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
-            request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
+            request_timeout,
             max_connections: args.max_connections.max(1),
             max_in_flight: args.max_in_flight.max(1),
         },

@@ -26,7 +26,8 @@ pub struct RateLimitConfig {
     pub failed_verify_per_minute: u32,
     /// Leaked-token reports per minute per client IP.
     pub leaked_reports_per_minute: u32,
-    /// How long a refused verification or bearer authentication waits before its 429 is sent.
+    /// How long a verification or bearer authentication refused by the failed-verification
+    /// limit waits before its answer is sent.
     pub refusal_delay: Duration,
     /// Most refusals waiting at once; beyond it a refusal is answered at once.
     pub max_held_refusals: usize,
@@ -176,9 +177,9 @@ pub fn per_second_quota(n: u32, burst: u32) -> Option<Quota> {
     nz(n).map(|r| Quota::per_second(r).allow_burst(nz(burst).unwrap_or(r)))
 }
 
-/// Holds a refused verification for a while before it is answered. A client past its
-/// failed-verification limit that retries in a loop (a guessing attack) then sends a few
-/// requests a second per connection instead of thousands, and the CPU it would have taken
+/// Holds a refusal of the failed-verification limit for a while before it is answered. A
+/// client past its limit that retries in a loop (a guessing attack) then sends a few requests
+/// a second per HTTP/1.1 connection instead of thousands, and the CPU it would have taken
 /// answers valid traffic. Held answers cost a timer each and count against the node's
 /// in-flight bound, so at most `max_held` wait at once; the rest are answered at once.
 pub struct RefusalDelay {
@@ -197,24 +198,26 @@ impl RefusalDelay {
         }
     }
 
-    /// Waits the delay, unless `max_held` refusals already wait.
-    pub async fn hold(&self) {
+    /// Waits the delay, unless `max_held` refusals already wait; returns how long it waited.
+    pub async fn hold(&self) -> Duration {
         if self.delay.is_zero() {
-            return;
+            return Duration::ZERO;
         }
-        struct Release<'a>(&'a AtomicUsize);
-        impl Drop for Release<'_> {
+        struct Place<'a>(&'a AtomicUsize);
+        impl Drop for Place<'_> {
             fn drop(&mut self) {
                 self.0.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        // Released on drop, so a client that hangs up frees its place.
-        let place = Release(&self.held);
-        if self.held.fetch_add(1, Ordering::Relaxed) >= self.max_held {
-            return;
+        let taken = self.held.fetch_add(1, Ordering::Relaxed);
+        // Given back on drop, so a client that hangs up frees its place.
+        let place = Place(&self.held);
+        if taken >= self.max_held {
+            return Duration::ZERO;
         }
         tokio::time::sleep(self.delay).await;
         drop(place);
+        self.delay
     }
 }
 
@@ -380,22 +383,23 @@ mod tests {
         let first = tokio::spawn({
             let delay = delay.clone();
             async move {
-                delay.hold().await;
-                started.elapsed()
+                let waited = delay.hold().await;
+                (started.elapsed(), waited)
             }
         });
         tokio::task::yield_now().await;
-        delay.hold().await;
+        let second_waited = delay.hold().await;
         let second = started.elapsed();
-        let first = first.await.unwrap();
+        let (first, first_waited) = first.await.unwrap();
         // The place is free again.
         let third_started = tokio::time::Instant::now();
         delay.hold().await;
         let third = third_started.elapsed();
 
         // Assert
-        assert_eq!(second, Duration::ZERO);
+        assert_eq!((second, second_waited), (Duration::ZERO, Duration::ZERO));
         assert_eq!(first, Duration::from_millis(100));
+        assert_eq!(first_waited, Duration::from_millis(100));
         assert_eq!(third, Duration::from_millis(100));
     }
 

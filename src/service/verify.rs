@@ -462,6 +462,30 @@ impl Authority {
         }
     }
 
+    /// Whether `ip` may start a costly check (a database read, an Argon2id computation). A
+    /// client past its failed-verification limit is refused after the refusal delay, with the
+    /// time left until its next cell.
+    ///
+    /// # Errors
+    /// `rate_limited`.
+    async fn allow_costly(&self, ip: Option<IpAddr>) -> Result<()> {
+        let (Some(limit), Some(ip)) = (&self.limits.failed_verify, ip) else {
+            return Ok(());
+        };
+        match limit.allow_costly(ip) {
+            Err(Error::RateLimited { retry_after }) => {
+                // Boxed: its timer would otherwise enlarge every verification's future.
+                let held = Box::pin(self.limits.refusal_delay.hold()).await;
+                Err(Error::RateLimited {
+                    retry_after: retry_after
+                        .saturating_sub(held)
+                        .max(std::time::Duration::from_secs(1)),
+                })
+            }
+            other => other,
+        }
+    }
+
     /// The cached (or freshly loaded) entry of a parsed token whose secret matches, whatever its
     /// state; `None` when there is no such token or the secret is wrong. `ip`, when given, is
     /// held to the failed-verification limit before any costly step (a database read, an
@@ -471,15 +495,11 @@ impl Authority {
         parsed: &format::ParsedToken,
         ip: Option<IpAddr>,
     ) -> Result<Option<Arc<CachedToken>>> {
-        let costly_allowed = || match (&self.limits.failed_verify, ip) {
-            (Some(l), Some(ip)) => l.allow_costly(ip),
-            _ => Ok(()),
-        };
         let entry = match self.cache.get(&parsed.id) {
             Some(e) => e,
             None if self.cache.known_missing(&parsed.id) => return Ok(None),
             None => {
-                costly_allowed()?;
+                self.allow_costly(ip).await?;
                 match self.load(parsed.id).await? {
                     Some(e) => e,
                     None => return Ok(None),
@@ -490,7 +510,7 @@ impl Authority {
             return Ok(None);
         }
         if matches!(entry.verifier, Verifier::Argon2id(_)) && entry.fast.get().is_none() {
-            costly_allowed()?;
+            self.allow_costly(ip).await?;
         }
         Ok(self
             .secret_matches(&entry, &parsed.secret)
@@ -504,9 +524,9 @@ impl Authority {
     ///
     /// # Errors
     /// `rate_limited` when the client is past its failed-verification limit and the check would
-    /// cost a database read or a hash, or the Argon2id queue is full; it is answered after the
-    /// refusal delay (`RateLimitConfig::refusal_delay`). `internal` (database unreachable,
-    /// corrupt row).
+    /// cost a database read or a hash (answered after the refusal delay,
+    /// `RateLimitConfig::refusal_delay`), or the Argon2id queue is full; `internal` (database
+    /// unreachable, corrupt row).
     pub async fn check_token(
         &self,
         presented: &str,
@@ -527,14 +547,7 @@ impl Authority {
         now: DateTime<Utc>,
     ) -> Result<Option<Arc<CachedToken>>> {
         let found = match format::parse(&self.config.prefix, presented) {
-            Ok(parsed) => match self.matching_entry(&parsed, ip).await {
-                Err(refused @ Error::RateLimited { .. }) => {
-                    // Boxed: its timer would otherwise enlarge every verification's future.
-                    Box::pin(self.limits.refusal_delay.hold()).await;
-                    return Err(refused);
-                }
-                found => found?,
-            },
+            Ok(parsed) => self.matching_entry(&parsed, ip).await?,
             Err(_) => None,
         };
         match found {

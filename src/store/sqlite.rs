@@ -366,6 +366,18 @@ const VERIFY_COLUMNS: &str = "id, org_id, kind, verifier, permissions, expires_a
 /// and then read the wide row.
 const VERIFY_SOURCE: &str = "tokens INDEXED BY tokens_verify";
 
+/// The verify read of one id (`?1`), prepared once per read connection.
+fn verify_one_sql() -> String {
+    format!("SELECT {VERIFY_COLUMNS} FROM {VERIFY_SOURCE} WHERE id = ?1")
+}
+
+/// The verify read of a JSON array of ids (`?1`) in one statement: the fallback through sqlx.
+fn verify_many_sql() -> String {
+    format!(
+        "SELECT {VERIFY_COLUMNS} FROM {VERIFY_SOURCE} WHERE id IN (SELECT value FROM json_each(?1))"
+    )
+}
+
 /// A [`VerifyRecord`] from the columns of [`VERIFY_COLUMNS`], in order.
 fn verify_record(
     id: &str,
@@ -394,9 +406,7 @@ fn read_verify_rows(
     // One read transaction for the batch: outside one, every lookup takes and drops SQLite's
     // file and WAL read locks (system calls each) and checks whether the database changed.
     let tx = conn.unchecked_transaction()?;
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {VERIFY_COLUMNS} FROM {VERIFY_SOURCE} WHERE id = ?1"
-    ))?;
+    let mut stmt = tx.prepare_cached(&verify_one_sql())?;
     let mut out = Vec::with_capacity(ids.len());
     let mut buf = Uuid::encode_buffer();
     for id in ids {
@@ -639,13 +649,11 @@ impl Store for SqliteStore {
         // Every read connection busy: the same read through sqlx,
         // all ids in one statement (a JSON array in one bind).
         let list = to_json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {VERIFY_COLUMNS} FROM {VERIFY_SOURCE} WHERE id IN (SELECT value FROM json_each(?))"
-        )))
-        .bind(list)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(verify_many_sql()))
+            .bind(list)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(other)?;
         rows.iter()
             .map(|row| {
                 verify_record(
@@ -940,24 +948,18 @@ mod tests {
         let conn = store.readers[0].lock().unwrap();
 
         // Act
-        let plans: Vec<String> = [
-            format!("SELECT {VERIFY_COLUMNS} FROM {VERIFY_SOURCE} WHERE id = ?1"),
-            format!(
-                "SELECT {VERIFY_COLUMNS} FROM {VERIFY_SOURCE} \
-                 WHERE id IN (SELECT value FROM json_each(?1))"
-            ),
-        ]
-        .iter()
-        .map(|sql| {
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let details: Vec<String> = stmt
-                .query_map(["x"], |row| row.get::<_, String>(3))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            details.join("; ")
-        })
-        .collect();
+        let plans: Vec<String> = [verify_one_sql(), verify_many_sql()]
+            .iter()
+            .map(|sql| {
+                let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+                let details: Vec<String> = stmt
+                    .query_map(["x"], |row| row.get::<_, String>(3))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                details.join("; ")
+            })
+            .collect();
 
         // Assert: one B-tree per lookup, never the table row.
         for plan in plans {

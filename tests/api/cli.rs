@@ -104,6 +104,30 @@ fn a_bad_flag_value_fails_with_a_message_not_a_panic() {
     assert!(!stderr.contains("panicked"));
 }
 
+#[test]
+fn a_refusal_delay_as_long_as_the_request_timeout_is_refused_at_start() {
+    // Act
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--rate-limit-refusal-delay-ms",
+            "2000",
+            "--request-timeout-seconds",
+            "2",
+        ])
+        .output()
+        .unwrap();
+
+    // Assert
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("must be shorter than --request-timeout-seconds"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
+
 #[tokio::test]
 async fn a_custom_prefix_is_used_for_every_issued_token() {
     let app = crate::helpers::spawn_app_with(&["--token-prefix", "ibex"]).await;
