@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Latchkey on PostgreSQL against the no-op baseline: warm REST verify, REST verify cycling through
+# every token (cache a tenth of the set), and mint. Same load generator and settings as
+# bench/run.sh (wrk, 32 connections, alternating rounds, best kept), one table on stdout.
+#
+#   bash bench/postgres.sh [--tokens N] [--smoke]
+#
+#   --tokens N   tokens in the database (default 100,000; --smoke: 1,000)
+#   --smoke      1 s warm-up, 2 s per measurement, one round: checks that the script works
+#
+# The database server: LATCHKEY_TEST_DATABASE_URL (an admin URL; a database is created in it and
+# dropped at exit) or, when it is unset and this runs as root, a throwaway cluster on loopback
+# started by .ci/postgres.sh (durability off: fsync and synchronous_commit off, so the mint
+# figure is what the CPU allows, not what a disk allows). The PostgreSQL server shares the
+# machine's CPUs with Latchkey and the load generator.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+TOKENS="" SMOKE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tokens) TOKENS="$2"; shift 2 ;;
+    --smoke) SMOKE=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ "$SMOKE" = 1 ]; then WARMUP=1 DURATION=2 ROUNDS=1 TOKENS=${TOKENS:-1000}
+else WARMUP=3 DURATION=10 ROUNDS=2 TOKENS=${TOKENS:-100000}; fi
+[[ "$TOKENS" =~ ^[1-9][0-9]*$ ]] || { echo "--tokens must be a positive number" >&2; exit 2; }
+
+log() { echo "[postgres-bench $(date +%H:%M:%S)] $*" >&2; }
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/latchkey-pg-bench.XXXXXX")
+PIDS=()
+DB=""
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "$DB" ]; then psql_admin -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true; fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+if [ -z "${LATCHKEY_TEST_DATABASE_URL:-}" ]; then
+  # shellcheck source=/dev/null
+  source .ci/postgres.sh >&2
+  trap 'cleanup; _lk_pg_stop 2>/dev/null || true' EXIT
+fi
+ADMIN_URL="$LATCHKEY_TEST_DATABASE_URL"
+PSQL=$(command -v psql || find /usr/lib/postgresql -path '*/bin/psql' | sort -V | tail -n1)
+psql_admin() { "$PSQL" -qtA -d "$ADMIN_URL" "$@"; }
+DB="latchkey_bench_$$"
+psql_admin -c "CREATE DATABASE $DB" >/dev/null
+URL="${ADMIN_URL%/*}/$DB"
+
+log "building (release)"
+cargo build --release --quiet --bins --examples
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$1/healthz" && return 0; sleep 0.1; done; return 1; }
+LK_PORT=$(free_port); BASE_PORT=$(free_port)
+CACHE=$(( TOKENS / 10 > 0 ? TOKENS / 10 : 1 ))
+LATCHKEY_LOG=warn "$BIN/latchkey" serve --listen "127.0.0.1:$LK_PORT" --database-url "$URL" \
+  --log-format json --hash sha256 --cache-capacity "$CACHE" --rate-limit-per-second 0 \
+  --rate-limit-mint-per-hour 0 --trusted-proxies 127.0.0.1/32 >"$TMP/lk.log" 2>&1 &
+LK_PID=$!; PIDS+=("$LK_PID")
+"$BIN/examples/baseline" --listen "127.0.0.1:$BASE_PORT" >"$TMP/base.log" 2>&1 &
+PIDS+=($!)
+wait_up "$LK_PORT" || { cat "$TMP/lk.log" >&2; exit 1; }
+wait_up "$BASE_PORT" || { cat "$TMP/base.log" >&2; exit 1; }
+ADMIN=$(grep -a '_pat_' "$TMP/lk.log" | grep -v '^{' | head -n1 | tr -d '[:space:]')
+[ -n "$ADMIN" ] || { echo "no bootstrap token in the server's stderr" >&2; exit 1; }
+
+log "seeding $TOKENS tokens through the store (one transaction per token)"
+"$BIN/examples/seed" --database-url "$URL" --count "$TOKENS" --out "$TMP/tokens.txt" \
+  --method store --concurrency 16 >&2
+head -n1 "$TMP/tokens.txt" >"$TMP/warm.txt"
+
+num() { sed -n "s/.*\"$1\":\([0-9.eE+-]*\).*/\1/p" <<<"$2" | head -n1; }
+# measure PORT MODE FILE [BEARER]: prints the WRKJSON object; fails on errors or invalid answers.
+measure() {
+  local j
+  wrk -t2 -c32 -d"${WARMUP}s" -s bench/wrk.lua "http://127.0.0.1:$1" -- "$2" "$3" 2 "${4:--}" >/dev/null
+  j=$(wrk -t2 -c32 -d"${DURATION}s" -s bench/wrk.lua "http://127.0.0.1:$1" -- "$2" "$3" 2 "${4:--}" - - check |
+    sed -n 's/^WRKJSON //p')
+  [ -n "$j" ] || { echo "wrk printed no result" >&2; return 1; }
+  if [ "$(num status_errors "$j")" != 0 ] || [ "$(num socket_errors "$j")" != 0 ] ||
+    { [ "$1" = "$LK_PORT" ] && [ "$2" = verify ] && [ "$(num invalid "$j")" != 0 ]; }; then
+    echo "failed run on port $1 ($2): $j" >&2; return 1
+  fi
+  echo "$j"
+}
+best() { if [ -z "$1" ] || awk -v a="$(num rps "$2")" -v b="$(num rps "$1")" 'BEGIN { exit !(a > b) }'; then echo "$2"; else echo "$1"; fi; }
+
+printf '%-24s %9s %8s %8s %10s %6s\n' scenario req/s "p50 ms" "p99 ms" "base req/s" ratio
+row() { # name lk-json base-json
+  local r="-" b="-"
+  if [ -n "$3" ]; then b=$(num rps "$3"); r=$(awk -v a="$(num rps "$2")" -v b="$b" 'BEGIN { printf "%.2f", a / b }'); b=$(printf '%.0f' "$b"); fi
+  printf '%-24s %9.0f %8.3f %8.3f %10s %6s\n' "$1" "$(num rps "$2")" \
+    "$(awk -v u="$(num p50_us "$2")" 'BEGIN { print u / 1000 }')" \
+    "$(awk -v u="$(num p99_us "$2")" 'BEGIN { print u / 1000 }')" "$b" "$r"
+}
+for scenario in warm cycling; do
+  file="$TMP/warm.txt"; [ "$scenario" = cycling ] && file="$TMP/tokens.txt"
+  L="" B=""
+  for _ in $(seq "$ROUNDS"); do
+    B=$(best "$B" "$(measure "$BASE_PORT" verify "$file")")
+    L=$(best "$L" "$(measure "$LK_PORT" verify "$file")")
+  done
+  row "rest_verify_$scenario" "$L" "$B"
+done
+L=""
+for _ in $(seq "$ROUNDS"); do L=$(best "$L" "$(measure "$LK_PORT" mint "$TMP/warm.txt" "$ADMIN")"); done
+row mint "$L" ""
+echo "latchkey peak RSS: $(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$LK_PID/status"); tokens $TOKENS, cache $CACHE; $(nproc) CPUs shared by PostgreSQL, Latchkey and wrk"
