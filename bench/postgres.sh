@@ -16,6 +16,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 TOKENS="" SMOKE=0
 while [ $# -gt 0 ]; do
@@ -60,8 +62,6 @@ log "building (release)"
 cargo build --release --quiet --bins --examples
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$1/healthz" && return 0; sleep 0.1; done; return 1; }
 LK_PORT=$(free_port); BASE_PORT=$(free_port)
 CACHE=$(( TOKENS / 10 > 0 ? TOKENS / 10 : 1 ))
 LATCHKEY_LOG=warn "$BIN/latchkey" serve --listen "127.0.0.1:$LK_PORT" --database-url "$URL" \
@@ -69,9 +69,9 @@ LATCHKEY_LOG=warn "$BIN/latchkey" serve --listen "127.0.0.1:$LK_PORT" --database
   --rate-limit-mint-per-hour 0 --trusted-proxies 127.0.0.1/32 >"$TMP/lk.log" 2>&1 &
 LK_PID=$!; PIDS+=("$LK_PID")
 "$BIN/examples/baseline" --listen "127.0.0.1:$BASE_PORT" >"$TMP/base.log" 2>&1 &
-PIDS+=($!)
-wait_up "$LK_PORT" || { cat "$TMP/lk.log" >&2; exit 1; }
-wait_up "$BASE_PORT" || { cat "$TMP/base.log" >&2; exit 1; }
+BASE_PID=$!; PIDS+=("$BASE_PID")
+wait_http "http://127.0.0.1:$LK_PORT/healthz" "$LK_PID" 30 || { cat "$TMP/lk.log" >&2; exit 1; }
+wait_http "http://127.0.0.1:$BASE_PORT/healthz" "$BASE_PID" 30 || { cat "$TMP/base.log" >&2; exit 1; }
 ADMIN=$(grep -a '_pat_' "$TMP/lk.log" | grep -v '^{' | head -n1 | tr -d '[:space:]')
 [ -n "$ADMIN" ] || { echo "no bootstrap token in the server's stderr" >&2; exit 1; }
 
@@ -80,7 +80,6 @@ log "seeding $TOKENS tokens through the store (one transaction per token)"
   --method store --concurrency 16 >&2
 head -n1 "$TMP/tokens.txt" >"$TMP/warm.txt"
 
-num() { sed -n "s/.*\"$1\":\([0-9.eE+-]*\).*/\1/p" <<<"$2" | head -n1; }
 # measure PORT MODE FILE [BEARER]: prints the WRKJSON object; fails on errors or invalid answers.
 measure() {
   local j
@@ -94,7 +93,6 @@ measure() {
   fi
   echo "$j"
 }
-best() { if [ -z "$1" ] || awk -v a="$(num rps "$2")" -v b="$(num rps "$1")" 'BEGIN { exit !(a > b) }'; then echo "$2"; else echo "$1"; fi; }
 
 printf '%-24s %9s %8s %8s %10s %6s\n' scenario req/s "p50 ms" "p99 ms" "base req/s" ratio
 row() { # name lk-json base-json
@@ -116,4 +114,4 @@ done
 L=""
 for _ in $(seq "$ROUNDS"); do L=$(best "$L" "$(measure "$LK_PORT" mint "$TMP/warm.txt" "$ADMIN")"); done
 row mint "$L" ""
-echo "latchkey peak RSS: $(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$LK_PID/status"); tokens $TOKENS, cache $CACHE; $(nproc) CPUs shared by PostgreSQL, Latchkey and wrk"
+echo "latchkey peak RSS: $(rss_mib "$LK_PID") MiB; tokens $TOKENS, cache $CACHE; $(nproc) CPUs shared by PostgreSQL, Latchkey and wrk"

@@ -33,6 +33,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 SMOKE=0
 TOKENS=""
@@ -197,30 +199,6 @@ run_tracked() { # out-file command...: runs it in the background, tracked, and w
   return "$status"
 }
 
-free_port() {
-  local p
-  for _ in $(seq 200); do
-    p=$(( 20000 + RANDOM % 40000 ))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-  done
-  return 1
-}
-
-wait_http() { # url pid seconds: until the server answers anything
-  local url=$1 pid=$2 secs=$3 code
-  for _ in $(seq $(( secs * 10 ))); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
-    [ "$code" != "000" ] && [ -n "$code" ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
-rss_mib() { # pid -> peak resident set (VmHWM) in MiB
-  awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0
-}
-
 # Waits until the machine is quiet (under 15% of the CPU busy over half a second), at most
 # QUIET_MAX seconds (60; 5 in smoke mode).
 BUSY_WAITS=0
@@ -306,9 +284,6 @@ metric() { # url name-with-labels -> value (0 when absent)
 # ---------------------------------------------------------------------------------------------
 # Load. Every measurement leaves its JSON in J.
 J=""
-num() { # key json -> number
-  sed -n "s/.*\"$1\":\([0-9.eE+-]*\).*/\1/p" <<<"$2" | head -n1
-}
 
 # PACE_MS, when set, runs one connection on one thread that waits PACE_MS before each request.
 PACE_MS=""
@@ -367,12 +342,6 @@ sane() { # json [allow-invalid]: the load generator ran and got the answers it e
     v=$(num "$k" "$j")
     [ -z "$v" ] || [ "$v" = 0 ] || { log "load generator reported $k=$v"; return 1; }
   done
-}
-
-best() { # json json -> the one with more requests per second
-  if [ -z "$1" ]; then echo "$2"; elif [ -z "$2" ]; then echo "$1";
-  elif awk -v a="$(num rps "$1")" -v b="$(num rps "$2")" 'BEGIN { exit !(b > a) }'; then echo "$2";
-  else echo "$1"; fi
 }
 
 # Runs the two sides ROUNDS times, alternating (baseline first), each after the machine is

@@ -46,6 +46,9 @@ impl RateLimitConfig {
     };
 }
 
+/// The shortest retry time a refusal names.
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 type Keyed<K, C> = RateLimiter<
     K,
     governor::state::keyed::DefaultKeyedStateStore<K>,
@@ -79,7 +82,7 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiter<K, C> {
             metrics::counter!("latchkey_rate_limited_total", "limit" => self.label).increment(1);
             let wait = not_until.wait_time_from(self.clock.now());
             Error::RateLimited {
-                retry_after: wait.max(Duration::from_secs(1)),
+                retry_after: wait.max(MIN_RETRY_AFTER),
             }
         })
     }
@@ -152,7 +155,7 @@ where
         metrics::counter!("latchkey_rate_limited_total", "limit" => "failed_verify").increment(1);
         let wait: Duration = until.duration_since(now).into();
         Err(Error::RateLimited {
-            retry_after: wait.max(Duration::from_secs(1)),
+            retry_after: wait.max(MIN_RETRY_AFTER),
         })
     }
 
@@ -218,6 +221,17 @@ impl RefusalDelay {
         tokio::time::sleep(self.delay).await;
         drop(place);
         self.delay
+    }
+
+    /// Answers `refused` after [`Self::hold`], its retry time shortened by the wait.
+    pub async fn refuse(&self, refused: Error) -> Error {
+        let held = self.hold().await;
+        match refused {
+            Error::RateLimited { retry_after } => Error::RateLimited {
+                retry_after: retry_after.saturating_sub(held).max(MIN_RETRY_AFTER),
+            },
+            other => other,
+        }
     }
 }
 

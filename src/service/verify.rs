@@ -473,16 +473,9 @@ impl Authority {
             return Ok(());
         };
         match limit.allow_costly(ip) {
-            Err(Error::RateLimited { retry_after }) => {
-                // Boxed: its timer would otherwise enlarge every verification's future.
-                let held = Box::pin(self.limits.refusal_delay.hold()).await;
-                Err(Error::RateLimited {
-                    retry_after: retry_after
-                        .saturating_sub(held)
-                        .max(std::time::Duration::from_secs(1)),
-                })
-            }
-            other => other,
+            Ok(()) => Ok(()),
+            // Boxed: its timer would otherwise enlarge every verification's future.
+            Err(refused) => Err(Box::pin(self.limits.refusal_delay.refuse(refused)).await),
         }
     }
 
