@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::token::{Permissions, TokenKind};
+use crate::token::{Permissions, Role, TokenKind};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -108,6 +108,9 @@ pub struct TokenRecord {
     pub disabled_at: Option<DateTime<Utc>>,
     /// The last distinct client addresses, newest first (at most [`MAX_CLIENT_IPS`]).
     pub client_ips: Vec<ClientIp>,
+    /// The user who owns the token (minted it, or owns the token that minted it); `None` for
+    /// tokens of machines.
+    pub user_id: Option<Uuid>,
 }
 
 /// What the verify path needs of a token: read in batches on cache misses, without the columns
@@ -122,6 +125,108 @@ pub struct VerifyRecord {
     pub expires_at: Option<DateTime<Utc>>,
     /// Revoked or disabled.
     pub blocked: bool,
+    /// The owning user, if any.
+    pub user_id: Option<Uuid>,
+}
+
+/// A person who signs in. `password_hash` and `setup_hash` are verifiers, never printed.
+#[derive(Clone, PartialEq)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    /// As given; compared case-insensitively (the store keeps a lowercase key, unique in the
+    /// deployment).
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub platform_admin: bool,
+    /// Argon2id PHC string; `None` until the user sets a password through its setup link.
+    pub password_hash: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub last_login_at: Option<DateTime<Utc>>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// SHA-256 (hex) of the one-time setup token, while one is outstanding.
+    pub setup_hash: Option<String>,
+    pub setup_expires_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("role", &self.role)
+            .field("platform_admin", &self.platform_admin)
+            .field("disabled_at", &self.disabled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A console session. Only the SHA-256 (hex) of its secret id is stored.
+#[derive(Clone, PartialEq)]
+pub struct SessionRecord {
+    /// The public id, used to list and end sessions.
+    pub id: Uuid,
+    pub secret_hash: String,
+    pub user_id: Uuid,
+    pub org_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    /// The absolute end of the session.
+    pub expires_at: DateTime<Utc>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A page request for the users of one org, newest first.
+#[derive(Debug, Clone)]
+pub struct UserListQuery {
+    pub org_id: Uuid,
+    /// Only users with an id below this one (the cursor).
+    pub before_id: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// Which of a user's live tokens an update revokes, in its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeOwned {
+    None,
+    /// Every live token the user owns (disabling the user).
+    All,
+    /// The live tokens holding a bit outside this set (a demotion).
+    Exceeding(Permissions),
+}
+
+/// Which of a user's sessions an update or sign-out ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndSessions {
+    None,
+    All,
+    One(Uuid),
+    AllBut(Uuid),
+}
+
+/// What [`Store::update_user`] changes besides the user row.
+#[derive(Debug, Clone)]
+pub struct UserChange<'a> {
+    pub revoke: RevokeOwned,
+    pub end_sessions: EndSessions,
+    /// The event written for each token revoked; the store sets its `id` (a new UUID v7) and
+    /// `token_id`.
+    pub revoke_event: Option<&'a AuditRecord>,
+    /// The event written for each session ended; the store sets its `id` and adds
+    /// `"session_id"` to its details.
+    pub session_event: Option<&'a AuditRecord>,
 }
 
 /// One audit event, written in the same transaction as the change it records.
@@ -152,13 +257,23 @@ pub enum StateFilter {
 #[derive(Debug, Clone)]
 pub struct TokenListQuery {
     pub org_id: Uuid,
-    /// Only tokens whose `created_by` is this actor (callers without `org:admin`).
-    pub created_by: Option<String>,
+    /// Only tokens this caller reaches without `org:admin`: created by `actor`, or owned by
+    /// `user_id`.
+    pub visible_to: Option<Visibility>,
+    /// Only tokens owned by this user.
+    pub owner: Option<Uuid>,
     pub state: Option<StateFilter>,
     /// Only tokens with an id below this one (the cursor).
     pub before_id: Option<Uuid>,
     pub limit: u32,
     pub now: DateTime<Utc>,
+}
+
+/// The tokens a caller without `org:admin` sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visibility {
+    pub actor: String,
+    pub user_id: Option<Uuid>,
 }
 
 /// Usage accumulated in memory for one token, added to its row by [`Store::add_usage`].
@@ -285,6 +400,88 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` audit events, newest first.
     async fn list_audit(&self, q: &AuditListQuery) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Writes audit events on their own (a failed sign-in changes nothing else).
+    async fn insert_audit(&self, events: &[AuditRecord]) -> StoreResult<()>;
+
+    /// Inserts a user and its events in one transaction. `Conflict` if the email (compared
+    /// case-insensitively) is taken anywhere in the deployment.
+    async fn insert_user(&self, user: &UserRecord, events: &[AuditRecord]) -> StoreResult<()>;
+
+    async fn get_user(&self, id: Uuid) -> StoreResult<Option<UserRecord>>;
+
+    /// The user with this email, compared case-insensitively.
+    async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
+
+    /// The user whose outstanding setup token hashes to `setup_hash`.
+    async fn find_user_by_setup_hash(&self, setup_hash: &str) -> StoreResult<Option<UserRecord>>;
+
+    /// Up to `limit` users of an org, newest first.
+    async fn list_users(&self, q: &UserListQuery) -> StoreResult<Vec<UserRecord>>;
+
+    /// How many users of the org are admins and not disabled.
+    async fn count_active_admins(&self, org_id: Uuid) -> StoreResult<i64>;
+
+    /// Replaces the user row with `user` (email, name, role, flags, password, setup, disabled),
+    /// revokes tokens and ends sessions as `change` says, and writes `events`, in one
+    /// transaction. Returns the ids of the tokens it revoked. `Conflict` if the email is taken.
+    async fn update_user(
+        &self,
+        user: &UserRecord,
+        change: UserChange<'_>,
+        now: DateTime<Utc>,
+        events: &[AuditRecord],
+    ) -> StoreResult<Vec<Uuid>>;
+
+    /// Sets the user's `last_login_at` and writes `events`, in one transaction.
+    async fn record_login(
+        &self,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+        events: &[AuditRecord],
+    ) -> StoreResult<()>;
+
+    /// Inserts a session, sets its user's `last_login_at` to its creation time and writes
+    /// `events`, in one transaction.
+    async fn insert_session(
+        &self,
+        session: &SessionRecord,
+        events: &[AuditRecord],
+    ) -> StoreResult<()>;
+
+    /// The session whose secret hashes to `secret_hash`, whatever its age.
+    async fn get_session(&self, secret_hash: &str) -> StoreResult<Option<SessionRecord>>;
+
+    /// Moves a session's `last_seen_at` forward to `at`.
+    async fn touch_session(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<()>;
+
+    /// The user's sessions, newest first, whatever their age.
+    async fn list_sessions(&self, user_id: Uuid) -> StoreResult<Vec<SessionRecord>>;
+
+    /// Deletes the user's sessions that `which` names and writes, for each, `event` with its
+    /// `id` set and `"session_id"` added to its details, in one transaction. Returns how many
+    /// it deleted.
+    async fn end_sessions(
+        &self,
+        user_id: Uuid,
+        which: EndSessions,
+        event: Option<&AuditRecord>,
+    ) -> StoreResult<u64>;
+
+    /// Deletes sessions that ended: past `expires_at` at `now`, or last seen before
+    /// `idle_cutoff`. Returns how many.
+    async fn delete_expired_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+
+    /// How many sessions are live at `now` (not past `expires_at`, seen since `idle_cutoff`).
+    async fn count_live_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> StoreResult<i64>;
 
     /// A stream of cache invalidations published by other nodes, for backends shared by several
     /// nodes. `None` (the default) for a single-node backend.

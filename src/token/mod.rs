@@ -8,5 +8,5 @@ pub mod secret;
 
 pub use format::{InvalidToken, ParsedToken, Prefix, TokenKind};
 pub use hash::{HashAlgorithm, Verifier};
-pub use permissions::{Permissions, ScopeRegistry};
+pub use permissions::{Permissions, Role, ScopeRegistry};
 pub use secret::Secret;

@@ -23,10 +23,14 @@ impl Permissions {
     pub const ORG_ADMIN: Permissions = Permissions(1 << 5);
     /// Acts in every org and holds every bit.
     pub const PLATFORM_ADMIN: Permissions = Permissions(1 << 6);
-    /// Every named system bit (0-6): what a bootstrap admin token carries.
-    pub const ALL_SYSTEM: Permissions = Permissions(0x7f);
-    /// Bits 7-15: reserved for the authority's future use, never grantable.
-    pub const RESERVED: Permissions = Permissions(0xff80);
+    /// Reads the users of its org.
+    pub const USERS_READ: Permissions = Permissions(1 << 7);
+    /// Invites, changes, disables and enables the users of its org.
+    pub const USERS_MANAGE: Permissions = Permissions(1 << 8);
+    /// Every named system bit (0-8): what a bootstrap admin token carries.
+    pub const ALL_SYSTEM: Permissions = Permissions(0x1ff);
+    /// Bits 9-15: reserved for the authority's future use, never grantable.
+    pub const RESERVED: Permissions = Permissions(0xfe00);
 
     pub const fn from_bits(bits: u64) -> Self {
         Permissions(bits)
@@ -58,7 +62,36 @@ impl Permissions {
     }
 }
 
-const SYSTEM_NAMES: [(&str, u32); 7] = [
+/// A person's role in its org. What each role may do is decided in `service/` (one place);
+/// this is only the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Manages the tokens it owns; may grant the deployment's scopes that are not admin-only.
+    Member,
+    /// Everything a member may, plus every token and user of its org, its policy and audit log.
+    Admin,
+}
+
+impl Role {
+    /// `member` or `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The role named `s` (exactly `member` or `admin`).
+    pub fn from_name(s: &str) -> Option<Role> {
+        match s {
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+const SYSTEM_NAMES: [(&str, u32); 9] = [
     ("tokens:create", 0),
     ("tokens:revoke", 1),
     ("tokens:read", 2),
@@ -66,6 +99,8 @@ const SYSTEM_NAMES: [(&str, u32); 7] = [
     ("audit:read", 4),
     ("org:admin", 5),
     ("platform:admin", 6),
+    ("users:read", 7),
+    ("users:manage", 8),
 ];
 
 /// The scopes section of the config file (`--config FILE`, TOML):
@@ -83,9 +118,14 @@ const SYSTEM_NAMES: [(&str, u32); 7] = [
 /// [composites]
 /// "runs:all" = ["runs:read", "runs:write"]
 /// ```
+///
+/// `default_scopes = ["runs:read"]`, before the first table, names what a person gets from
+/// `POST /v1/auth/token` when the request names no scopes (default: none).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeConfig {
+    #[serde(default)]
+    pub default_scopes: Vec<String>,
     #[serde(default)]
     pub scopes: Vec<ScopeDecl>,
     #[serde(default)]
@@ -118,6 +158,7 @@ pub struct ScopeRegistry {
     bit_names: Vec<Option<String>>,
     assigned: Permissions,
     admin_only: Permissions,
+    default_scopes: Permissions,
 }
 
 fn valid_scope_name(s: &str) -> bool {
@@ -197,12 +238,28 @@ impl ScopeRegistry {
             }
             by_name.insert(name.clone(), p);
         }
-        Ok(Self {
+        let mut registry = Self {
             by_name,
             bit_names,
             assigned,
             admin_only,
-        })
+            default_scopes: Permissions::NONE,
+        };
+        registry.default_scopes = registry
+            .resolve(&cfg.default_scopes)
+            .map_err(|e| format!("default_scopes: {e}"))?;
+        Ok(registry)
+    }
+
+    /// The bits of `default_scopes`: what a token minted by a password exchange carries when
+    /// the request names none.
+    pub fn default_scopes(&self) -> Permissions {
+        self.default_scopes
+    }
+
+    /// The deployment's own scopes (bits 16-63 that config declares), admin-only ones included.
+    pub fn custom(&self) -> Permissions {
+        self.assigned.minus(Permissions::ALL_SYSTEM)
     }
 
     /// The bits that the given names (scopes or composites) stand for.
@@ -317,7 +374,8 @@ mod tests {
             Permissions::TOKENS_CREATE
         );
         assert_eq!(r.resolve(&["platform:admin"]).unwrap().bits(), 1 << 6);
-        assert_eq!(r.names(Permissions::ALL_SYSTEM).len(), 7);
+        assert_eq!(r.names(Permissions::ALL_SYSTEM).len(), 9);
+        assert_eq!(r.resolve(&["users:manage"]).unwrap().bits(), 1 << 8);
         assert_eq!(
             r.names(Permissions::TOKENS_READ.union(Permissions::AUDIT_READ)),
             vec!["tokens:read", "audit:read"]
@@ -344,8 +402,8 @@ mod tests {
         let r = registry();
         assert!(r.check_assigned(Permissions::from_bits(1 << 16)).is_ok());
         assert_eq!(
-            r.check_assigned(Permissions::from_bits((1 << 20) | (1 << 8))),
-            Err(ScopeError::UnknownBits((1 << 20) | (1 << 8)))
+            r.check_assigned(Permissions::from_bits((1 << 20) | (1 << 9))),
+            Err(ScopeError::UnknownBits((1 << 20) | (1 << 9)))
         );
     }
 
@@ -361,6 +419,7 @@ mod tests {
                 "twice",
             ),
             ("[composites]\n\"x\" = [\"missing\"]", "unknown scope"),
+            ("default_scopes = [\"nope\"]", "default_scopes"),
         ];
         for (src, want) in cases {
             let cfg: ScopeConfig = toml::from_str(src).unwrap();
