@@ -213,6 +213,14 @@ pub struct CommonArgs {
     #[arg(long, env = "LATCHKEY_DB_MAX_LIFETIME_SECONDS", default_value_t = 1800)]
     pub db_max_lifetime_seconds: u64,
 
+    /// The base URL people reach this server at, for the setup links of new users.
+    #[arg(
+        long,
+        env = "LATCHKEY_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_url: String,
+
     /// Log format on stderr. The level is set with LATCHKEY_LOG (e.g. `info`, `debug`).
     #[arg(long, env = "LATCHKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -243,9 +251,46 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
 
-    /// Tokens minted (created or rotated) per hour, per client IP and per calling token (0: off).
+    /// Tokens minted (created or rotated) by people (console sessions, password exchanges) per
+    /// hour per client IP (0: off).
     #[arg(long, env = "LATCHKEY_RATE_LIMIT_MINT_PER_HOUR", default_value_t = 10)]
     pub rate_limit_mint_per_hour: u32,
+
+    /// Tokens minted (created or rotated) by a token per hour, per calling token (0: off). A
+    /// backend that provisions keys for its customers mints with a token.
+    #[arg(
+        long,
+        env = "LATCHKEY_RATE_LIMIT_MINT_PER_TOKEN_PER_HOUR",
+        default_value_t = 1000
+    )]
+    pub rate_limit_mint_per_token_per_hour: u32,
+
+    /// Sign-ins (password exchanges, console sign-ins, setup links, password changes) per 15
+    /// minutes per client IP, counted before any password is hashed (0: off).
+    #[arg(long, env = "LATCHKEY_RATE_LIMIT_LOGIN_PER_15M", default_value_t = 5)]
+    pub rate_limit_login_per_15m: u32,
+
+    /// Minutes a console session may go unused before it ends.
+    #[arg(long, env = "LATCHKEY_SESSION_IDLE_MINUTES", default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=10_080))]
+    pub session_idle_minutes: u64,
+
+    /// Hours after sign-in that a console session ends, however it is used.
+    #[arg(long, env = "LATCHKEY_SESSION_ABSOLUTE_HOURS", default_value_t = 8,
+        value_parser = clap::value_parser!(u64).range(1..=720))]
+    pub session_absolute_hours: u64,
+
+    /// Longest lifetime, in days, of a token minted with `POST /v1/auth/token` (email and
+    /// password); also its lifetime when the request names none and the org has no default.
+    #[arg(long, env = "LATCHKEY_LOGIN_TOKEN_MAX_DAYS", default_value_t = 30,
+        value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub login_token_max_days: i64,
+
+    /// The server is reached over plain HTTP, with no TLS in front: the session cookie is sent
+    /// without `Secure`. Leave it off behind HTTPS (browsers keep `Secure` cookies of
+    /// http://localhost and http://127.0.0.1 anyway).
+    #[arg(long, env = "LATCHKEY_PLAIN_HTTP")]
+    pub plain_http: bool,
 
     /// Management requests (everything but verification) per second per client IP (0: off).
     #[arg(long, env = "LATCHKEY_RATE_LIMIT_PER_SECOND", default_value_t = 50)]

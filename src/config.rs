@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::{CommonArgs, ServeArgs};
-use crate::service::AuthorityConfig;
 use crate::service::ratelimit::RateLimitConfig;
+use crate::service::{AuthorityConfig, PeopleConfig};
 use crate::startup::{ServerLimits, Settings};
 use crate::store::PoolOptions;
 use crate::token::ScopeRegistry;
@@ -45,10 +45,19 @@ pub fn pool_options(common: &CommonArgs) -> PoolOptions {
 /// # Errors
 /// As [`load_scopes`].
 pub fn authority_config(common: &CommonArgs) -> anyhow::Result<AuthorityConfig> {
+    let public_url = common.public_url.trim_end_matches('/').to_string();
+    anyhow::ensure!(
+        public_url.starts_with("http://") || public_url.starts_with("https://"),
+        "--public-url must start with http:// or https:// (got {public_url:?})"
+    );
     Ok(AuthorityConfig {
         prefix: common.token_prefix.clone(),
         hash: common.hash,
         scopes: load_scopes(common.config.as_deref())?,
+        people: PeopleConfig {
+            public_url,
+            ..PeopleConfig::default()
+        },
         ..AuthorityConfig::default()
     })
 }
@@ -70,8 +79,13 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         refusal_delay.as_millis(),
         request_timeout.as_secs()
     );
+    authority.people.session_idle = Duration::from_secs(args.session_idle_minutes * 60);
+    authority.people.session_absolute = Duration::from_secs(args.session_absolute_hours * 3600);
+    authority.people.login_token_max_days = args.login_token_max_days;
     authority.rate_limits = RateLimitConfig {
         mint_per_hour: args.rate_limit_mint_per_hour,
+        mint_per_token_per_hour: args.rate_limit_mint_per_token_per_hour,
+        login_per_15m: args.rate_limit_login_per_15m,
         management_per_second: args.rate_limit_per_second,
         management_burst: args.rate_limit_burst,
         failed_verify_per_minute: args.rate_limit_failed_verify_per_minute,
@@ -88,6 +102,7 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         usage_flush_interval: Duration::from_millis(args.usage_flush_ms.max(10)),
         max_body_bytes: args.max_body_bytes,
         trusted_proxies: args.trusted_proxies.clone(),
+        secure_cookies: !args.plain_http,
         limits: ServerLimits {
             header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
             request_timeout,

@@ -13,6 +13,9 @@ pub enum Error {
     /// Missing, malformed, unknown, expired or revoked bearer token: always the same message.
     #[error("missing or invalid bearer token")]
     Unauthenticated,
+    /// Wrong password, unknown email or disabled user at sign-in: always the same message.
+    #[error("invalid email or password")]
+    InvalidCredentials,
     /// The caller is authenticated but lacks a permission; the message names it.
     #[error("{0}")]
     PermissionDenied(String),
@@ -23,6 +26,10 @@ pub enum Error {
     /// A live resource with that name exists.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The change would break a rule about the current state (such as leaving an org without an
+    /// active admin); the message says which.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The request body is larger than the configured limit.
     #[error("request body is too large")]
     PayloadTooLarge,
@@ -40,9 +47,11 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::Unauthenticated => "unauthenticated",
+            Error::InvalidCredentials => "invalid_credentials",
             Error::PermissionDenied(_) => "permission_denied",
             Error::NotFound => "not_found",
             Error::AlreadyExists(_) => "already_exists",
+            Error::FailedPrecondition(_) => "failed_precondition",
             Error::PayloadTooLarge => "payload_too_large",
             Error::RateLimited { .. } => "rate_limited",
             Error::Internal(_) => "internal",

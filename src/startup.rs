@@ -27,6 +27,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Proxies whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Whether the session cookie carries `Secure` (false only with `--plain-http`).
+    pub secure_cookies: bool,
     pub limits: ServerLimits,
 }
 
@@ -57,6 +59,7 @@ impl Default for ServerLimits {
 /// A built server, bound and ready to run.
 pub struct Application {
     listener: TcpListener,
+    clock: Arc<dyn Clock>,
     router: server::Bounded<Router>,
     authority: Arc<Authority>,
     metrics: PrometheusHandle,
@@ -87,14 +90,16 @@ impl Application {
             clock.clone(),
             metrics.clone(),
             settings.max_body_bytes,
+            settings.secure_cookies,
         );
-        let grpc = grpc::router(authority.clone(), clock, settings.max_body_bytes).await?;
+        let grpc = grpc::router(authority.clone(), clock.clone(), settings.max_body_bytes).await?;
         let router = server::bounded(
             server::one_port(rest, grpc, Arc::new(settings.trusted_proxies)),
             &settings.limits,
         );
         Ok(Self {
             listener,
+            clock,
             router,
             authority,
             metrics,
@@ -128,8 +133,12 @@ impl Application {
             let authority = self.authority.clone();
             let metrics = self.metrics.clone();
             let every = self.flush_interval;
+            let clock = self.clock.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
+                // Ended sessions are deleted (and the live ones counted) about once a minute.
+                let sessions_every = (60_000 / every.as_millis().max(1)).max(1) as u64;
+                let mut ticks: u64 = 0;
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     // A flush in progress is never cancelled: only the wait between flushes is.
@@ -153,6 +162,12 @@ impl Application {
                     if let Err(e) = authority.flush_usage().await {
                         tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
                     }
+                    if ticks % sessions_every == 0
+                        && let Err(e) = authority.clean_sessions(clock.now()).await
+                    {
+                        tracing::warn!(error = %e, "cleaning ended sessions failed");
+                    }
+                    ticks += 1;
                 }
             })
         };

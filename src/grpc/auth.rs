@@ -48,10 +48,7 @@ pub async fn authenticate(
                     .headers()
                     .get(header::USER_AGENT)
                     .and_then(|v| v.to_str().ok());
-                let caller = Caller {
-                    principal,
-                    meta: RequestMeta::new(ip, ua),
-                };
+                let caller = Caller::new(principal, RequestMeta::new(ip, ua));
                 req.extensions_mut().insert(caller);
             }
             Err(crate::error::Error::Unauthenticated) => {}

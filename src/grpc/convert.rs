@@ -253,6 +253,7 @@ pub fn list_request(r: pb::ListTokensRequest) -> Result<ListTokensRequest, Error
         page_size,
         page_token: (!r.page_token.is_empty()).then_some(r.page_token),
         state,
+        owner: None,
     })
 }
 

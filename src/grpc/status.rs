@@ -8,10 +8,11 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let code = match &e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::Unauthenticated => Code::Unauthenticated,
+            Error::Unauthenticated | Error::InvalidCredentials => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::NotFound => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::PayloadTooLarge | Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");

@@ -17,8 +17,9 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// `invalid_argument`, `unauthenticated`, `permission_denied`, `not_found`,
-    /// `already_exists`, `payload_too_large`, `rate_limited` or `internal`.
+    /// `invalid_argument`, `unauthenticated`, `invalid_credentials`, `permission_denied`,
+    /// `not_found`, `already_exists`, `failed_precondition`, `payload_too_large`,
+    /// `rate_limited` or `internal`.
     pub code: String,
     pub message: String,
 }
@@ -27,10 +28,10 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = match &self {
             Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Error::Unauthenticated | Error::InvalidCredentials => StatusCode::UNAUTHORIZED,
             Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
-            Error::AlreadyExists(_) => StatusCode::CONFLICT,
+            Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal(e) => {

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use crate::error::Error;
 use crate::server::ClientIp;
-use crate::service::{Caller, RequestMeta};
+use crate::service::{Caller, Csrf, RequestMeta, SESSION_COOKIE};
 
 /// JSON body with strict parsing, at most `AppState::max_body_bytes` long; a rejection becomes
 /// `invalid_argument` (or `payload_too_large`).
@@ -167,7 +167,47 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// An authenticated caller: a valid bearer token, or `unauthenticated`.
+/// The value of the session cookie, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE).then_some(value)
+        })
+}
+
+/// Whether the browser says the request comes from another site: `Sec-Fetch-Site` other than
+/// `same-origin` / `none`, or an `Origin` that is not this server's (`Host`). A request with the
+/// session cookie from another site is refused whatever it carries.
+pub fn cross_site(headers: &HeaderMap) -> bool {
+    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return true;
+    }
+    match (get("origin"), get("host")) {
+        (None, _) => false,
+        (Some(origin), Some(host)) => {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            rest != Some(host)
+        }
+        (Some(_), None) => true,
+    }
+}
+
+/// The header a session request carries its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// An authenticated caller: a valid bearer token, or a live session cookie with its CSRF token
+/// in `X-CSRF-Token` from this site; otherwise `unauthenticated` (no credential, or a bad one)
+/// or `permission_denied` (a session request without its CSRF token, or from another site).
 pub struct Authenticated(pub Caller);
 
 impl FromRequestParts<AppState> for Authenticated {
@@ -179,11 +219,44 @@ impl FromRequestParts<AppState> for Authenticated {
     ) -> Result<Self, Self::Rejection> {
         let Meta(meta) = Meta::from_request_parts(parts, state).await?;
         state.authority.check_management_rate(meta.ip)?;
-        let token = bearer(&parts.headers).ok_or(Error::Unauthenticated)?;
-        let principal = state
+        if let Some(token) = bearer(&parts.headers) {
+            let principal = state
+                .authority
+                .authenticate(token, meta.ip, state.clock.now())
+                .await?;
+            return Ok(Authenticated(Caller::new(principal, meta)));
+        }
+        let secret = session_cookie(&parts.headers).ok_or(Error::Unauthenticated)?;
+        if cross_site(&parts.headers) {
+            return Err(Error::PermissionDenied(
+                "requests from another site are refused with the session cookie".into(),
+            ));
+        }
+        let csrf = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        let (principal, session) = state
             .authority
-            .authenticate(token, meta.ip, state.clock.now())
+            .authenticate_session(secret, Csrf::Presented(csrf), state.clock.now())
             .await?;
-        Ok(Authenticated(Caller { principal, meta }))
+        Ok(Authenticated(Caller {
+            principal,
+            meta,
+            session: Some(session),
+        }))
+    }
+}
+
+/// The request metadata of a public endpoint, after the per-address management limit.
+pub struct Public(pub RequestMeta);
+
+impl FromRequestParts<AppState> for Public {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Meta(meta) = Meta::from_request_parts(parts, state).await?;
+        state.authority.check_management_rate(meta.ip)?;
+        Ok(Public(meta))
     }
 }

@@ -3,6 +3,7 @@
 //! registrations, so the document cannot miss a route.
 
 mod audit;
+mod auth;
 mod error;
 mod extract;
 mod gateway;
@@ -10,6 +11,7 @@ mod leaked;
 mod ops;
 mod orgs;
 mod tokens;
+mod users;
 mod verify;
 
 use std::sync::Arc;
@@ -21,13 +23,13 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::{ErrorBody, ErrorDetail};
-pub use extract::bearer;
+pub use extract::{bearer, cross_site, session_cookie};
 
 use crate::clock::Clock;
 use crate::error::Error;
@@ -48,6 +50,8 @@ pub struct Shared {
     pub openapi: String,
     /// The largest JSON body a handler reads (413 beyond).
     pub max_body_bytes: usize,
+    /// Whether the session cookie carries `Secure` (everywhere but `--plain-http`).
+    pub secure_cookies: bool,
 }
 
 impl std::ops::Deref for AppState {
@@ -75,6 +79,13 @@ impl Modify for BearerScheme {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        // A console session: the cookie, plus its CSRF token in `X-CSRF-Token`.
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                crate::service::SESSION_COOKIE,
+            ))),
+        );
     }
 }
 
@@ -93,6 +104,17 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list_audit))
         .routes(routes!(gateway::check))
         .routes(routes!(leaked::report))
+        .routes(routes!(users::create_user, users::list_users))
+        .routes(routes!(users::current_user))
+        .routes(routes!(users::get_user, users::update_user))
+        .routes(routes!(users::disable_user))
+        .routes(routes!(users::enable_user))
+        .routes(routes!(users::change_password))
+        .routes(routes!(auth::exchange_password))
+        .routes(routes!(auth::sign_in, auth::sign_out))
+        .routes(routes!(auth::list_sessions, auth::end_other_sessions))
+        .routes(routes!(auth::end_session))
+        .routes(routes!(auth::setup_password))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
@@ -119,12 +141,14 @@ async fn wrong_method() -> Response {
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
-/// Builds the REST router. `max_body_bytes` bounds every JSON body (413 beyond).
+/// Builds the REST router. `max_body_bytes` bounds every JSON body (413 beyond);
+/// `secure_cookies` puts `Secure` on the session cookie.
 pub fn router(
     authority: Arc<Authority>,
     clock: Arc<dyn Clock>,
     metrics: PrometheusHandle,
     max_body_bytes: usize,
+    secure_cookies: bool,
 ) -> Router {
     let (router, _) = api().split_for_parts();
     let state = AppState(Arc::new(Shared {
@@ -133,6 +157,7 @@ pub fn router(
         metrics,
         openapi: openapi_json(),
         max_body_bytes,
+        secure_cookies,
     }));
     let router = router
         .fallback(no_route)

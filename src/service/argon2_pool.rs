@@ -11,10 +11,24 @@ use std::sync::{Arc, Mutex};
 use crate::token::Secret;
 use crate::token::hash::Argon2Workspace;
 
-struct Job {
-    phc: String,
-    secret: Secret<[u8; 32]>,
-    reply: tokio::sync::oneshot::Sender<bool>,
+enum Job {
+    /// A token's secret against its verifier.
+    Check {
+        phc: String,
+        secret: Secret<[u8; 32]>,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
+    /// A password against its hash.
+    CheckPassword {
+        phc: String,
+        password: Secret<String>,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
+    /// A new password hash.
+    HashPassword {
+        password: Secret<String>,
+        reply: tokio::sync::oneshot::Sender<Option<String>>,
+    },
 }
 
 /// The pool. Dropping it ends its threads once the queue drains.
@@ -56,8 +70,44 @@ impl Argon2Pool {
         secret: Secret<[u8; 32]>,
     ) -> Result<bool, Busy> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        match self.queue.try_send(Job { phc, secret, reply }) {
-            Ok(()) => answer.await.map_err(|_| Busy),
+        self.submit(Job::Check { phc, secret, reply })?;
+        answer.await.map_err(|_| Busy)
+    }
+
+    /// Checks a password against its Argon2id PHC string on a worker.
+    ///
+    /// # Errors
+    /// [`Busy`] when the queue is full.
+    pub(super) async fn password_matches(
+        &self,
+        phc: String,
+        password: Secret<String>,
+    ) -> Result<bool, Busy> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(Job::CheckPassword {
+            phc,
+            password,
+            reply,
+        })?;
+        answer.await.map_err(|_| Busy)
+    }
+
+    /// Hashes a password on a worker; `Ok(None)` if Argon2 failed.
+    ///
+    /// # Errors
+    /// [`Busy`] when the queue is full.
+    pub(super) async fn hash_password(
+        &self,
+        password: Secret<String>,
+    ) -> Result<Option<String>, Busy> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(Job::HashPassword { password, reply })?;
+        answer.await.map_err(|_| Busy)
+    }
+
+    fn submit(&self, job: Job) -> Result<(), Busy> {
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
         }
     }
@@ -92,8 +142,25 @@ fn work(rx: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        let ok = workspace.matches(&job.phc, &job.secret);
-        let _ = job.reply.send(ok);
+        match job {
+            Job::Check { phc, secret, reply } => {
+                let _ = reply.send(workspace.matches(&phc, &secret));
+            }
+            Job::CheckPassword {
+                phc,
+                password,
+                reply,
+            } => {
+                let _ = reply.send(workspace.matches_bytes(&phc, password.expose().as_bytes()));
+            }
+            Job::HashPassword { password, reply } => {
+                let phc = crate::token::hash::argon2id_phc(password.expose().as_bytes());
+                if let Err(e) = &phc {
+                    tracing::error!(error = %e, "password hashing failed");
+                }
+                let _ = reply.send(phc.ok());
+            }
+        }
     }
 }
 

@@ -87,6 +87,8 @@ impl Authority {
             )
             .await?;
         new.family_id = old.family_id;
+        // The new token belongs to whoever owned the old one, not to whoever rotated it.
+        new.user_id = old.user_id;
         let old_expires_at = now + TimeDelta::seconds(grace);
         let events = [
             audit::event(

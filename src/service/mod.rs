@@ -7,8 +7,11 @@ mod leaked;
 mod lifecycle;
 pub mod model;
 mod orgs;
+mod passwords;
 pub mod ratelimit;
+mod sessions;
 mod tokens;
+mod users;
 mod verify;
 
 use std::net::IpAddr;
@@ -19,18 +22,24 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::store::{Store, TokenRecord};
-use crate::token::{HashAlgorithm, Permissions, Prefix, ScopeRegistry};
+use crate::token::{HashAlgorithm, Permissions, Prefix, ScopeRegistry, Secret};
 
 pub use orgs::BootstrapOutcome;
+pub use passwords::validate_password;
+pub use sessions::{Csrf, NewSession, SESSION_COOKIE};
+pub use users::{NewUser, UserCreated};
 pub use verify::AuthenticatedToken;
 
-/// Who is acting. Today a verified token; later also a signed-in user, so no rule may assume the
-/// caller is a token.
+/// Who is acting: a verified token, a signed-in user, the bootstrap credential or the system.
+/// No rule may assume the caller is a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub kind: PrincipalKind,
     pub org_id: Uuid,
+    /// What the principal may do: a token's own bits, or a user's role's.
     pub permissions: Permissions,
+    /// The person behind the principal: the user itself, or the user owning the token.
+    pub user_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +87,7 @@ impl Principal {
     }
 
     /// Whether `token` is within reach: same org (or `platform:admin`), and either `org:admin`,
-    /// created by this principal, or the principal itself.
+    /// owned by the principal's user, created by this principal, or the principal itself.
     fn reaches(&self, token: &TokenRecord) -> bool {
         if self.is_platform_admin() {
             return true;
@@ -87,6 +96,7 @@ impl Principal {
             return false;
         }
         self.permissions.contains(Permissions::ORG_ADMIN)
+            || (token.user_id.is_some() && token.user_id == self.user_id)
             || token.created_by == self.actor()
             || self.kind == PrincipalKind::Token(token.id)
     }
@@ -114,6 +124,62 @@ impl RequestMeta {
 pub struct Caller {
     pub principal: Principal,
     pub meta: RequestMeta,
+    /// The console session the request came with, if it came with one.
+    pub session: Option<CallerSession>,
+}
+
+impl Caller {
+    /// A caller that did not come with a session.
+    pub fn new(principal: Principal, meta: RequestMeta) -> Self {
+        Self {
+            principal,
+            meta,
+            session: None,
+        }
+    }
+}
+
+/// The session of a request: its public id and the CSRF token bound to it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallerSession {
+    pub id: Uuid,
+    pub csrf_token: Secret<String>,
+}
+
+impl std::fmt::Debug for CallerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerSession")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of people: sessions, sign-in tokens and setup links.
+#[derive(Debug, Clone)]
+pub struct PeopleConfig {
+    /// A session not used for this long ends (default 30 minutes).
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in whatever its use (default 8 hours).
+    pub session_absolute: Duration,
+    /// The longest lifetime of a token minted by `POST /v1/auth/token` (default 30 days).
+    pub login_token_max_days: i64,
+    /// The base URL people reach the server at, for setup links (default
+    /// `http://127.0.0.1:8080`).
+    pub public_url: String,
+    /// How long a setup link works (24 hours).
+    pub setup_link_ttl: Duration,
+}
+
+impl Default for PeopleConfig {
+    fn default() -> Self {
+        Self {
+            session_idle: Duration::from_secs(30 * 60),
+            session_absolute: Duration::from_secs(8 * 3600),
+            login_token_max_days: 30,
+            public_url: "http://127.0.0.1:8080".into(),
+            setup_link_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// Settings of the service layer.
@@ -130,6 +196,7 @@ pub struct AuthorityConfig {
     pub cache_ttl: Duration,
     /// Rate limits; all off by default (the server's flags turn them on).
     pub rate_limits: ratelimit::RateLimitConfig,
+    pub people: PeopleConfig,
 }
 
 impl Default for AuthorityConfig {
@@ -141,6 +208,7 @@ impl Default for AuthorityConfig {
             cache_capacity: 100_000,
             cache_ttl: Duration::from_secs(5),
             rate_limits: ratelimit::RateLimitConfig::DISABLED,
+            people: PeopleConfig::default(),
         }
     }
 }
@@ -212,15 +280,34 @@ impl Authority {
         }
     }
 
-    /// The mint limits: per client IP and per calling principal.
+    /// The mint limits, by kind of caller: a token minting tokens (a backend provisioning keys)
+    /// is limited per calling token; a person (a session, a password exchange) per client
+    /// address. The bootstrap and the system are not limited.
     fn check_mint_rate(&self, caller: &Caller) -> Result<()> {
-        if let (Some(l), Some(ip)) = (&self.limits.mint_per_ip, caller.meta.ip) {
-            l.take(&ip)?;
-        }
-        if let Some(l) = &self.limits.mint_per_token {
-            l.take(&caller.principal.actor())?;
+        match caller.principal.kind {
+            PrincipalKind::Token(_) => {
+                if let Some(l) = &self.limits.mint_per_token {
+                    l.take(&caller.principal.actor())?;
+                }
+            }
+            PrincipalKind::User(_) => {
+                if let (Some(l), Some(ip)) = (&self.limits.mint_per_ip, caller.meta.ip) {
+                    l.take(&ip)?;
+                }
+            }
+            PrincipalKind::Bootstrap | PrincipalKind::System => {}
         }
         Ok(())
+    }
+
+    /// The sign-in limit per client address, taken before any password is hashed.
+    fn check_login_rate(&self, ip: Option<IpAddr>) -> Result<()> {
+        match (&self.limits.login, ip) {
+            (Some(l), Some(ip)) => l.take(&ip).inspect_err(|_| {
+                metrics::counter!("latchkey_login_total", "result" => "rate_limited").increment(1);
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Periodic upkeep: forgets rate-limit state of clients that have recovered.

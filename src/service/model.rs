@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::token::TokenKind;
+use crate::token::{Role, Secret, TokenKind};
 
 /// Validated name of a token or org: 1-100 characters of `[A-Za-z0-9 ._:-]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +148,8 @@ pub struct TokenView {
     /// The last 5 distinct client addresses that used the token, newest first (batched like
     /// `request_count`).
     pub client_ips: Vec<ClientIpView>,
+    /// The user who owns the token; `null` for tokens of machines.
+    pub owner: Option<Uuid>,
 }
 
 /// A client address that used a token.
@@ -266,6 +268,8 @@ pub struct ListTokensRequest {
     pub page_token: Option<String>,
     /// `active`, `expired`, `revoked` or `disabled`.
     pub state: Option<TokenState>,
+    /// `me` (the signed-in user, or the user owning the calling token) or a user id.
+    pub owner: Option<String>,
 }
 
 /// One page of tokens, newest first.
@@ -451,4 +455,254 @@ pub struct LeakedReport {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct LeakedAck {
     pub examined: usize,
+}
+
+/// A validated email address: at most 254 characters, exactly one `@` with text on both sides,
+/// no spaces or control characters. Kept as given; compared case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    /// # Errors
+    /// `invalid_argument` naming the rule.
+    pub fn parse(s: String) -> Result<Self, Error> {
+        let ok = s.chars().count() <= 254
+            && s.matches('@').count() == 1
+            && s.split_once('@')
+                .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if ok {
+            Ok(Email(s))
+        } else {
+            Err(Error::invalid(
+                "email must be at most 254 characters with exactly one @ and no spaces",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// A person's role: `member` or `admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UserRole {
+    /// Manages the tokens it owns (the default).
+    #[default]
+    Member,
+    /// Every token and user of its org, its policy and its audit log.
+    Admin,
+}
+
+impl From<UserRole> for Role {
+    fn from(r: UserRole) -> Self {
+        match r {
+            UserRole::Member => Role::Member,
+            UserRole::Admin => Role::Admin,
+        }
+    }
+}
+
+impl From<Role> for UserRole {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Member => UserRole::Member,
+            Role::Admin => UserRole::Admin,
+        }
+    }
+}
+
+/// Where a user stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UserState {
+    /// Has a password and may sign in.
+    Active,
+    /// Created, but has not set a password through its setup link yet.
+    Invited,
+    /// May not sign in; its tokens were revoked and its sessions ended when it was disabled.
+    Disabled,
+}
+
+/// A user as the API shows it: never its password hash or setup token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct UserView {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub role: UserRole,
+    /// Operators of the whole deployment (set from the command line only).
+    pub platform_admin: bool,
+    pub state: UserState,
+    /// The permission bits the role gives (what a token the user mints may hold at most).
+    pub permissions: u64,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    /// `token:<uuid>`, `user:<uuid>`, `bootstrap` or `system`.
+    pub created_by: String,
+    pub last_login_at: Option<DateTime<Utc>>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/users`: invite a person. The answer holds a one-time setup link (valid 24 hours)
+/// to hand over; no email is sent.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    /// The org to create the user in; defaults to the caller's own (another needs
+    /// `platform:admin`).
+    pub org_id: Option<Uuid>,
+    /// Unique in the deployment, compared case-insensitively.
+    pub email: String,
+    /// 1-100 characters of `[A-Za-z0-9 ._:-]`.
+    pub name: String,
+    /// `member` (default) or `admin`.
+    #[serde(default)]
+    pub role: UserRole,
+}
+
+/// The answer to an invitation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedUser {
+    pub user: UserView,
+    /// The page where the person sets a password: `<public URL>/ui/setup?token=<setup_token>`.
+    /// Shown this once.
+    pub setup_url: String,
+    /// The one-time setup token in the link, for `POST /v1/auth/setup`.
+    pub setup_token: String,
+    pub setup_expires_at: DateTime<Utc>,
+}
+
+/// `GET /v1/users` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListUsersRequest {
+    /// Defaults to the caller's org.
+    pub org_id: Option<Uuid>,
+    /// 1-500, default 50; larger values are treated as 500.
+    pub page_size: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+/// One page of users, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserPage {
+    pub users: Vec<UserView>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// `PATCH /v1/users/{id}`: an absent field is left as it is.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    pub name: Option<String>,
+    /// A demotion revokes the user's live tokens that hold more than the new role allows.
+    pub role: Option<UserRole>,
+}
+
+/// `POST /v1/users/me/password`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    #[schema(value_type = String)]
+    pub current_password: Secret<String>,
+    /// 8-128 characters, not one of the 20,000 most common passwords.
+    #[schema(value_type = String)]
+    pub new_password: Secret<String>,
+}
+
+/// `POST /v1/auth/setup`: set the first password with the token of a setup link.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetupPasswordRequest {
+    #[schema(value_type = String)]
+    pub setup_token: Secret<String>,
+    /// 8-128 characters, not one of the 20,000 most common passwords.
+    #[schema(value_type = String)]
+    pub password: Secret<String>,
+}
+
+/// `POST /v1/auth/token`: trade an email and password for a token owned by the user. Give at
+/// most one of `ttl_seconds` and `expires_in_days`; neither gives the org's default lifetime,
+/// capped at the login maximum (30 days unless configured).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangePasswordRequest {
+    pub email: String,
+    #[schema(value_type = String)]
+    pub password: Secret<String>,
+    /// The new token's name, unique among the org's live tokens.
+    pub name: String,
+    /// Scope or composite names; with neither this nor `permissions`, the deployment's
+    /// `default_scopes`.
+    pub scopes: Option<Vec<String>>,
+    pub permissions: Option<u64>,
+    pub ttl_seconds: Option<i64>,
+    pub expires_in_days: Option<i64>,
+    /// `pat` (default) or `svc`.
+    #[serde(rename = "type", default)]
+    pub kind: TokenType,
+}
+
+/// `POST /v1/auth/session`: sign in for the console.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInRequest {
+    pub email: String,
+    #[schema(value_type = String)]
+    pub password: Secret<String>,
+}
+
+/// A session as its owner sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    /// When the session ends at the latest (its absolute timeout).
+    pub expires_at: DateTime<Utc>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// Whether this is the session of the request.
+    pub current: bool,
+}
+
+/// The answer to a sign-in (the session id itself travels only in the cookie).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SignedIn {
+    pub user: UserView,
+    pub session: SessionView,
+    /// Send it back as `X-CSRF-Token` with every request made with the session cookie.
+    pub csrf_token: String,
+}
+
+/// `GET /v1/users/me`: the caller's user, and for a session its CSRF token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CurrentUser {
+    #[serde(flatten)]
+    pub user: UserView,
+    /// Present when the caller is a session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+}
+
+/// The caller's sessions, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+}
+
+/// How many sessions an "end the others" call ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionsEnded {
+    pub ended: u64,
 }

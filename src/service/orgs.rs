@@ -108,6 +108,55 @@ impl Authority {
         }
     }
 
+    /// The org named `org_name`, created (by `system`) if it does not exist: for the command
+    /// line's `user create`.
+    ///
+    /// # Errors
+    /// `invalid_argument` for a bad name; `internal` for store failures.
+    pub(super) async fn org_for_cli(
+        &self,
+        org_name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OrgRecord> {
+        let name = Name::parse("org name", org_name.to_string())?.into_inner();
+        if let Some(org) = self.store.find_org_by_name(&name).await? {
+            return Ok(org);
+        }
+        let org = OrgRecord {
+            id: Uuid::now_v7(),
+            name,
+            created_at: now,
+            max_ttl_seconds: None,
+            default_ttl_seconds: None,
+        };
+        let event = audit::event(
+            org.id,
+            "system".into(),
+            "org_created",
+            None,
+            &RequestMeta::default(),
+            json!({ "name": org.name }),
+            now,
+        );
+        match self
+            .store
+            .create_org(&org, None, std::slice::from_ref(&event))
+            .await
+        {
+            Ok(()) => {
+                audit::log(&event);
+                Ok(org)
+            }
+            // Created by someone else meanwhile.
+            Err(StoreError::Conflict(_)) => self
+                .store
+                .find_org_by_name(&org.name)
+                .await?
+                .ok_or(Error::NotFound),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// On a database with no org at all, creates the `default` org and an admin token. `None`
     /// when the database already has orgs (or another node bootstrapped it first).
     ///

@@ -16,8 +16,14 @@ use crate::error::Error;
 /// Limits as configured; 0 disables a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitConfig {
-    /// Tokens minted (created or rotated) per hour, per client IP and per calling token.
+    /// Tokens minted (created or rotated) by people (sessions, password exchanges) per hour per
+    /// client IP.
     pub mint_per_hour: u32,
+    /// Tokens minted by a token per hour, per calling token.
+    pub mint_per_token_per_hour: u32,
+    /// Sign-ins (password exchanges, console sign-ins, setup links) per 15 minutes per client IP,
+    /// counted before any hash is computed.
+    pub login_per_15m: u32,
     /// Management requests (everything but verification) per second per client IP.
     pub management_per_second: u32,
     /// Burst of management requests per client IP.
@@ -37,6 +43,8 @@ impl RateLimitConfig {
     /// Every limit off (the library default; the server's flags set real ones).
     pub const DISABLED: RateLimitConfig = RateLimitConfig {
         mint_per_hour: 0,
+        mint_per_token_per_hour: 0,
+        login_per_15m: 0,
         management_per_second: 0,
         management_burst: 0,
         failed_verify_per_minute: 0,
@@ -172,6 +180,13 @@ pub fn per_hour_quota(n: u32) -> Option<Quota> {
     nz(n).map(Quota::per_hour)
 }
 
+/// `n` at once, then one every `15 min / n`.
+pub fn per_15_minutes_quota(n: u32) -> Option<Quota> {
+    nz(n).and_then(|n| {
+        Quota::with_period(Duration::from_secs(900) / n.get()).map(|q| q.allow_burst(n))
+    })
+}
+
 pub fn per_minute_quota(n: u32) -> Option<Quota> {
     nz(n).map(Quota::per_minute)
 }
@@ -237,6 +252,7 @@ impl RefusalDelay {
 
 /// Every limiter of a node.
 pub struct RateLimits {
+    pub login: Option<Limiter<IpAddr>>,
     pub mint_per_ip: Option<Limiter<IpAddr>>,
     pub mint_per_token: Option<Limiter<String>>,
     pub management: Option<Limiter<IpAddr>>,
@@ -249,10 +265,15 @@ impl RateLimits {
     pub fn new(cfg: &RateLimitConfig) -> Self {
         let clock = DefaultClock::default();
         Self {
+            login: Limiter::new(
+                "login",
+                per_15_minutes_quota(cfg.login_per_15m),
+                clock.clone(),
+            ),
             mint_per_ip: Limiter::new("mint_ip", per_hour_quota(cfg.mint_per_hour), clock.clone()),
             mint_per_token: Limiter::new(
                 "mint_token",
-                per_hour_quota(cfg.mint_per_hour),
+                per_hour_quota(cfg.mint_per_token_per_hour),
                 clock.clone(),
             ),
             management: Limiter::new(
@@ -271,9 +292,14 @@ impl RateLimits {
     }
 
     pub fn housekeeping(&self) {
-        for l in [&self.mint_per_ip, &self.management, &self.leaked]
-            .into_iter()
-            .flatten()
+        for l in [
+            &self.login,
+            &self.mint_per_ip,
+            &self.management,
+            &self.leaked,
+        ]
+        .into_iter()
+        .flatten()
         {
             l.housekeeping();
         }
@@ -287,7 +313,8 @@ impl RateLimits {
 }
 
 /// The metric labels, so every limit shows in `/metrics` from the start.
-pub const LABELS: [&str; 6] = [
+pub const LABELS: [&str; 7] = [
+    "login",
     "mint_ip",
     "mint_token",
     "management",
@@ -319,6 +346,22 @@ mod tests {
         assert!(l.take(&ip(2)).is_ok(), "another client is not affected");
         clock.advance(Duration::from_secs(360));
         assert!(l.take(&ip(1)).is_ok(), "one cell back after 6 minutes");
+        assert!(l.take(&ip(1)).is_err());
+    }
+
+    #[test]
+    fn the_login_limit_allows_five_in_fifteen_minutes_then_one_every_three() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::new("login", per_15_minutes_quota(5), clock.clone()).unwrap();
+        for _ in 0..5 {
+            l.take(&ip(1)).unwrap();
+        }
+        let Err(Error::RateLimited { retry_after }) = l.take(&ip(1)) else {
+            panic!("the 6th sign-in must be refused");
+        };
+        assert_eq!(retry_after, Duration::from_secs(180));
+        clock.advance(Duration::from_secs(180));
+        assert!(l.take(&ip(1)).is_ok());
         assert!(l.take(&ip(1)).is_err());
     }
 

@@ -10,9 +10,19 @@ use super::model::{
 };
 use super::{Authority, Caller, PrincipalKind, audit, off_request_threads};
 use crate::error::{Error, Result};
-use crate::store::{StateFilter, TokenListQuery, TokenRecord};
+use crate::store::{StateFilter, TokenListQuery, TokenRecord, Visibility};
 use crate::token::permissions::{GrantError, check_grant};
 use crate::token::{Permissions, Secret, TokenKind, Verifier, format};
+
+/// What [`Authority::mint`] makes: every field already checked.
+pub(super) struct Mint {
+    pub org_id: Uuid,
+    pub name: String,
+    pub kind: TokenKind,
+    pub permissions: Permissions,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub metadata: Option<serde_json::Value>,
+}
 
 /// Metadata objects may be at most this many bytes of JSON.
 pub const MAX_METADATA_BYTES: usize = 4096;
@@ -60,12 +70,13 @@ impl Authority {
                     last_seen_at: c.last_seen_at,
                 })
                 .collect(),
+            owner: t.user_id,
         }
     }
 
     /// The permissions a create asks for, checked against the deployment's names and the
     /// grantor's own bits.
-    fn requested_permissions(
+    pub(super) fn requested_permissions(
         &self,
         held: Permissions,
         bits: Option<u64>,
@@ -121,38 +132,63 @@ impl Authority {
         let org = self.store.get_org(org_id).await?.ok_or(Error::NotFound)?;
         let expires_at = apply_policy(&org, requested_expiry, now)?;
 
-        let kind = TokenKind::from(req.kind);
-        let (record, plaintext) = self
-            .new_token_record(
+        self.mint(
+            caller,
+            Mint {
                 org_id,
-                name.into_inner(),
-                kind,
+                name: name.into_inner(),
+                kind: TokenKind::from(req.kind),
                 permissions,
                 expires_at,
                 metadata,
+            },
+            Vec::new(),
+            now,
+        )
+        .await
+    }
+
+    /// Makes a token for `caller`, owned by the caller's user (if it has one), and writes
+    /// `token_created` after `events`, in one transaction. Every check is the caller's.
+    pub(super) async fn mint(
+        &self,
+        caller: &Caller,
+        m: Mint,
+        mut events: Vec<crate::store::AuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<CreatedToken> {
+        let p = &caller.principal;
+        let (mut record, plaintext) = self
+            .new_token_record(
+                m.org_id,
+                m.name,
+                m.kind,
+                m.permissions,
+                m.expires_at,
+                m.metadata,
                 p.actor(),
                 now,
             )
             .await?;
-        let event = audit::event(
-            org_id,
+        record.user_id = p.user_id;
+        events.push(audit::event(
+            m.org_id,
             p.actor(),
             "token_created",
             Some(record.id),
             &caller.meta,
             json!({
                 "name": record.name,
-                "type": kind.as_str(),
-                "permissions": permissions.bits(),
-                "expires_at": expires_at,
+                "type": m.kind.as_str(),
+                "permissions": m.permissions.bits(),
+                "expires_at": m.expires_at,
+                "owner": record.user_id,
             }),
             now,
-        );
-        self.store
-            .insert_token(&record, std::slice::from_ref(&event), now)
-            .await?;
+        ));
+        self.store.insert_token(&record, &events, now).await?;
         self.cache.created(record.id);
-        audit::log(&event);
+        events.iter().for_each(audit::log);
         metrics::counter!("latchkey_token_created_total").increment(1);
         Ok(CreatedToken {
             token: self.view(&record, now),
@@ -201,6 +237,7 @@ impl Authority {
             family_id: generated.id,
             disabled_at: None,
             client_ips: Vec::new(),
+            user_id: None,
         };
         Ok((record, generated.plaintext))
     }
@@ -238,7 +275,7 @@ impl Authority {
     }
 
     /// A page of the org's tokens, newest first. Without `org:admin`, only the tokens the caller
-    /// created.
+    /// created or its user owns; `owner` narrows to one user's tokens.
     ///
     /// # Errors
     /// `permission_denied` without `tokens:read`; `invalid_argument` for a bad page token;
@@ -254,11 +291,25 @@ impl Authority {
         let (limit, before_id) = page_params(req.page_size, req.page_token.as_deref())?;
         let org_id = self.target_org(p, req.org_id).await?;
         let sees_all = p.effective().contains(Permissions::ORG_ADMIN);
+        let owner = match req.owner.as_deref() {
+            None => None,
+            Some("me") => Some(p.user_id.ok_or_else(|| {
+                Error::invalid("owner=me needs a signed-in user or a token owned by one")
+            })?),
+            Some(id) => Some(
+                Uuid::try_parse(id)
+                    .map_err(|_| Error::invalid("owner must be \"me\" or a user id"))?,
+            ),
+        };
         let mut rows = self
             .store
             .list_tokens(&TokenListQuery {
                 org_id,
-                created_by: (!sees_all).then(|| p.actor()),
+                visible_to: (!sees_all).then(|| Visibility {
+                    actor: p.actor(),
+                    user_id: p.user_id,
+                }),
+                owner,
                 state: req.state.map(|s| match s {
                     TokenState::Active => StateFilter::Active,
                     TokenState::Expired => StateFilter::Expired,

@@ -29,6 +29,8 @@ pub struct AuthenticatedToken {
     pub kind: TokenKind,
     pub permissions: Permissions,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The user who owns the token, if any.
+    pub user_id: Option<Uuid>,
 }
 
 impl AuthenticatedToken {
@@ -37,6 +39,7 @@ impl AuthenticatedToken {
             kind: PrincipalKind::Token(self.id),
             org_id: self.org_id,
             permissions: self.permissions,
+            user_id: self.user_id,
         }
     }
 }
@@ -403,6 +406,7 @@ impl TokenCache {
                 kind: row.kind,
                 permissions: row.permissions,
                 expires_at: row.expires_at,
+                user_id: row.user_id,
             },
             blocked: row.blocked,
             verifier,

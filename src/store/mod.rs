@@ -492,6 +492,27 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// A copy of `template` for one item of a bulk change: a new id, and the item's token id or
+/// (in the details) session id. Shared by every backend so they agree.
+pub fn per_item_event(
+    template: &AuditRecord,
+    token_id: Option<Uuid>,
+    session_id: Option<Uuid>,
+) -> AuditRecord {
+    let mut e = template.clone();
+    e.id = Uuid::now_v7();
+    if token_id.is_some() {
+        e.token_id = token_id;
+    }
+    if let (Some(s), Some(details)) = (session_id, e.details.as_object_mut()) {
+        details.insert(
+            "session_id".into(),
+            serde_json::Value::String(s.to_string()),
+        );
+    }
+    e
+}
+
 /// Connection pool settings for a server backend (PostgreSQL). The embedded SQLite backend keeps
 /// its own fixed pool and ignores them.
 #[derive(Debug, Clone, PartialEq, Eq)]

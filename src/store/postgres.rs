@@ -26,11 +26,12 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{
-    AuditListQuery, AuditRecord, ClientIp, Invalidation, OrgRecord, PoolOptions, StateFilter,
-    Store, StoreError, StoreResult, TokenListQuery, TokenRecord, UsageDelta, VerifyRecord,
-    combine_usage, merge_client_ips,
+    AuditListQuery, AuditRecord, ClientIp, EndSessions, Invalidation, OrgRecord, PoolOptions,
+    RevokeOwned, SessionRecord, StateFilter, Store, StoreError, StoreResult, TokenListQuery,
+    TokenRecord, UsageDelta, UserChange, UserListQuery, UserRecord, VerifyRecord, combine_usage,
+    merge_client_ips,
 };
-use crate::token::{Permissions, TokenKind};
+use crate::token::{Permissions, Role, TokenKind};
 
 /// The channel every node publishes token changes on and listens to.
 const INVALIDATION_CHANNEL: &str = "latchkey_invalidate";
@@ -56,12 +57,21 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
 
 const TOKEN_COLUMNS: &str = "id, org_id, name, kind, verifier, permissions, created_at, created_by, \
      expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, family_id, \
-     disabled_at, client_ips";
+     disabled_at, client_ips, user_id";
 
 const ORG_COLUMNS: &str = "id, name, created_at, max_ttl_seconds, default_ttl_seconds";
 
 const AUDIT_COLUMNS: &str =
     "id, org_id, occurred_at, actor, action, token_id, ip, user_agent, details";
+
+const USER_COLUMNS: &str = "id, org_id, email, name, role, platform_admin, password_hash, \
+     created_at, created_by, last_login_at, disabled_at, setup_hash, setup_expires_at";
+
+const SESSION_COLUMNS: &str =
+    "id, secret_hash, user_id, org_id, created_at, last_seen_at, expires_at, ip, user_agent";
+
+/// The unique constraint on `users.email_key` (see migrations/postgres/0002_users_sessions.sql).
+const USERS_EMAIL_CONSTRAINT: &str = "users_email_key";
 
 fn ips_from_json(v: serde_json::Value) -> anyhow::Result<Vec<ClientIp>> {
     serde_json::from_value(v).context("malformed client_ips")
@@ -98,7 +108,66 @@ fn token_from_row(row: &PgRow) -> anyhow::Result<TokenRecord> {
         family_id: row.try_get("family_id")?,
         disabled_at: row.try_get("disabled_at")?,
         client_ips: ips_from_json(row.try_get("client_ips")?)?,
+        user_id: row.try_get("user_id")?,
     })
+}
+
+fn user_from_row(row: &PgRow) -> anyhow::Result<UserRecord> {
+    let role: String = row.try_get("role")?;
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        email: row.try_get("email")?,
+        name: row.try_get("name")?,
+        role: Role::from_name(&role).context("unknown user role in database")?,
+        platform_admin: row.try_get("platform_admin")?,
+        password_hash: row.try_get("password_hash")?,
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        last_login_at: row.try_get("last_login_at")?,
+        disabled_at: row.try_get("disabled_at")?,
+        setup_hash: row.try_get("setup_hash")?,
+        setup_expires_at: row.try_get("setup_expires_at")?,
+    })
+}
+
+fn session_from_row(row: &PgRow) -> anyhow::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        secret_hash: row.try_get("secret_hash")?,
+        user_id: row.try_get("user_id")?,
+        org_id: row.try_get("org_id")?,
+        created_at: row.try_get("created_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        expires_at: row.try_get("expires_at")?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+    })
+}
+
+/// The key emails are compared on: the same on every backend.
+fn email_key(email: &str) -> String {
+    email.to_lowercase()
+}
+
+/// Maps a duplicate email to `Conflict`; every other failure (a setup hash collision included)
+/// is `Other`.
+fn user_write_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db)
+            if db.is_unique_violation() && db.constraint() == Some(USERS_EMAIL_CONSTRAINT) =>
+        {
+            StoreError::Conflict("a user with this email already exists".into())
+        }
+        _ => other(e),
+    }
+}
+
+fn uuids(rows: &[PgRow]) -> StoreResult<Vec<Uuid>> {
+    rows.iter()
+        .map(|r| r.try_get::<Uuid, _>(0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(other)
 }
 
 fn org_from_row(row: &PgRow) -> anyhow::Result<OrgRecord> {
@@ -257,8 +326,9 @@ async fn insert_token_row(
     let res = sqlx::query(
         "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
          created_by, expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, \
-         family_id, disabled_at, client_ips) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+         family_id, disabled_at, client_ips, user_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+         $19)",
     )
     .bind(t.id)
     .bind(t.org_id)
@@ -278,6 +348,7 @@ async fn insert_token_row(
     .bind(t.family_id)
     .bind(t.disabled_at.map(micros))
     .bind(ips_to_json(&t.client_ips))
+    .bind(t.user_id)
     .execute(&mut **tx)
     .await;
     match res {
@@ -287,6 +358,110 @@ async fn insert_token_row(
         )),
         Err(e) => Err(other(e)),
     }
+}
+
+/// Revokes the live tokens of `user_id` that `which` names at `now`, writes `event` for each (a
+/// new id, its `token_id` set) and announces them. Returns their ids, in id order.
+async fn revoke_owned(
+    tx: &mut Transaction<'_, Postgres>,
+    user_id: Uuid,
+    which: RevokeOwned,
+    now: DateTime<Utc>,
+    event: Option<&AuditRecord>,
+) -> StoreResult<Vec<Uuid>> {
+    // Rows are locked in id order, like `add_usage` and `revoke_family` do, so none of them can
+    // deadlock with another.
+    let rows = match which {
+        RevokeOwned::None => return Ok(Vec::new()),
+        RevokeOwned::All => sqlx::query(
+            "UPDATE tokens SET revoked_at = $1, live_name = NULL \
+             WHERE id IN (SELECT id FROM tokens WHERE user_id = $2 AND revoked_at IS NULL \
+             ORDER BY id FOR UPDATE) AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(micros(now))
+        .bind(user_id)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(other)?,
+        RevokeOwned::Exceeding(allowed) => sqlx::query(
+            "UPDATE tokens SET revoked_at = $1, live_name = NULL \
+             WHERE id IN (SELECT id FROM tokens WHERE user_id = $2 AND revoked_at IS NULL \
+             AND permissions & ~$3::bigint <> 0 ORDER BY id FOR UPDATE) \
+             AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(micros(now))
+        .bind(user_id)
+        .bind(allowed.bits() as i64)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(other)?,
+    };
+    let mut ids = uuids(&rows)?;
+    ids.sort_unstable();
+    if let Some(event) = event {
+        let events: Vec<AuditRecord> = ids
+            .iter()
+            .map(|id| AuditRecord {
+                id: Uuid::now_v7(),
+                token_id: Some(*id),
+                ..event.clone()
+            })
+            .collect();
+        insert_events(tx, &events).await?;
+    }
+    notify(tx, &ids).await?;
+    Ok(ids)
+}
+
+/// Deletes the sessions of `user_id` that `which` names and writes `event` for each (a new id,
+/// `"session_id"` added to its details). Returns how many it deleted.
+async fn delete_sessions(
+    tx: &mut Transaction<'_, Postgres>,
+    user_id: Uuid,
+    which: EndSessions,
+    event: Option<&AuditRecord>,
+) -> StoreResult<u64> {
+    let query = match which {
+        EndSessions::None => return Ok(0),
+        EndSessions::All => {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1 RETURNING id").bind(user_id)
+        }
+        EndSessions::One(id) => {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2 RETURNING id")
+                .bind(user_id)
+                .bind(id)
+        }
+        EndSessions::AllBut(id) => {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id")
+                .bind(user_id)
+                .bind(id)
+        }
+    };
+    let rows = query.fetch_all(&mut **tx).await.map_err(other)?;
+    let mut ids = uuids(&rows)?;
+    ids.sort_unstable();
+    if let Some(event) = event {
+        let events: Vec<AuditRecord> = ids.iter().map(|id| session_event(event, *id)).collect();
+        insert_events(tx, &events).await?;
+    }
+    Ok(ids.len() as u64)
+}
+
+/// A copy of `event` with a new id and `"session_id"` in its details (which become an object if
+/// they were not one).
+fn session_event(event: &AuditRecord, session_id: Uuid) -> AuditRecord {
+    let mut e = AuditRecord {
+        id: Uuid::now_v7(),
+        ..event.clone()
+    };
+    let id = serde_json::Value::String(session_id.to_string());
+    match e.details.as_object_mut() {
+        Some(map) => {
+            map.insert("session_id".into(), id);
+        }
+        None => e.details = serde_json::json!({ "session_id": id }),
+    }
+    e
 }
 
 #[async_trait]
@@ -392,7 +567,7 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(
-            "SELECT id, org_id, kind, verifier, permissions, expires_at, \
+            "SELECT id, org_id, kind, verifier, permissions, expires_at, user_id, \
              revoked_at IS NOT NULL OR disabled_at IS NOT NULL AS blocked \
              FROM tokens WHERE id = ANY($1)",
         )
@@ -414,6 +589,7 @@ impl Store for PostgresStore {
                     ),
                     expires_at: row.try_get("expires_at")?,
                     blocked: row.try_get("blocked")?,
+                    user_id: row.try_get("user_id")?,
                 })
             })
             .collect::<anyhow::Result<_>>()
@@ -422,13 +598,28 @@ impl Store for PostgresStore {
 
     async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>> {
         // Only the filters that are present go into the SQL, so the planner can pick
-        // tokens_org_creator or tokens_org_id and walk it backwards from the cursor.
+        // tokens_org_creator, tokens_org_user or tokens_org_id and walk it backwards from the
+        // cursor.
         let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE org_id = "
         ));
         qb.push_bind(q.org_id);
-        if let Some(creator) = &q.created_by {
-            qb.push(" AND created_by = ").push_bind(creator.clone());
+        if let Some(v) = &q.visible_to {
+            match v.user_id {
+                Some(user) => {
+                    qb.push(" AND (created_by = ")
+                        .push_bind(v.actor.clone())
+                        .push(" OR (user_id IS NOT NULL AND user_id = ")
+                        .push_bind(user)
+                        .push("))");
+                }
+                None => {
+                    qb.push(" AND created_by = ").push_bind(v.actor.clone());
+                }
+            }
+        }
+        if let Some(owner) = q.owner {
+            qb.push(" AND user_id = ").push_bind(owner);
         }
         if let Some(before) = q.before_id {
             qb.push(" AND id < ").push_bind(before);
@@ -602,11 +793,7 @@ impl Store for PostgresStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(other)?;
-        let ids = rows
-            .iter()
-            .map(|r| r.try_get::<Uuid, _>(0))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(other)?;
+        let ids = uuids(&rows)?;
         insert_events(&mut tx, std::slice::from_ref(event)).await?;
         notify(&mut tx, &ids).await?;
         tx.commit().await.map_err(other)?;
@@ -669,6 +856,269 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|r| audit_from_row(r).map_err(StoreError::Other))
             .collect()
+    }
+
+    async fn insert_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn insert_user(&self, user: &UserRecord, events: &[AuditRecord]) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, org_id, email, email_key, name, role, platform_admin, \
+             password_hash, created_at, created_by, last_login_at, disabled_at, setup_hash, \
+             setup_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(user.id)
+        .bind(user.org_id)
+        .bind(&user.email)
+        .bind(email_key(&user.email))
+        .bind(&user.name)
+        .bind(user.role.as_str())
+        .bind(user.platform_admin)
+        .bind(&user.password_hash)
+        .bind(micros(user.created_at))
+        .bind(&user.created_by)
+        .bind(user.last_login_at.map(micros))
+        .bind(user.disabled_at.map(micros))
+        .bind(&user.setup_hash)
+        .bind(user.setup_expires_at.map(micros))
+        .execute(&mut *tx)
+        .await
+        .map_err(user_write_error)?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn get_user(&self, id: Uuid) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email_key = $1"
+        )))
+        .bind(email_key(email))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn find_user_by_setup_hash(&self, setup_hash: &str) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE setup_hash = $1"
+        )))
+        .bind(setup_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn list_users(&self, q: &UserListQuery) -> StoreResult<Vec<UserRecord>> {
+        let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE org_id = "
+        ));
+        qb.push_bind(q.org_id);
+        if let Some(before) = q.before_id {
+            qb.push(" AND id < ").push_bind(before);
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+        rows.iter()
+            .map(|r| user_from_row(r).map_err(StoreError::Other))
+            .collect()
+    }
+
+    async fn count_active_admins(&self, org_id: Uuid) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM users \
+             WHERE org_id = $1 AND role = 'admin' AND disabled_at IS NULL",
+        )
+        .bind(org_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(other)?;
+        row.try_get("n").map_err(other)
+    }
+
+    async fn update_user(
+        &self,
+        user: &UserRecord,
+        change: UserChange<'_>,
+        now: DateTime<Utc>,
+        events: &[AuditRecord],
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE users SET email = $1, email_key = $2, name = $3, role = $4, \
+             platform_admin = $5, password_hash = $6, last_login_at = $7, disabled_at = $8, \
+             setup_hash = $9, setup_expires_at = $10 WHERE id = $11",
+        )
+        .bind(&user.email)
+        .bind(email_key(&user.email))
+        .bind(&user.name)
+        .bind(user.role.as_str())
+        .bind(user.platform_admin)
+        .bind(&user.password_hash)
+        .bind(user.last_login_at.map(micros))
+        .bind(user.disabled_at.map(micros))
+        .bind(&user.setup_hash)
+        .bind(user.setup_expires_at.map(micros))
+        .bind(user.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(user_write_error)?;
+        let revoked =
+            revoke_owned(&mut tx, user.id, change.revoke, now, change.revoke_event).await?;
+        delete_sessions(&mut tx, user.id, change.end_sessions, change.session_event).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(revoked)
+    }
+
+    async fn record_login(
+        &self,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+        events: &[AuditRecord],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2")
+            .bind(micros(at))
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn insert_session(
+        &self,
+        session: &SessionRecord,
+        events: &[AuditRecord],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, secret_hash, user_id, org_id, created_at, last_seen_at, \
+             expires_at, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(session.id)
+        .bind(&session.secret_hash)
+        .bind(session.user_id)
+        .bind(session.org_id)
+        .bind(micros(session.created_at))
+        .bind(micros(session.last_seen_at))
+        .bind(micros(session.expires_at))
+        .bind(&session.ip)
+        .bind(&session.user_agent)
+        .execute(&mut *tx)
+        .await
+        .map_err(other)?;
+        sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2")
+            .bind(micros(session.created_at))
+            .bind(session.user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn get_session(&self, secret_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE secret_hash = $1"
+        )))
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.as_ref().map(session_from_row).transpose()?)
+    }
+
+    async fn touch_session(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<()> {
+        // Never backwards: two requests of one session may finish out of order.
+        sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1")
+            .bind(micros(at))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(other)?;
+        Ok(())
+    }
+
+    async fn list_sessions(&self, user_id: Uuid) -> StoreResult<Vec<SessionRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY id DESC"
+        )))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        rows.iter()
+            .map(|r| session_from_row(r).map_err(StoreError::Other))
+            .collect()
+    }
+
+    async fn end_sessions(
+        &self,
+        user_id: Uuid,
+        which: EndSessions,
+        event: Option<&AuditRecord>,
+    ) -> StoreResult<u64> {
+        if which == EndSessions::None {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        let ended = delete_sessions(&mut tx, user_id, which, event).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(ended)
+    }
+
+    async fn delete_expired_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let res = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2")
+            .bind(micros(now))
+            .bind(micros(idle_cutoff))
+            .execute(&self.pool)
+            .await
+            .map_err(other)?;
+        Ok(res.rows_affected())
+    }
+
+    async fn count_live_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM sessions WHERE expires_at > $1 AND last_seen_at >= $2",
+        )
+        .bind(micros(now))
+        .bind(micros(idle_cutoff))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(other)?;
+        row.try_get("n").map_err(other)
     }
 
     /// Listens on a dedicated connection. Each notification becomes `Invalidation::Token`. When

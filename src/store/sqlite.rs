@@ -19,10 +19,11 @@ use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AuditListQuery, AuditRecord, ClientIp, OrgRecord, StateFilter, Store, StoreError, StoreResult,
-    TokenListQuery, TokenRecord, UsageDelta, VerifyRecord, merge_client_ips,
+    AuditListQuery, AuditRecord, ClientIp, EndSessions, OrgRecord, RevokeOwned, SessionRecord,
+    StateFilter, Store, StoreError, StoreResult, TokenListQuery, TokenRecord, UsageDelta,
+    UserChange, UserListQuery, UserRecord, VerifyRecord, merge_client_ips,
 };
-use crate::token::{Permissions, TokenKind};
+use crate::token::{Permissions, Role, TokenKind};
 
 /// The SQLite store. Cheap to clone (a pool handle).
 #[derive(Debug, Clone)]
@@ -67,7 +68,8 @@ fn other(e: sqlx::Error) -> StoreError {
 /// A token's columns, selected `FROM` [`TOKEN_ROWS`]: usage comes from `token_usage`.
 const TOKEN_COLUMNS: &str = "id, org_id, name, kind, verifier, permissions, created_at, created_by, \
      expires_at, revoked_at, u.last_used_at, COALESCE(u.request_count, 0) AS request_count, \
-     replaced_by, metadata, family_id, disabled_at, COALESCE(u.client_ips, '[]') AS client_ips";
+     replaced_by, metadata, family_id, disabled_at, COALESCE(u.client_ips, '[]') AS client_ips, \
+     user_id";
 
 const TOKEN_ROWS: &str = "tokens LEFT JOIN token_usage u ON u.token_id = tokens.id";
 
@@ -135,7 +137,95 @@ fn token_from_row(row: &SqliteRow) -> anyhow::Result<TokenRecord> {
         family_id: parse_uuid(&row.try_get::<String, _>("family_id")?)?,
         disabled_at: opt_from_micros(row.try_get("disabled_at")?)?,
         client_ips: ips_from_json(&row.try_get::<String, _>("client_ips")?)?,
+        user_id: opt_uuid(row.try_get("user_id")?)?,
     })
+}
+
+fn opt_uuid(s: Option<String>) -> anyhow::Result<Option<Uuid>> {
+    s.as_deref().map(parse_uuid).transpose()
+}
+
+const USER_COLUMNS: &str = "id, org_id, email, name, role, platform_admin, password_hash, \
+     created_at, created_by, last_login_at, disabled_at, setup_hash, setup_expires_at";
+
+fn user_from_row(row: &SqliteRow) -> anyhow::Result<UserRecord> {
+    let role: String = row.try_get("role")?;
+    Ok(UserRecord {
+        id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+        org_id: parse_uuid(&row.try_get::<String, _>("org_id")?)?,
+        email: row.try_get("email")?,
+        name: row.try_get("name")?,
+        role: Role::from_name(&role).context("unknown role in database")?,
+        platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
+        password_hash: row.try_get("password_hash")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        created_by: row.try_get("created_by")?,
+        last_login_at: opt_from_micros(row.try_get("last_login_at")?)?,
+        disabled_at: opt_from_micros(row.try_get("disabled_at")?)?,
+        setup_hash: row.try_get("setup_hash")?,
+        setup_expires_at: opt_from_micros(row.try_get("setup_expires_at")?)?,
+    })
+}
+
+const SESSION_COLUMNS: &str =
+    "id, secret_hash, user_id, org_id, created_at, last_seen_at, expires_at, ip, user_agent";
+
+fn session_from_row(row: &SqliteRow) -> anyhow::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+        secret_hash: row.try_get("secret_hash")?,
+        user_id: parse_uuid(&row.try_get::<String, _>("user_id")?)?,
+        org_id: parse_uuid(&row.try_get::<String, _>("org_id")?)?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        last_seen_at: from_micros(row.try_get("last_seen_at")?)?,
+        expires_at: from_micros(row.try_get("expires_at")?)?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+    })
+}
+
+fn email_conflict(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict("a user with this email already exists".into())
+        }
+        e => other(e),
+    }
+}
+
+/// Deletes the sessions `which` names and writes `event` (with the session's id) for each.
+async fn end_sessions_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    user_id: Uuid,
+    which: EndSessions,
+    event: Option<&AuditRecord>,
+) -> StoreResult<u64> {
+    let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM sessions WHERE user_id = ");
+    qb.push_bind(user_id.to_string());
+    match which {
+        EndSessions::None => return Ok(0),
+        EndSessions::All => {}
+        EndSessions::One(id) => {
+            qb.push(" AND id = ").push_bind(id.to_string());
+        }
+        EndSessions::AllBut(id) => {
+            qb.push(" AND id <> ").push_bind(id.to_string());
+        }
+    }
+    qb.push(" RETURNING id");
+    let rows = qb.build().fetch_all(&mut **tx).await.map_err(other)?;
+    let ids = rows
+        .iter()
+        .map(|r| parse_uuid(&r.try_get::<String, _>(0)?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(template) = event {
+        let events: Vec<AuditRecord> = ids
+            .iter()
+            .map(|id| super::per_item_event(template, None, Some(*id)))
+            .collect();
+        insert_events(tx, &events).await?;
+    }
+    Ok(ids.len() as u64)
 }
 
 fn org_from_row(row: &SqliteRow) -> anyhow::Result<OrgRecord> {
@@ -276,7 +366,8 @@ async fn insert_token_rows(
 ) -> StoreResult<()> {
     let mut q = QueryBuilder::<Sqlite>::new(
         "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
-         created_by, expires_at, revoked_at, replaced_by, metadata, family_id, disabled_at) ",
+         created_by, expires_at, revoked_at, replaced_by, metadata, family_id, disabled_at, \
+         user_id) ",
     );
     q.push_values(tokens, |mut b, t| {
         let live = t.revoked_at.is_none() && t.replaced_by.is_none();
@@ -294,7 +385,8 @@ async fn insert_token_rows(
             .push_bind(t.replaced_by.map(|u| u.to_string()))
             .push_bind(t.metadata.as_ref().map(|m| m.to_string()))
             .push_bind(t.family_id.to_string())
-            .push_bind(opt_micros(t.disabled_at));
+            .push_bind(opt_micros(t.disabled_at))
+            .push_bind(t.user_id.map(|u| u.to_string()));
     });
     match q.build().execute(&mut **tx).await {
         Ok(_) => {}
@@ -348,6 +440,17 @@ async fn insert_token_row(
 }
 
 impl SqliteStore {
+    async fn user_where(&self, cond: &str, value: String) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE {cond}"
+        )))
+        .bind(value)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
     /// Reads the verify columns on the calling thread through a free read connection: a primary
     /// key lookup takes microseconds, less than handing the query to sqlx's connection thread and
     /// waking up again. `None` when every read connection is busy (the caller uses sqlx).
@@ -359,7 +462,7 @@ impl SqliteStore {
 
 /// The columns of a [`VerifyRecord`], selected by both verify read paths.
 const VERIFY_COLUMNS: &str = "id, org_id, kind, verifier, permissions, expires_at, \
-     revoked_at IS NOT NULL OR disabled_at IS NOT NULL AS blocked";
+     revoked_at IS NOT NULL OR disabled_at IS NOT NULL AS blocked, user_id";
 
 /// The table both verify reads select from: `tokens` through its covering index (migration
 /// 0003), one B-tree per lookup. Named, because the planner would take the primary-key index
@@ -387,6 +490,7 @@ fn verify_record(
     permissions: i64,
     expires_at: Option<i64>,
     blocked: bool,
+    user_id: Option<&str>,
 ) -> anyhow::Result<VerifyRecord> {
     Ok(VerifyRecord {
         id: parse_uuid(id)?,
@@ -396,6 +500,7 @@ fn verify_record(
         permissions: Permissions::from_bits(permissions as u64),
         expires_at: opt_from_micros(expires_at)?,
         blocked,
+        user_id: user_id.map(parse_uuid).transpose()?,
     })
 }
 
@@ -421,6 +526,7 @@ fn read_verify_rows(
                 row.get(4)?,
                 row.get(5)?,
                 row.get(6)?,
+                row.get_ref(7)?.as_str_or_null()?,
             )?);
         }
     }
@@ -664,6 +770,7 @@ impl Store for SqliteStore {
                     row.try_get(4)?,
                     row.try_get(5)?,
                     row.try_get(6)?,
+                    row.try_get(7)?,
                 )
             })
             .collect::<anyhow::Result<_>>()
@@ -677,8 +784,22 @@ impl Store for SqliteStore {
             "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE org_id = "
         ));
         qb.push_bind(q.org_id.to_string());
-        if let Some(creator) = &q.created_by {
-            qb.push(" AND created_by = ").push_bind(creator.clone());
+        if let Some(v) = &q.visible_to {
+            match v.user_id {
+                Some(user) => {
+                    qb.push(" AND (created_by = ")
+                        .push_bind(v.actor.clone())
+                        .push(" OR user_id = ")
+                        .push_bind(user.to_string())
+                        .push(")");
+                }
+                None => {
+                    qb.push(" AND created_by = ").push_bind(v.actor.clone());
+                }
+            }
+        }
+        if let Some(owner) = q.owner {
+            qb.push(" AND user_id = ").push_bind(owner.to_string());
         }
         if let Some(before) = q.before_id {
             qb.push(" AND id < ").push_bind(before.to_string());
@@ -847,6 +968,266 @@ impl Store for SqliteStore {
         insert_events(&mut tx, std::slice::from_ref(event)).await?;
         tx.commit().await.map_err(other)?;
         Ok(true)
+    }
+
+    async fn insert_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
+        let (_writer, mut tx) = self.write_tx().await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn insert_user(&self, user: &UserRecord, events: &[AuditRecord]) -> StoreResult<()> {
+        let (_writer, mut tx) = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO users (id, org_id, email, email_key, name, role, platform_admin, \
+             password_hash, created_at, created_by, last_login_at, disabled_at, setup_hash, \
+             setup_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(user.id.to_string())
+        .bind(user.org_id.to_string())
+        .bind(&user.email)
+        .bind(user.email.to_lowercase())
+        .bind(&user.name)
+        .bind(user.role.as_str())
+        .bind(i64::from(user.platform_admin))
+        .bind(&user.password_hash)
+        .bind(micros(user.created_at))
+        .bind(&user.created_by)
+        .bind(opt_micros(user.last_login_at))
+        .bind(opt_micros(user.disabled_at))
+        .bind(&user.setup_hash)
+        .bind(opt_micros(user.setup_expires_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(email_conflict)?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn get_user(&self, id: Uuid) -> StoreResult<Option<UserRecord>> {
+        self.user_where("id = ?", id.to_string()).await
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        self.user_where("email_key = ?", email.to_lowercase()).await
+    }
+
+    async fn find_user_by_setup_hash(&self, setup_hash: &str) -> StoreResult<Option<UserRecord>> {
+        self.user_where("setup_hash = ?", setup_hash.to_string())
+            .await
+    }
+
+    async fn list_users(&self, q: &UserListQuery) -> StoreResult<Vec<UserRecord>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE org_id = "
+        ));
+        qb.push_bind(q.org_id.to_string());
+        if let Some(b) = q.before_id {
+            qb.push(" AND id < ").push_bind(b.to_string());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+        rows.iter()
+            .map(|r| user_from_row(r).map_err(StoreError::Other))
+            .collect()
+    }
+
+    async fn count_active_admins(&self, org_id: Uuid) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM users WHERE org_id = ? AND role = 'admin' \
+             AND disabled_at IS NULL",
+        )
+        .bind(org_id.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(other)?;
+        row.try_get(0).map_err(other)
+    }
+
+    async fn update_user(
+        &self,
+        user: &UserRecord,
+        change: UserChange<'_>,
+        now: DateTime<Utc>,
+        events: &[AuditRecord],
+    ) -> StoreResult<Vec<Uuid>> {
+        let (_writer, mut tx) = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE users SET email = ?, email_key = ?, name = ?, role = ?, platform_admin = ?, \
+             password_hash = ?, last_login_at = ?, disabled_at = ?, setup_hash = ?, \
+             setup_expires_at = ? WHERE id = ?",
+        )
+        .bind(&user.email)
+        .bind(user.email.to_lowercase())
+        .bind(&user.name)
+        .bind(user.role.as_str())
+        .bind(i64::from(user.platform_admin))
+        .bind(&user.password_hash)
+        .bind(opt_micros(user.last_login_at))
+        .bind(opt_micros(user.disabled_at))
+        .bind(&user.setup_hash)
+        .bind(opt_micros(user.setup_expires_at))
+        .bind(user.id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(email_conflict)?;
+        let mut revoked = Vec::new();
+        if change.revoke != RevokeOwned::None {
+            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE tokens SET revoked_at = ");
+            qb.push_bind(micros(now))
+                .push(", live_name = NULL WHERE user_id = ")
+                .push_bind(user.id.to_string())
+                .push(" AND revoked_at IS NULL");
+            if let RevokeOwned::Exceeding(allowed) = change.revoke {
+                qb.push(" AND (permissions & ")
+                    .push_bind(!allowed.bits() as i64)
+                    .push(") <> 0");
+            }
+            qb.push(" RETURNING id");
+            let rows = qb.build().fetch_all(&mut *tx).await.map_err(other)?;
+            revoked = rows
+                .iter()
+                .map(|r| parse_uuid(&r.try_get::<String, _>(0)?))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if let Some(template) = change.revoke_event {
+                let per_token: Vec<AuditRecord> = revoked
+                    .iter()
+                    .map(|id| super::per_item_event(template, Some(*id), None))
+                    .collect();
+                insert_events(&mut tx, &per_token).await?;
+            }
+        }
+        end_sessions_in(&mut tx, user.id, change.end_sessions, change.session_event).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(revoked)
+    }
+
+    async fn record_login(
+        &self,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+        events: &[AuditRecord],
+    ) -> StoreResult<()> {
+        let (_writer, mut tx) = self.write_tx().await?;
+        sqlx::query("UPDATE users SET last_login_at = ? WHERE id = ?")
+            .bind(micros(at))
+            .bind(user_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn insert_session(
+        &self,
+        session: &SessionRecord,
+        events: &[AuditRecord],
+    ) -> StoreResult<()> {
+        let (_writer, mut tx) = self.write_tx().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )))
+        .bind(session.id.to_string())
+        .bind(&session.secret_hash)
+        .bind(session.user_id.to_string())
+        .bind(session.org_id.to_string())
+        .bind(micros(session.created_at))
+        .bind(micros(session.last_seen_at))
+        .bind(micros(session.expires_at))
+        .bind(&session.ip)
+        .bind(&session.user_agent)
+        .execute(&mut *tx)
+        .await
+        .map_err(other)?;
+        sqlx::query("UPDATE users SET last_login_at = ? WHERE id = ?")
+            .bind(micros(session.created_at))
+            .bind(session.user_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn get_session(&self, secret_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE secret_hash = ?"
+        )))
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.as_ref().map(session_from_row).transpose()?)
+    }
+
+    async fn touch_session(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<()> {
+        let (_writer, mut tx) = self.write_tx().await?;
+        sqlx::query("UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?) WHERE id = ?")
+            .bind(micros(at))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn list_sessions(&self, user_id: Uuid) -> StoreResult<Vec<SessionRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ? ORDER BY id DESC"
+        )))
+        .bind(user_id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        rows.iter()
+            .map(|r| session_from_row(r).map_err(StoreError::Other))
+            .collect()
+    }
+
+    async fn end_sessions(
+        &self,
+        user_id: Uuid,
+        which: EndSessions,
+        event: Option<&AuditRecord>,
+    ) -> StoreResult<u64> {
+        let (_writer, mut tx) = self.write_tx().await?;
+        let n = end_sessions_in(&mut tx, user_id, which, event).await?;
+        tx.commit().await.map_err(other)?;
+        Ok(n)
+    }
+
+    async fn delete_expired_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let (_writer, mut tx) = self.write_tx().await?;
+        let res = sqlx::query("DELETE FROM sessions WHERE expires_at <= ? OR last_seen_at < ?")
+            .bind(micros(now))
+            .bind(micros(idle_cutoff))
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        tx.commit().await.map_err(other)?;
+        Ok(res.rows_affected())
+    }
+
+    async fn count_live_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        let row =
+            sqlx::query("SELECT COUNT(*) FROM sessions WHERE expires_at > ? AND last_seen_at >= ?")
+                .bind(micros(now))
+                .bind(micros(idle_cutoff))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(other)?;
+        row.try_get(0).map_err(other)
     }
 
     async fn list_audit(&self, q: &AuditListQuery) -> StoreResult<Vec<AuditRecord>> {

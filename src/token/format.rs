@@ -160,7 +160,7 @@ pub fn format_token(prefix: &Prefix, kind: TokenKind, id: Uuid, secret: &[u8; 32
     s.push('_');
     s.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
     s.push('_');
-    s.push_str(&encode_secret(secret));
+    s.push_str(&base62_secret(secret));
     let crc = crc32fast::hash(s.as_bytes());
     s.push_str(&encode_checksum(crc));
     s
@@ -303,7 +303,9 @@ fn digit_value(c: u8) -> Option<u32> {
 }
 
 /// Encodes 32 bytes (a big-endian 256-bit number) as exactly 43 base62 digits.
-fn encode_secret(bytes: &[u8; 32]) -> String {
+/// 32 bytes as 43 base62 characters (fixed width): a token's secret, and the other random
+/// secrets of the service (session ids, setup tokens).
+pub fn base62_secret(bytes: &[u8; 32]) -> String {
     let mut n = *bytes;
     let mut out = [b'0'; SECRET_LEN];
     for slot in out.iter_mut().rev() {
@@ -481,8 +483,8 @@ mod tests {
 
     #[test]
     fn secret_encoding_is_fixed_width_for_the_extremes() {
-        assert_eq!(encode_secret(&[0u8; 32]), "0".repeat(SECRET_LEN));
-        let max = encode_secret(&[0xffu8; 32]);
+        assert_eq!(base62_secret(&[0u8; 32]), "0".repeat(SECRET_LEN));
+        let max = base62_secret(&[0xffu8; 32]);
         assert_eq!(max.len(), SECRET_LEN);
         assert_eq!(decode_secret(max.as_bytes()), Some([0xffu8; 32]));
         assert_eq!(encode_checksum(0), "000000");

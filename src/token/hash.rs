@@ -61,6 +61,18 @@ pub fn sha256(secret: &[u8; 32]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
+/// An Argon2id PHC string of `input` (a password) with OWASP's parameters (19 MiB, 2 passes,
+/// 1 lane) and a random salt. Tens of milliseconds of CPU: run it on the Argon2id pool.
+///
+/// # Errors
+/// Only if Argon2 fails (random salt unavailable).
+pub fn argon2id_phc(input: &[u8]) -> anyhow::Result<String> {
+    Argon2::default()
+        .hash_password(input)
+        .map(|phc| phc.to_string())
+        .map_err(|e| anyhow::anyhow!("argon2id hashing failed: {e}"))
+}
+
 /// Constant-time equality of two digests.
 pub fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.ct_eq(b).into()
@@ -208,6 +220,12 @@ impl Argon2Workspace {
     /// Whether `secret` matches the Argon2id PHC string `phc`, compared in constant time.
     /// `false` for a malformed PHC string as for a wrong secret.
     pub fn matches(&mut self, phc: &str, secret: &Secret<[u8; 32]>) -> bool {
+        self.matches_bytes(phc, secret.expose())
+    }
+
+    /// Whether `input` (a password, say) matches the Argon2id PHC string `phc`, compared in
+    /// constant time. `false` for a malformed PHC string as for a wrong input.
+    pub fn matches_bytes(&mut self, phc: &str, input: &[u8]) -> bool {
         let Ok(hash) = PasswordHash::new(phc) else {
             return false;
         };
@@ -228,12 +246,7 @@ impl Argon2Workspace {
         let mut buf = [0u8; 64];
         let out = &mut buf[..expected.as_bytes().len()];
         if argon
-            .hash_password_into_with_memory(
-                secret.expose(),
-                salt.as_ref(),
-                &mut *out,
-                &mut self.blocks[..n],
-            )
+            .hash_password_into_with_memory(input, salt.as_ref(), &mut *out, &mut self.blocks[..n])
             .is_err()
         {
             return false;

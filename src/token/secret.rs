@@ -25,6 +25,14 @@ impl<T> fmt::Debug for Secret<T> {
     }
 }
 
+/// Request bodies carry passwords and setup tokens as `Secret`s, so a request struct that is
+/// printed shows none of them.
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Secret<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Secret)
+    }
+}
+
 impl<T> fmt::Display for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")

@@ -36,8 +36,10 @@ pub struct TestApp {
 }
 
 /// Every rate limit off (each test that checks one turns it on with a flag).
-pub const NO_RATE_LIMITS: [(&str, &str); 4] = [
+pub const NO_RATE_LIMITS: [(&str, &str); 6] = [
     ("LATCHKEY_RATE_LIMIT_MINT_PER_HOUR", "0"),
+    ("LATCHKEY_RATE_LIMIT_MINT_PER_TOKEN_PER_HOUR", "0"),
+    ("LATCHKEY_RATE_LIMIT_LOGIN_PER_15M", "0"),
     ("LATCHKEY_RATE_LIMIT_PER_SECOND", "0"),
     ("LATCHKEY_RATE_LIMIT_FAILED_VERIFY_PER_MINUTE", "0"),
     ("LATCHKEY_RATE_LIMIT_LEAKED_PER_MINUTE", "0"),
@@ -176,6 +178,7 @@ pub async fn spawn_with_clock() -> TestApp {
         usage_flush_interval: Duration::from_millis(100),
         max_body_bytes: 65_536,
         trusted_proxies: Vec::new(),
+        secure_cookies: true,
         limits: Default::default(),
     };
     let app = Application::build(settings, clock.clone()).await.unwrap();

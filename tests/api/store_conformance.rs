@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use latchkey::store::{
-    self, AuditListQuery, AuditRecord, ClientIp, Invalidation, OrgRecord, StateFilter, Store,
-    StoreError, TokenListQuery, TokenRecord, UsageDelta, VerifyRecord,
+    self, AuditListQuery, AuditRecord, ClientIp, EndSessions, Invalidation, OrgRecord, RevokeOwned,
+    SessionRecord, StateFilter, Store, StoreError, TokenListQuery, TokenRecord, UsageDelta,
+    UserChange, UserListQuery, UserRecord, VerifyRecord, Visibility,
 };
-use latchkey::token::{Permissions, TokenKind};
+use latchkey::token::{Permissions, Role, TokenKind};
 use serde_json::json;
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -116,10 +117,25 @@ on_every_backend! {
         concurrent_usage_flushes_lose_no_counts,
         a_usage_flush_of_thousands_of_tokens_counts_each_one,
         the_verify_read_returns_the_verify_columns_of_the_ids_that_exist,
+        tokens_are_filtered_by_visibility_and_owner,
+        audit_events_are_written_on_their_own,
+        a_user_round_trips_and_its_email_is_unique_in_any_case_across_orgs,
+        a_user_is_found_by_email_in_another_case_and_by_its_setup_hash,
+        users_are_listed_newest_first_and_paged_by_an_id_cursor,
+        active_admins_are_counted_per_org_leaving_out_members_and_disabled_ones,
+        a_user_update_replaces_every_field_it_may_change_and_writes_its_events,
+        an_update_to_a_taken_email_is_a_conflict_and_changes_nothing,
+        disabling_a_user_revokes_each_live_token_it_owns_with_an_event_each,
+        a_demotion_revokes_only_the_live_owned_tokens_holding_a_bit_outside_the_new_set,
+        a_user_update_ends_the_sessions_it_names_with_an_event_each,
+        ending_sessions_deletes_only_the_ones_named_with_an_event_each,
+        a_new_session_records_the_sign_in_and_is_found_by_its_secret_hash,
+        sessions_end_when_idle_too_long_or_past_their_absolute_end,
     ],
     two_handles: [
         changes_through_one_handle_are_announced_to_the_others,
         a_token_created_through_one_handle_is_read_by_another,
+        tokens_revoked_by_a_user_update_are_announced_to_the_others,
     ],
 }
 
@@ -164,6 +180,59 @@ fn new_token_with_id(org: &OrgRecord, name: &str, id: Uuid) -> TokenRecord {
         family_id: id,
         disabled_at: None,
         client_ips: Vec::new(),
+        user_id: None,
+    }
+}
+
+/// A live token owned by `user`, minted through its session.
+fn owned_token(org: &OrgRecord, name: &str, user: &UserRecord) -> TokenRecord {
+    let mut t = new_token(org, name);
+    t.created_by = format!("user:{}", user.id);
+    t.user_id = Some(user.id);
+    t
+}
+
+fn new_user(org: &OrgRecord, email: &str) -> UserRecord {
+    UserRecord {
+        id: Uuid::now_v7(),
+        org_id: org.id,
+        email: email.to_string(),
+        name: "Ann Lee".to_string(),
+        role: Role::Member,
+        platform_admin: false,
+        password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".to_string()),
+        created_at: at(1),
+        created_by: "bootstrap".to_string(),
+        last_login_at: None,
+        disabled_at: None,
+        setup_hash: None,
+        setup_expires_at: None,
+    }
+}
+
+/// A session of `user` created (and last seen) at `at(secs)`, ending 8 hours later.
+fn new_session(user: &UserRecord, secs: i64) -> SessionRecord {
+    let id = Uuid::now_v7();
+    SessionRecord {
+        id,
+        secret_hash: format!("{}{}", id.simple(), id.simple()),
+        user_id: user.id,
+        org_id: user.org_id,
+        created_at: at(secs),
+        last_seen_at: at(secs),
+        expires_at: at(secs + 8 * 3600),
+        ip: Some("192.0.2.7".to_string()),
+        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".to_string()),
+    }
+}
+
+/// A change to the user row alone.
+fn row_only() -> UserChange<'static> {
+    UserChange {
+        revoke: RevokeOwned::None,
+        end_sessions: EndSessions::None,
+        revoke_event: None,
+        session_event: None,
     }
 }
 
@@ -184,7 +253,8 @@ fn event(org: &OrgRecord, action: &str, token: Option<Uuid>, when: DateTime<Utc>
 fn tokens_of(org: &OrgRecord) -> TokenListQuery {
     TokenListQuery {
         org_id: org.id,
-        created_by: None,
+        visible_to: None,
+        owner: None,
         state: None,
         before_id: None,
         limit: 100,
@@ -227,6 +297,38 @@ async fn org_in(store: &Arc<dyn Store>, name: &str) -> OrgRecord {
     org
 }
 
+async fn user_in(store: &Arc<dyn Store>, org: &OrgRecord, email: &str) -> UserRecord {
+    let user = new_user(org, email);
+    store.insert_user(&user, &[]).await.unwrap();
+    user
+}
+
+async fn session_of(store: &Arc<dyn Store>, user: &UserRecord, secs: i64) -> SessionRecord {
+    let session = new_session(user, secs);
+    store.insert_session(&session, &[]).await.unwrap();
+    session
+}
+
+async fn user(store: &Arc<dyn Store>, id: Uuid) -> UserRecord {
+    store.get_user(id).await.unwrap().expect("user exists")
+}
+
+/// The org's events with this action, newest first.
+async fn events_named(store: &Arc<dyn Store>, org: &OrgRecord, action: &str) -> Vec<AuditRecord> {
+    store
+        .list_audit(&AuditListQuery {
+            action: Some(action.to_string()),
+            ..audit_of(org)
+        })
+        .await
+        .unwrap()
+}
+
+fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+    ids.sort();
+    ids
+}
+
 async fn inserted(store: &Arc<dyn Store>, token: TokenRecord) -> TokenRecord {
     store.insert_token(&token, &[], at(1)).await.unwrap();
     token
@@ -240,7 +342,7 @@ fn ids(tokens: &[TokenRecord]) -> Vec<Uuid> {
     tokens.iter().map(|t| t.id).collect()
 }
 
-fn conflict_message(res: Result<(), StoreError>) -> String {
+fn conflict_message<T: std::fmt::Debug>(res: Result<T, StoreError>) -> String {
     match res {
         Err(StoreError::Conflict(m)) => m,
         other => panic!("expected a conflict, got {other:?}"),
@@ -315,6 +417,7 @@ async fn every_token_field_round_trips(store: Arc<dyn Store>) {
         "empty": {},
     }));
     full.client_ips = vec![ip("2001:db8::1", 50), ip("10.0.0.1", 20)];
+    full.user_id = Some(user_in(&store, &org, "ann@example.com").await.id);
 
     // Act
     store.insert_token(&plain, &[], at(1)).await.unwrap();
@@ -449,7 +552,10 @@ async fn tokens_are_filtered_by_state_and_creator(store: Arc<dyn Store>) {
         let store = store.clone();
         let q = TokenListQuery {
             state,
-            created_by: created_by.map(str::to_string),
+            visible_to: created_by.map(|actor| Visibility {
+                actor: actor.to_string(),
+                user_id: None,
+            }),
             ..tokens_of(&org)
         };
         async move { ids(&store.list_tokens(&q).await.unwrap()) }
@@ -686,10 +792,12 @@ async fn revoking_twice_changes_nothing_the_second_time(store: Arc<dyn Store>) {
 async fn rotation_replaces_a_live_token_once(store: Arc<dyn Store>) {
     // Arrange
     let org = org_in(&store, "acme").await;
-    let mut old = new_token(&org, "svc");
+    let owner = user_in(&store, &org, "ann@example.com").await;
+    let mut old = owned_token(&org, "svc", &owner);
     old.expires_at = Some(at(1_000));
     let old = inserted(&store, old).await;
-    let mut new = new_token(&org, "svc");
+    // The new token carries its own owner, as the service sets it.
+    let mut new = owned_token(&org, "svc", &owner);
     new.family_id = old.family_id;
     new.expires_at = Some(at(2_000));
     let mut soon = new_token(&org, "soon");
@@ -1308,9 +1416,10 @@ async fn a_usage_flush_of_thousands_of_tokens_counts_each_one(store: Arc<dyn Sto
 }
 
 async fn the_verify_read_returns_the_verify_columns_of_the_ids_that_exist(store: Arc<dyn Store>) {
-    // Arrange: a live token with an expiry, a revoked one, a disabled service token.
+    // Arrange: a live token of a user with an expiry, a revoked one, a disabled service token.
     let org = org_in(&store, "acme").await;
-    let mut live = new_token(&org, "live");
+    let owner = user_in(&store, &org, "ann@example.com").await;
+    let mut live = owned_token(&org, "live", &owner);
     live.expires_at = Some(at(500));
     let live = inserted(&store, live).await;
     let revoked = inserted(&store, new_token(&org, "revoked")).await;
@@ -1351,6 +1460,7 @@ async fn the_verify_read_returns_the_verify_columns_of_the_ids_that_exist(store:
         permissions: t.permissions,
         expires_at: t.expires_at,
         blocked,
+        user_id: t.user_id,
     };
     assert_eq!(
         rows,
@@ -1361,4 +1471,775 @@ async fn the_verify_read_returns_the_verify_columns_of_the_ids_that_exist(store:
         ]
     );
     assert!(none.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Owners, users and sessions
+
+async fn tokens_are_filtered_by_visibility_and_owner(store: Arc<dyn Store>) {
+    // Arrange: "token:me" acts for Ann; Bob is another user of the org.
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let bob = user_in(&store, &org, "bob@example.com").await;
+    let mut by_me = new_token(&org, "by me");
+    by_me.created_by = "token:me".into();
+    let by_me = inserted(&store, by_me).await;
+    let anns = inserted(&store, owned_token(&org, "ann's", &ann)).await;
+    let bobs = inserted(&store, owned_token(&org, "bob's", &bob)).await;
+    let machine = inserted(&store, new_token(&org, "machine")).await;
+    let mut by_me_for_bob = owned_token(&org, "by me for bob", &bob);
+    by_me_for_bob.created_by = "token:me".into();
+    let by_me_for_bob = inserted(&store, by_me_for_bob).await;
+    let list = |visible_to: Option<(&str, Option<Uuid>)>, owner: Option<Uuid>| {
+        let store = store.clone();
+        let q = TokenListQuery {
+            visible_to: visible_to.map(|(actor, user_id)| Visibility {
+                actor: actor.to_string(),
+                user_id,
+            }),
+            owner,
+            ..tokens_of(&org)
+        };
+        async move { ids(&store.list_tokens(&q).await.unwrap()) }
+    };
+
+    // Act + Assert
+    assert_eq!(
+        list(None, None).await,
+        [by_me_for_bob.id, machine.id, bobs.id, anns.id, by_me.id]
+    );
+    assert_eq!(
+        list(Some(("token:me", Some(ann.id))), None).await,
+        [by_me_for_bob.id, anns.id, by_me.id],
+        "created by the actor or owned by its user"
+    );
+    assert_eq!(
+        list(Some(("token:me", None)), None).await,
+        [by_me_for_bob.id, by_me.id],
+        "created by the actor only"
+    );
+    assert_eq!(list(None, Some(ann.id)).await, [anns.id]);
+    assert_eq!(list(None, Some(bob.id)).await, [by_me_for_bob.id, bobs.id]);
+    assert_eq!(
+        list(Some(("token:me", Some(ann.id))), Some(bob.id)).await,
+        [by_me_for_bob.id]
+    );
+    assert!(list(None, Some(Uuid::now_v7())).await.is_empty());
+}
+
+async fn audit_events_are_written_on_their_own(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let mut failed = event(&org, "login_failed", None, at(5));
+    failed.ip = Some("192.0.2.9".into());
+    failed.details = json!({"reason": "invalid_credentials"});
+    let second = event(&org, "login_failed", None, at(6));
+
+    // Act
+    store.insert_audit(&[]).await.unwrap();
+    store
+        .insert_audit(&[failed.clone(), second.clone()])
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        store.list_audit(&audit_of(&org)).await.unwrap(),
+        [second, failed]
+    );
+}
+
+async fn a_user_round_trips_and_its_email_is_unique_in_any_case_across_orgs(store: Arc<dyn Store>) {
+    // Arrange: a user with every optional field set, times with sub-microsecond parts.
+    let org = org_in(&store, "acme").await;
+    let other = org_in(&store, "other").await;
+    let nanos = TimeDelta::nanoseconds(123_456_789);
+    let mut ann = new_user(&org, "Ann.Lee@Example.com");
+    ann.role = Role::Admin;
+    ann.platform_admin = true;
+    ann.password_hash = None;
+    ann.created_at = at(1) + nanos;
+    ann.last_login_at = Some(at(2) + nanos);
+    ann.disabled_at = Some(at(3) + nanos);
+    ann.setup_hash = Some("ab".repeat(32));
+    ann.setup_expires_at = Some(at(86_400) + nanos);
+    let same_org = new_user(&org, "ann.lee@example.COM");
+    let other_org = new_user(&other, "ANN.LEE@EXAMPLE.COM");
+
+    // Act
+    store
+        .insert_user(&ann, &[event(&org, "user_created", None, at(1))])
+        .await
+        .unwrap();
+    let in_same_org = store
+        .insert_user(&same_org, &[event(&org, "user_created", None, at(2))])
+        .await;
+    let in_other_org = store
+        .insert_user(&other_org, &[event(&other, "user_created", None, at(2))])
+        .await;
+
+    // Assert
+    let micros = TimeDelta::microseconds(123_456);
+    let mut expected = ann.clone();
+    expected.created_at = at(1) + micros;
+    expected.last_login_at = Some(at(2) + micros);
+    expected.disabled_at = Some(at(3) + micros);
+    expected.setup_expires_at = Some(at(86_400) + micros);
+    assert_eq!(user(&store, ann.id).await, expected);
+    assert_eq!(store.get_user(Uuid::now_v7()).await.unwrap(), None);
+    for refused in [in_same_org, in_other_org] {
+        assert_eq!(
+            conflict_message(refused),
+            "a user with this email already exists"
+        );
+    }
+    assert_eq!(store.get_user(same_org.id).await.unwrap(), None);
+    assert_eq!(store.get_user(other_org.id).await.unwrap(), None);
+    assert_eq!(events_named(&store, &org, "user_created").await.len(), 1);
+    assert!(
+        events_named(&store, &other, "user_created")
+            .await
+            .is_empty(),
+        "a refused insert writes no event"
+    );
+}
+
+async fn a_user_is_found_by_email_in_another_case_and_by_its_setup_hash(store: Arc<dyn Store>) {
+    // Arrange: an invited user (a setup link, no password yet) and one with a non-ASCII email.
+    let org = org_in(&store, "acme").await;
+    let mut invited = new_user(&org, "Ann@Example.com");
+    invited.password_hash = None;
+    invited.setup_hash = Some("cd".repeat(32));
+    invited.setup_expires_at = Some(at(86_400));
+    store.insert_user(&invited, &[]).await.unwrap();
+    let ulla = user_in(&store, &org, "ülla@example.com").await;
+
+    // Act
+    let by_email = store.find_user_by_email("ann@EXAMPLE.COM").await.unwrap();
+    let by_unicode_email = store.find_user_by_email("ÜLLA@example.com").await.unwrap();
+    let unknown_email = store.find_user_by_email("bob@example.com").await.unwrap();
+    let by_hash = store
+        .find_user_by_setup_hash(&"cd".repeat(32))
+        .await
+        .unwrap();
+    let unknown_hash = store
+        .find_user_by_setup_hash(&"ef".repeat(32))
+        .await
+        .unwrap();
+    let mut activated = invited.clone();
+    activated.password_hash = Some("$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3".into());
+    activated.setup_hash = None;
+    activated.setup_expires_at = None;
+    store
+        .update_user(&activated, row_only(), at(5), &[])
+        .await
+        .unwrap();
+    let after_use = store
+        .find_user_by_setup_hash(&"cd".repeat(32))
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(by_email, Some(invited.clone()));
+    assert_eq!(by_unicode_email, Some(ulla));
+    assert_eq!(unknown_email, None);
+    assert_eq!(by_hash, Some(invited));
+    assert_eq!(unknown_hash, None);
+    assert_eq!(after_use, None, "a setup link works once");
+}
+
+async fn users_are_listed_newest_first_and_paged_by_an_id_cursor(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let other = org_in(&store, "other").await;
+    let mut users = Vec::new();
+    for i in 0..5 {
+        users.push(user_in(&store, &org, &format!("u{i}@example.com")).await);
+    }
+    user_in(&store, &other, "elsewhere@example.com").await;
+    let page = |before_id: Option<Uuid>| {
+        let store = store.clone();
+        let q = UserListQuery {
+            org_id: org.id,
+            before_id,
+            limit: 2,
+        };
+        async move {
+            store
+                .list_users(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|u| u.id)
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // Act
+    let first = page(None).await;
+    let second = page(first.last().copied()).await;
+    let third = page(second.last().copied()).await;
+    let fourth = page(third.last().copied()).await;
+
+    // Assert
+    let id = |i: usize| users[i].id;
+    assert_eq!(first, [id(4), id(3)]);
+    assert_eq!(second, [id(2), id(1)]);
+    assert_eq!(third, [id(0)]);
+    assert!(fourth.is_empty());
+}
+
+async fn active_admins_are_counted_per_org_leaving_out_members_and_disabled_ones(
+    store: Arc<dyn Store>,
+) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let other = org_in(&store, "other").await;
+    for (o, email, role, disabled) in [
+        (&org, "admin@acme.test", Role::Admin, false),
+        (&org, "gone@acme.test", Role::Admin, true),
+        (&org, "member@acme.test", Role::Member, false),
+        (&other, "admin@other.test", Role::Admin, false),
+        (&other, "admin2@other.test", Role::Admin, false),
+    ] {
+        let mut u = new_user(o, email);
+        u.role = role;
+        u.disabled_at = disabled.then(|| at(2));
+        store.insert_user(&u, &[]).await.unwrap();
+    }
+    let before = store.count_active_admins(org.id).await.unwrap();
+    let mut promoted = store
+        .find_user_by_email("member@acme.test")
+        .await
+        .unwrap()
+        .unwrap();
+    promoted.role = Role::Admin;
+
+    // Act
+    store
+        .update_user(&promoted, row_only(), at(3), &[])
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(before, 1);
+    assert_eq!(store.count_active_admins(org.id).await.unwrap(), 2);
+    assert_eq!(store.count_active_admins(other.id).await.unwrap(), 2);
+    assert_eq!(store.count_active_admins(Uuid::now_v7()).await.unwrap(), 0);
+}
+
+async fn a_user_update_replaces_every_field_it_may_change_and_writes_its_events(
+    store: Arc<dyn Store>,
+) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let mut changed = ann.clone();
+    changed.email = "Ann.Lee@Example.org".into();
+    changed.name = "Ann Lee-Smith".into();
+    changed.role = Role::Admin;
+    changed.platform_admin = true;
+    changed.password_hash = None;
+    changed.last_login_at = Some(at(4));
+    changed.disabled_at = Some(at(5));
+    changed.setup_hash = Some("12".repeat(32));
+    changed.setup_expires_at = Some(at(90_000));
+    let updated = event(&org, "user_updated", None, at(5));
+
+    // Act
+    let revoked = store
+        .update_user(&changed, row_only(), at(5), std::slice::from_ref(&updated))
+        .await
+        .unwrap();
+    let mut restored = changed.clone();
+    restored.email = "ann@example.com".into();
+    restored.platform_admin = false;
+    restored.last_login_at = None;
+    restored.disabled_at = None;
+    restored.setup_hash = None;
+    restored.setup_expires_at = None;
+    store
+        .update_user(&restored, row_only(), at(6), &[])
+        .await
+        .unwrap();
+    let after_restore = user(&store, ann.id).await;
+
+    // Assert
+    assert!(revoked.is_empty());
+    assert_eq!(after_restore, restored, "every field can be cleared again");
+    assert_eq!(
+        store
+            .find_user_by_email("ANN@example.com")
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(ann.id)
+    );
+    assert_eq!(
+        store
+            .find_user_by_email("ann.lee@example.org")
+            .await
+            .unwrap(),
+        None,
+        "the old email key went with the old email"
+    );
+    assert_eq!(events_named(&store, &org, "user_updated").await, [updated]);
+    store
+        .update_user(&changed, row_only(), at(7), &[])
+        .await
+        .unwrap();
+    assert_eq!(user(&store, ann.id).await, changed);
+}
+
+async fn an_update_to_a_taken_email_is_a_conflict_and_changes_nothing(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    user_in(&store, &org, "ann@example.com").await;
+    let bob = user_in(&store, &org, "bob@example.com").await;
+    let token = inserted(&store, owned_token(&org, "bob's", &bob)).await;
+    let session = session_of(&store, &bob, 10).await;
+    let mut taking = bob.clone();
+    taking.email = "ANN@example.com".into();
+    taking.disabled_at = Some(at(20));
+    let revoked_event = event(&org, "token_revoked", None, at(20));
+    let logout = event(&org, "logout", None, at(20));
+
+    // Act
+    let res = store
+        .update_user(
+            &taking,
+            UserChange {
+                revoke: RevokeOwned::All,
+                end_sessions: EndSessions::All,
+                revoke_event: Some(&revoked_event),
+                session_event: Some(&logout),
+            },
+            at(20),
+            &[event(&org, "user_disabled", None, at(20))],
+        )
+        .await;
+
+    // Assert
+    assert_eq!(
+        conflict_message(res),
+        "a user with this email already exists"
+    );
+    let mut unchanged = bob.clone();
+    unchanged.last_login_at = Some(at(10));
+    assert_eq!(user(&store, bob.id).await, unchanged);
+    assert_eq!(get(&store, token.id).await.revoked_at, None);
+    assert_eq!(store.list_sessions(bob.id).await.unwrap(), [session]);
+    assert!(store.list_audit(&audit_of(&org)).await.unwrap().is_empty());
+}
+
+async fn disabling_a_user_revokes_each_live_token_it_owns_with_an_event_each(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: Ann owns a live token, a disabled one and a revoked one; Bob and a machine own
+    // the rest, one of them created by the same actor.
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let bob = user_in(&store, &org, "bob@example.com").await;
+    let live = inserted(&store, owned_token(&org, "live", &ann)).await;
+    let mut disabled = owned_token(&org, "disabled", &ann);
+    disabled.disabled_at = Some(at(1));
+    let disabled = inserted(&store, disabled).await;
+    let revoked = inserted(&store, owned_token(&org, "revoked", &ann)).await;
+    store
+        .revoke_token(
+            revoked.id,
+            at(2),
+            &event(&org, "token_revoked", None, at(2)),
+        )
+        .await
+        .unwrap();
+    let bobs = inserted(&store, owned_token(&org, "bob's", &bob)).await;
+    let mut machine = new_token(&org, "machine");
+    machine.created_by = live.created_by.clone();
+    let machine = inserted(&store, machine).await;
+    let mut off = ann.clone();
+    off.disabled_at = Some(at(10));
+    let mut template = event(&org, "token_revoked", None, at(10));
+    template.details = json!({"reason": "user_disabled"});
+
+    // Act
+    let returned = store
+        .update_user(
+            &off,
+            UserChange {
+                revoke: RevokeOwned::All,
+                end_sessions: EndSessions::None,
+                revoke_event: Some(&template),
+                session_event: None,
+            },
+            at(10),
+            &[event(&org, "user_disabled", None, at(10))],
+        )
+        .await
+        .unwrap();
+    let name_reused = store
+        .insert_token(&new_token(&org, "live"), &[], at(11))
+        .await;
+
+    // Assert
+    assert_eq!(sorted(returned), sorted(vec![live.id, disabled.id]));
+    assert_eq!(get(&store, live.id).await.revoked_at, Some(at(10)));
+    assert_eq!(get(&store, disabled.id).await.revoked_at, Some(at(10)));
+    assert_eq!(
+        get(&store, revoked.id).await.revoked_at,
+        Some(at(2)),
+        "a revoked token stays revoked when it was"
+    );
+    assert_eq!(get(&store, bobs.id).await.revoked_at, None);
+    assert_eq!(get(&store, machine.id).await.revoked_at, None);
+    name_reused.expect("a revoked token's name is free again");
+    assert_eq!(user(&store, ann.id).await.disabled_at, Some(at(10)));
+    let written: Vec<AuditRecord> = events_named(&store, &org, "token_revoked")
+        .await
+        .into_iter()
+        .filter(|e| e.occurred_at == at(10))
+        .collect();
+    assert_eq!(
+        sorted(written.iter().filter_map(|e| e.token_id).collect()),
+        sorted(vec![live.id, disabled.id])
+    );
+    for e in &written {
+        assert_ne!(e.id, template.id, "each event gets its own id");
+        assert_eq!(
+            AuditRecord {
+                id: template.id,
+                token_id: None,
+                ..e.clone()
+            },
+            template
+        );
+    }
+    assert_eq!(events_named(&store, &org, "user_disabled").await.len(), 1);
+}
+
+async fn a_demotion_revokes_only_the_live_owned_tokens_holding_a_bit_outside_the_new_set(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: the new role allows bits 0-2.
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let bob = user_in(&store, &org, "bob@example.com").await;
+    let allowed = Permissions::from_bits(0b111);
+    let token = |name: &str, owner: &UserRecord, bits: u64| {
+        let mut t = owned_token(&org, name, owner);
+        t.permissions = Permissions::from_bits(bits);
+        t
+    };
+    let within = inserted(&store, token("within", &ann, 0b101)).await;
+    let exactly = inserted(&store, token("exactly", &ann, 0b111)).await;
+    let beyond = inserted(&store, token("beyond", &ann, 0b1001)).await;
+    // Bit 63: stored as a negative number, still outside the set.
+    let top_bit = inserted(&store, token("top bit", &ann, (1 << 63) | 1)).await;
+    let revoked = inserted(&store, token("revoked", &ann, 0b1000)).await;
+    store
+        .revoke_token(
+            revoked.id,
+            at(2),
+            &event(&org, "token_revoked", None, at(2)),
+        )
+        .await
+        .unwrap();
+    let bobs = inserted(&store, token("bob's", &bob, 0b1000)).await;
+    let template = event(&org, "token_revoked", None, at(10));
+
+    // Act
+    let returned = store
+        .update_user(
+            &ann,
+            UserChange {
+                revoke: RevokeOwned::Exceeding(allowed),
+                end_sessions: EndSessions::None,
+                revoke_event: Some(&template),
+                session_event: None,
+            },
+            at(10),
+            &[],
+        )
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(sorted(returned), sorted(vec![beyond.id, top_bit.id]));
+    for t in [&within, &exactly, &bobs] {
+        assert_eq!(get(&store, t.id).await.revoked_at, None, "{}", t.name);
+    }
+    assert_eq!(get(&store, beyond.id).await.revoked_at, Some(at(10)));
+    assert_eq!(get(&store, top_bit.id).await.revoked_at, Some(at(10)));
+    assert_eq!(get(&store, revoked.id).await.revoked_at, Some(at(2)));
+    let audited: Vec<Uuid> = events_named(&store, &org, "token_revoked")
+        .await
+        .into_iter()
+        .filter(|e| e.occurred_at == at(10))
+        .filter_map(|e| e.token_id)
+        .collect();
+    assert_eq!(sorted(audited), sorted(vec![beyond.id, top_bit.id]));
+}
+
+async fn a_user_update_ends_the_sessions_it_names_with_an_event_each(store: Arc<dyn Store>) {
+    // Arrange: a password change keeps the session it was made in.
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let bob = user_in(&store, &org, "bob@example.com").await;
+    let old = session_of(&store, &ann, 10).await;
+    let older = session_of(&store, &ann, 5).await;
+    let current = session_of(&store, &ann, 20).await;
+    let bobs = session_of(&store, &bob, 10).await;
+    let mut changed = user(&store, ann.id).await;
+    changed.password_hash = Some("$argon2id$v=19$m=19456,t=2,p=1$b3RoZXI$b3RoZXI".into());
+    let mut template = event(&org, "logout", None, at(30));
+    template.details = json!({"reason": "password_changed"});
+
+    // Act
+    let revoked = store
+        .update_user(
+            &changed,
+            UserChange {
+                revoke: RevokeOwned::None,
+                end_sessions: EndSessions::AllBut(current.id),
+                revoke_event: None,
+                session_event: Some(&template),
+            },
+            at(30),
+            &[event(&org, "password_changed", None, at(30))],
+        )
+        .await
+        .unwrap();
+
+    // Assert
+    assert!(revoked.is_empty());
+    assert_eq!(user(&store, ann.id).await, changed);
+    assert_eq!(store.list_sessions(ann.id).await.unwrap(), [current]);
+    assert_eq!(store.list_sessions(bob.id).await.unwrap(), [bobs]);
+    let logouts = events_named(&store, &org, "logout").await;
+    let mut ended: Vec<String> = logouts
+        .iter()
+        .map(|e| e.details["session_id"].as_str().unwrap().to_string())
+        .collect();
+    ended.sort();
+    let mut expected = vec![old.id.to_string(), older.id.to_string()];
+    expected.sort();
+    assert_eq!(ended, expected);
+    for e in &logouts {
+        assert_ne!(e.id, template.id);
+        assert_eq!(e.details["reason"], "password_changed", "details are kept");
+        assert_eq!((e.action.as_str(), e.token_id), ("logout", None));
+    }
+    assert_eq!(
+        events_named(&store, &org, "password_changed").await.len(),
+        1
+    );
+}
+
+async fn ending_sessions_deletes_only_the_ones_named_with_an_event_each(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let bob = user_in(&store, &org, "bob@example.com").await;
+    let first = session_of(&store, &ann, 10).await;
+    let second = session_of(&store, &ann, 11).await;
+    let third = session_of(&store, &ann, 12).await;
+    let bobs = session_of(&store, &bob, 13).await;
+    let logout = event(&org, "logout", None, at(20));
+
+    // Act
+    let none = store
+        .end_sessions(ann.id, EndSessions::None, Some(&logout))
+        .await
+        .unwrap();
+    let one = store
+        .end_sessions(ann.id, EndSessions::One(second.id), Some(&logout))
+        .await
+        .unwrap();
+    let again = store
+        .end_sessions(ann.id, EndSessions::One(second.id), Some(&logout))
+        .await
+        .unwrap();
+    let someone_elses = store
+        .end_sessions(ann.id, EndSessions::One(bobs.id), Some(&logout))
+        .await
+        .unwrap();
+    let after_one = store.list_sessions(ann.id).await.unwrap();
+    let all_but = store
+        .end_sessions(ann.id, EndSessions::AllBut(third.id), None)
+        .await
+        .unwrap();
+    let after_all_but = store.list_sessions(ann.id).await.unwrap();
+    let all = store
+        .end_sessions(ann.id, EndSessions::All, Some(&logout))
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!((none, one, again, someone_elses), (0, 1, 0, 0));
+    assert_eq!(after_one, [third.clone(), first]);
+    assert_eq!(all_but, 1);
+    assert_eq!(after_all_but, [third.clone()]);
+    assert_eq!(all, 1);
+    assert!(store.list_sessions(ann.id).await.unwrap().is_empty());
+    assert_eq!(store.list_sessions(bob.id).await.unwrap(), [bobs]);
+    let ended: Vec<String> = events_named(&store, &org, "logout")
+        .await
+        .iter()
+        .map(|e| e.details["session_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ended,
+        [third.id.to_string(), second.id.to_string()],
+        "one event per session ended with an event, newest first"
+    );
+}
+
+async fn a_new_session_records_the_sign_in_and_is_found_by_its_secret_hash(store: Arc<dyn Store>) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let earlier = session_of(&store, &ann, 50).await;
+    let session = new_session(&ann, 100);
+    let login = event(&org, "login_succeeded", None, at(100));
+
+    // Act
+    store
+        .insert_session(&session, std::slice::from_ref(&login))
+        .await
+        .unwrap();
+    let signed_in = user(&store, ann.id).await;
+    let found = store.get_session(&session.secret_hash).await.unwrap();
+    let unknown = store.get_session(&"00".repeat(32)).await.unwrap();
+    store.touch_session(session.id, at(160)).await.unwrap();
+    let touched = store.get_session(&session.secret_hash).await.unwrap();
+    let listed = store.list_sessions(ann.id).await.unwrap();
+    let token_login = event(&org, "login_succeeded", None, at(300));
+    store
+        .record_login(ann.id, at(300), std::slice::from_ref(&token_login))
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(signed_in.last_login_at, Some(at(100)));
+    assert_eq!(found, Some(session.clone()));
+    assert_eq!(unknown, None);
+    let mut seen = session.clone();
+    seen.last_seen_at = at(160);
+    assert_eq!(touched, Some(seen.clone()));
+    assert_eq!(listed, [seen, earlier], "newest first");
+    assert_eq!(user(&store, ann.id).await.last_login_at, Some(at(300)));
+    assert_eq!(
+        events_named(&store, &org, "login_succeeded").await,
+        [token_login, login]
+    );
+}
+
+async fn sessions_end_when_idle_too_long_or_past_their_absolute_end(store: Arc<dyn Store>) {
+    // Arrange: `now` is at(10_000); sessions idle since before at(8_200) have ended.
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let bob = user_in(&store, &org, "bob@example.com").await;
+    let (now, idle_cutoff) = (at(10_000), at(8_200));
+    let with = |user: &UserRecord, last_seen: i64, expires: i64| {
+        let mut s = new_session(user, 0);
+        s.last_seen_at = at(last_seen);
+        s.expires_at = at(expires);
+        s
+    };
+    let fresh = with(&ann, 9_000, 20_000);
+    let idle = with(&ann, 8_199, 20_000);
+    let idle_edge = with(&bob, 8_200, 20_000);
+    let at_end = with(&bob, 9_999, 10_000);
+    let before_end = with(&ann, 9_999, 10_001);
+    for s in [&fresh, &idle, &idle_edge, &at_end, &before_end] {
+        store.insert_session(s, &[]).await.unwrap();
+    }
+
+    // Act
+    let live_before = store.count_live_sessions(now, idle_cutoff).await.unwrap();
+    let deleted = store
+        .delete_expired_sessions(now, idle_cutoff)
+        .await
+        .unwrap();
+    let deleted_again = store
+        .delete_expired_sessions(now, idle_cutoff)
+        .await
+        .unwrap();
+    let live_after = store.count_live_sessions(now, idle_cutoff).await.unwrap();
+
+    // Assert
+    assert_eq!(live_before, 3);
+    assert_eq!(deleted, 2, "one idle too long, one at its absolute end");
+    assert_eq!(deleted_again, 0);
+    assert_eq!(live_after, 3);
+    assert_eq!(
+        store.list_sessions(ann.id).await.unwrap(),
+        [before_end, fresh]
+    );
+    assert_eq!(store.list_sessions(bob.id).await.unwrap(), [idle_edge]);
+    assert_eq!(
+        store
+            .count_live_sessions(at(10_001), idle_cutoff)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.count_live_sessions(now, at(9_001)).await.unwrap(), 1);
+}
+
+async fn tokens_revoked_by_a_user_update_are_announced_to_the_others(
+    writer: Arc<dyn Store>,
+    listener: Arc<dyn Store>,
+) {
+    // Arrange
+    let Some(mut heard) = listener.invalidations().await.unwrap() else {
+        return;
+    };
+    let org = org_in(&writer, "acme").await;
+    let ann = user_in(&writer, &org, "ann@example.com").await;
+    let first = inserted(&writer, owned_token(&org, "first", &ann)).await;
+    let second = inserted(&writer, owned_token(&org, "second", &ann)).await;
+    let mut off = ann.clone();
+    off.disabled_at = Some(at(10));
+    let all = UserChange {
+        revoke: RevokeOwned::All,
+        end_sessions: EndSessions::All,
+        revoke_event: None,
+        session_event: None,
+    };
+
+    // Act
+    let revoked = writer
+        .update_user(&off, all.clone(), at(10), &[])
+        .await
+        .unwrap();
+    let mut announced = Vec::new();
+    for _ in 0..2 {
+        let next = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+            .await
+            .expect("an invalidation within 5 s")
+            .expect("the stream is open");
+        announced.push(next);
+    }
+    let nothing_left = writer.update_user(&off, all, at(11), &[]).await.unwrap();
+    let silence = tokio::time::timeout(Duration::from_millis(300), heard.recv()).await;
+
+    // Assert
+    assert_eq!(sorted(revoked), sorted(vec![first.id, second.id]));
+    announced.sort_by_key(|i| match i {
+        Invalidation::Token(id) => *id,
+        Invalidation::All => Uuid::nil(),
+    });
+    assert_eq!(
+        announced,
+        sorted(vec![first.id, second.id])
+            .into_iter()
+            .map(Invalidation::Token)
+            .collect::<Vec<_>>()
+    );
+    assert!(nothing_left.is_empty());
+    assert!(
+        silence.is_err(),
+        "an update that revoked nothing announced {silence:?}"
+    );
 }
