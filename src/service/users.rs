@@ -551,19 +551,19 @@ impl Authority {
         Ok(())
     }
 
-    /// Sets a password with the token of a setup link, which then stops working. Public;
-    /// rate-limited like sign-ins.
+    /// Sets a password with the token of a setup link, which then stops working. Public. A
+    /// setup token is 256 random bits, so guessing is pointless; the token is looked up before
+    /// any hash, so a wrong one costs no Argon2id (the per-address management limit applies).
     ///
     /// # Errors
-    /// `rate_limited`; `invalid_argument` for a password that breaks a rule, or a setup token
-    /// that is unknown, used, expired or of a disabled user (one message for all four).
+    /// `invalid_argument` for a password that breaks a rule, or a setup token that is unknown,
+    /// used, expired or of a disabled user (one message for all four).
     pub async fn setup_password(
         &self,
         req: SetupPasswordRequest,
         meta: &RequestMeta,
         now: DateTime<Utc>,
     ) -> Result<UserView> {
-        self.check_login_rate(meta.ip)?;
         validate_password("password", &req.password)?;
         let invalid = || {
             Error::invalid(

@@ -1300,6 +1300,7 @@ mod tests {
             family_id: id,
             disabled_at: None,
             client_ips: Vec::new(),
+            user_id: None,
         };
         store.create_org(&org, Some(&token), &[]).await.unwrap();
         let held: Vec<_> = store.readers.iter().map(|m| m.lock().unwrap()).collect();

@@ -11,8 +11,8 @@ use latchkey::service::model::{
 };
 use latchkey::service::{Authority, AuthorityConfig, Caller, RequestMeta};
 use latchkey::store::{
-    AuditListQuery, AuditRecord, OrgRecord, Store, StoreResult, TokenListQuery, TokenRecord,
-    UsageDelta, VerifyRecord,
+    AuditListQuery, AuditRecord, EndSessions, OrgRecord, SessionRecord, Store, StoreResult,
+    TokenListQuery, TokenRecord, UsageDelta, UserChange, UserListQuery, UserRecord, VerifyRecord,
 };
 use tempfile::TempDir;
 use tokio::sync::Notify;
@@ -120,6 +120,78 @@ impl Store for SpyStore {
     async fn list_audit(&self, q: &AuditListQuery) -> StoreResult<Vec<AuditRecord>> {
         self.inner.list_audit(q).await
     }
+    async fn insert_audit(&self, e: &[AuditRecord]) -> StoreResult<()> {
+        self.inner.insert_audit(e).await
+    }
+    async fn insert_user(&self, u: &UserRecord, e: &[AuditRecord]) -> StoreResult<()> {
+        self.inner.insert_user(u, e).await
+    }
+    async fn get_user(&self, id: Uuid) -> StoreResult<Option<UserRecord>> {
+        self.inner.get_user(id).await
+    }
+    async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        self.inner.find_user_by_email(email).await
+    }
+    async fn find_user_by_setup_hash(&self, h: &str) -> StoreResult<Option<UserRecord>> {
+        self.inner.find_user_by_setup_hash(h).await
+    }
+    async fn list_users(&self, q: &UserListQuery) -> StoreResult<Vec<UserRecord>> {
+        self.inner.list_users(q).await
+    }
+    async fn count_active_admins(&self, org_id: Uuid) -> StoreResult<i64> {
+        self.inner.count_active_admins(org_id).await
+    }
+    async fn update_user(
+        &self,
+        u: &UserRecord,
+        c: UserChange<'_>,
+        now: DateTime<Utc>,
+        e: &[AuditRecord],
+    ) -> StoreResult<Vec<Uuid>> {
+        self.inner.update_user(u, c, now, e).await
+    }
+    async fn record_login(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        e: &[AuditRecord],
+    ) -> StoreResult<()> {
+        self.inner.record_login(id, at, e).await
+    }
+    async fn insert_session(&self, s: &SessionRecord, e: &[AuditRecord]) -> StoreResult<()> {
+        self.inner.insert_session(s, e).await
+    }
+    async fn get_session(&self, h: &str) -> StoreResult<Option<SessionRecord>> {
+        self.inner.get_session(h).await
+    }
+    async fn touch_session(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<()> {
+        self.inner.touch_session(id, at).await
+    }
+    async fn list_sessions(&self, user: Uuid) -> StoreResult<Vec<SessionRecord>> {
+        self.inner.list_sessions(user).await
+    }
+    async fn end_sessions(
+        &self,
+        user: Uuid,
+        which: EndSessions,
+        e: Option<&AuditRecord>,
+    ) -> StoreResult<u64> {
+        self.inner.end_sessions(user, which, e).await
+    }
+    async fn delete_expired_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        self.inner.delete_expired_sessions(now, idle).await
+    }
+    async fn count_live_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        self.inner.count_live_sessions(now, idle).await
+    }
 }
 
 struct Fixture {
@@ -151,10 +223,7 @@ async fn fixture() -> Fixture {
         _dir: dir,
         spy,
         authority,
-        admin: Caller {
-            principal,
-            meta: RequestMeta::default(),
-        },
+        admin: Caller::new(principal, RequestMeta::default()),
     }
 }
 

@@ -80,7 +80,8 @@ async fn no_plaintext_token_or_verifier_reaches_the_logs_audit_or_metrics() {
     let tokens = store
         .list_tokens(&latchkey::store::TokenListQuery {
             org_id: app.org_id,
-            created_by: None,
+            visible_to: None,
+            owner: None,
             state: None,
             before_id: None,
             limit: 1000,
