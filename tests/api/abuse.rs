@@ -18,9 +18,9 @@ fn retry_after(res: &reqwest::Response) -> u64 {
 }
 
 #[tokio::test]
-async fn minting_beyond_the_hourly_limit_is_429_with_retry_after() {
+async fn a_token_minting_beyond_its_hourly_limit_gets_429_with_retry_after() {
     // Arrange
-    let app = spawn_app_with(&["--rate-limit-mint-per-hour", "2"]).await;
+    let app = spawn_app_with(&["--rate-limit-mint-per-token-per-hour", "2"]).await;
     app.token_with(&app.admin_token, "one", &[]).await;
     app.token_with(&app.admin_token, "two", &[]).await;
 
@@ -36,7 +36,7 @@ async fn minting_beyond_the_hourly_limit_is_429_with_retry_after() {
     let b = error_of(third, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(b["error"]["code"], "rate_limited");
     assert_eq!(
-        app.metric("latchkey_rate_limited_total{limit=\"mint_ip\"}")
+        app.metric("latchkey_rate_limited_total{limit=\"mint_token\"}")
             .await,
         1.0
     );

@@ -139,6 +139,21 @@ async fn the_openapi_document_describes_every_route_and_each_one_exists() {
         "GET /readyz",
         "GET /metrics",
         "GET /v1/openapi.json",
+        "POST /v1/users",
+        "GET /v1/users",
+        "GET /v1/users/me",
+        "GET /v1/users/{id}",
+        "PATCH /v1/users/{id}",
+        "POST /v1/users/{id}/disable",
+        "POST /v1/users/{id}/enable",
+        "POST /v1/users/me/password",
+        "POST /v1/auth/token",
+        "POST /v1/auth/session",
+        "DELETE /v1/auth/session",
+        "GET /v1/auth/sessions",
+        "DELETE /v1/auth/sessions",
+        "DELETE /v1/auth/sessions/{id}",
+        "POST /v1/auth/setup",
     ];
     expected.sort();
     assert_eq!(ops, expected);
