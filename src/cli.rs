@@ -35,6 +35,22 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Manage people: `create` writes to the database (no server needed); the rest is a REST
+    /// client.
+    ///
+    /// `user create` writes a user to the database directly, like `bootstrap`: how the first
+    /// admin comes to be. `user list|get|me|disable|enable` ask a running server, given by
+    /// `--url` / `LATCHKEY_URL`, with `--token` / `LATCHKEY_TOKEN`.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Sign in to a running server with an email and password; prints a new token on stdout.
+    ///
+    /// Trades the email and password for a token owned by the user (`POST /v1/auth/token`) and
+    /// prints its plaintext alone on stdout, for scripts:
+    /// `export LATCHKEY_TOKEN=$(latchkey login --email E)`.
+    Login(LoginArgs),
 }
 
 /// How the client commands reach the server.
@@ -161,6 +177,135 @@ pub enum AuditCommand {
         #[arg(long)]
         page_token: Option<String>,
     },
+}
+
+/// `latchkey user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user by writing to the database directly (no server needed, like `bootstrap`).
+    ///
+    /// How the first admin comes to be; later users are invited by an admin on the server.
+    /// Prints who was created on stderr and a one-time setup link (valid 24 hours) alone on
+    /// stdout, to hand over. With `--password-stdin` it reads the password from one line of
+    /// stdin instead, sets it, and prints nothing on stdout.
+    Create(UserCreateArgs),
+    #[command(flatten)]
+    Remote(UserRemoteCommand),
+}
+
+/// The `latchkey user ...` commands that ask a running server.
+#[derive(Debug, Subcommand)]
+pub enum UserRemoteCommand {
+    /// List the org's users, newest first (REST client of a running server).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Another org's users (needs platform:admin).
+        #[arg(long)]
+        org_id: Option<String>,
+        #[arg(long)]
+        page_size: Option<u32>,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Show one user (REST client of a running server).
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// Show the user the token belongs to (REST client of a running server).
+    Me {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Disable a user: its tokens are revoked and its sessions end, at once (REST client of a
+    /// running server).
+    Disable {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// Enable a disabled user; its revoked tokens stay revoked (REST client of a running
+    /// server).
+    Enable {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+}
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Manages the tokens it owns.
+    Member,
+    /// Every token and user of its org, its policy and its audit log.
+    Admin,
+}
+
+#[derive(Debug, Args)]
+pub struct UserCreateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The user's email, unique in the deployment; what they sign in with.
+    #[arg(long)]
+    pub email: String,
+
+    /// The user's name: 1-100 characters of letters, digits, space and ._:-
+    #[arg(long)]
+    pub name: String,
+
+    #[arg(long, value_enum, default_value_t = RoleArg::Member)]
+    pub role: RoleArg,
+
+    /// The org to create the user in; created if it does not exist.
+    #[arg(long, env = "LATCHKEY_ORG_NAME", default_value = "default")]
+    pub org_name: String,
+
+    /// Also an operator of the whole deployment (`platform:admin`: every org).
+    #[arg(long)]
+    pub platform_admin: bool,
+
+    /// Read the password from one line of stdin (instead of printing a setup link).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Base URL of the Latchkey server.
+    #[arg(long, env = "LATCHKEY_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+
+    /// The email to sign in with.
+    #[arg(long)]
+    pub email: String,
+
+    /// The new token's name, unique among the org's live tokens [default: "cli <hostname>
+    /// <UTC time>"].
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// A scope or composite name (repeatable); none: the deployment's default scopes.
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+
+    /// Days the token lives [default: the org's default, at most the server's
+    /// --login-token-max-days].
+    #[arg(long)]
+    pub expires_in_days: Option<i64>,
+
+    /// Read the password from stdin, one line (the default whenever stdin is not a terminal; a
+    /// terminal is asked without echo).
+    #[arg(long)]
+    pub password_stdin: bool,
+
+    /// Print the server's JSON (the token's details and its plaintext) instead of the plaintext
+    /// alone.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Log output format.

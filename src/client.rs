@@ -1,14 +1,20 @@
-//! `latchkey token ...` and `latchkey audit ...`: a client of the REST API. Readable tables by
-//! default, `--json` for scripts; a failure prints the server's error and exits non-zero.
+//! `latchkey token ...`, `latchkey audit ...`, `latchkey user list|get|me|disable|enable` and
+//! `latchkey login`: a client of the REST API. Readable tables by default, `--json` for
+//! scripts; a failure prints the server's error and exits non-zero.
 
-use std::io::Write;
+use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::cli::{AuditCommand, ClientArgs, TokenCommand};
+use crate::cli::{AuditCommand, ClientArgs, LoginArgs, TokenCommand, UserRemoteCommand};
+use crate::token::Secret;
+
+/// The `User-Agent` of every request the CLI sends.
+const USER_AGENT: &str = concat!("latchkey-cli/", env!("CARGO_PKG_VERSION"));
 
 struct Client {
     http: reqwest::Client,
@@ -16,17 +22,36 @@ struct Client {
     token: Option<String>,
 }
 
+/// A server's answer: status, headers and JSON body (`Null` when it was not JSON).
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
 impl Client {
-    fn new(args: &ClientArgs) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            url: args.url.trim_end_matches('/').to_string(),
-            token: args.token.clone(),
-        }
+    fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        Self::to(&args.url, args.token.clone())
     }
 
-    /// Sends a request; returns the JSON body of a success, or fails with the server's message.
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    fn to(url: &str, token: Option<String>) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .build()
+                .context("building the HTTP client")?,
+            url: url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// Sends a request (with the bearer token, if any) and returns whatever the server answered.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Answer> {
         let mut rb = self.http.request(method, format!("{}{path}", self.url));
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
@@ -39,17 +64,22 @@ impl Client {
             .await
             .with_context(|| format!("cannot reach the Latchkey server at {}", self.url))?;
         let status = res.status();
+        let headers = res.headers().clone();
         let text = res.text().await.context("reading the server's answer")?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(v);
-        }
-        match (v["error"]["code"].as_str(), v["error"]["message"].as_str()) {
-            (Some(code), Some(msg)) => bail!("{msg} ({code}, HTTP {})", status.as_u16()),
-            _ if status == StatusCode::UNAUTHORIZED => {
-                bail!("unauthenticated: set --token or LATCHKEY_TOKEN")
-            }
-            _ => bail!("the server answered HTTP {}", status.as_u16()),
+        Ok(Answer {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        })
+    }
+
+    /// Sends a request; returns the JSON body of a success, or fails with the server's message.
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let a = self.send(method, path, body).await?;
+        if a.status.is_success() {
+            Ok(a.body)
+        } else {
+            Err(failure(a.status, &a.body))
         }
     }
 
@@ -58,6 +88,17 @@ impl Client {
             bail!("this command needs a token: pass --token or set LATCHKEY_TOKEN");
         }
         Ok(())
+    }
+}
+
+/// The error for a failed answer: the server's message and code, or the status.
+fn failure(status: StatusCode, v: &Value) -> anyhow::Error {
+    match (v["error"]["code"].as_str(), v["error"]["message"].as_str()) {
+        (Some(code), Some(msg)) => anyhow::anyhow!("{msg} ({code}, HTTP {})", status.as_u16()),
+        _ if status == StatusCode::UNAUTHORIZED => {
+            anyhow::anyhow!("unauthenticated: set --token or LATCHKEY_TOKEN")
+        }
+        _ => anyhow::anyhow!("the server answered HTTP {}", status.as_u16()),
     }
 }
 
@@ -218,7 +259,7 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
 /// # Errors
 /// Transport failures and every error the server answers, with its message.
 pub async fn token(args: &ClientArgs, cmd: TokenCommand) -> anyhow::Result<()> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     let now = Utc::now();
     match cmd {
         TokenCommand::Create {
@@ -411,7 +452,7 @@ async fn switch(
 /// # Errors
 /// Transport failures and every error the server answers, with its message.
 pub async fn audit(args: &ClientArgs, cmd: AuditCommand) -> anyhow::Result<()> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     c.require_token()?;
     let AuditCommand::List {
         org_id,
@@ -460,6 +501,256 @@ pub async fn audit(args: &ClientArgs, cmd: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn user_rows(users: &[Value], now: DateTime<Utc>) -> String {
+    let rows: Vec<Vec<String>> = users
+        .iter()
+        .map(|u| {
+            vec![
+                s(&u["id"]),
+                s(&u["email"]),
+                s(&u["name"]),
+                role_of(u),
+                s(&u["state"]),
+                relative(u["last_login_at"].as_str(), now),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "EMAIL", "NAME", "ROLE", "STATE", "LAST LOGIN"],
+        &rows,
+    )
+}
+
+/// `member`, `admin`, or either with `+platform` for an operator of the whole deployment.
+fn role_of(u: &Value) -> String {
+    if u["platform_admin"] == true {
+        format!("{}+platform", s(&u["role"]))
+    } else {
+        s(&u["role"])
+    }
+}
+
+fn user_detail(u: &Value, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    for key in ["id", "email", "name"] {
+        out.push_str(&format!("{key:<14}{}\n", s(&u[key])));
+    }
+    out.push_str(&format!("{:<14}{}\n", "role", role_of(u)));
+    for key in ["state", "org_id"] {
+        out.push_str(&format!("{key:<14}{}\n", s(&u[key])));
+    }
+    let scopes = u["scopes"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    out.push_str(&format!("{:<14}{scopes}\n", "scopes"));
+    for key in ["created_by", "created_at"] {
+        out.push_str(&format!("{key:<14}{}\n", s(&u[key])));
+    }
+    out.push_str(&format!(
+        "{:<14}{}\n",
+        "last login",
+        relative(u["last_login_at"].as_str(), now)
+    ));
+    if !u["disabled_at"].is_null() {
+        out.push_str(&format!("{:<14}{}\n", "disabled_at", s(&u["disabled_at"])));
+    }
+    out
+}
+
+/// Runs `latchkey user list|get|me|disable|enable`.
+///
+/// # Errors
+/// Transport failures and every error the server answers, with its message.
+pub async fn user(cmd: UserRemoteCommand) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let (args, path, method) = match &cmd {
+        UserRemoteCommand::List {
+            client,
+            org_id,
+            page_size,
+            page_token,
+        } => {
+            let q = query(&[
+                ("org_id", org_id.clone()),
+                ("page_size", page_size.map(|p| p.to_string())),
+                ("page_token", page_token.clone()),
+            ]);
+            (client, format!("/v1/users{q}"), Method::GET)
+        }
+        UserRemoteCommand::Get { client, id } => {
+            (client, format!("/v1/users/{}", encode(id)), Method::GET)
+        }
+        UserRemoteCommand::Me { client } => (client, "/v1/users/me".to_string(), Method::GET),
+        UserRemoteCommand::Disable { client, id } => (
+            client,
+            format!("/v1/users/{}/disable", encode(id)),
+            Method::POST,
+        ),
+        UserRemoteCommand::Enable { client, id } => (
+            client,
+            format!("/v1/users/{}/enable", encode(id)),
+            Method::POST,
+        ),
+    };
+    let c = Client::new(args)?;
+    c.require_token()?;
+    let v = c.call(method, &path, None).await?;
+    if args.json {
+        return print_json(&v);
+    }
+    match cmd {
+        UserRemoteCommand::List { .. } => {
+            let users = v["users"].as_array().cloned().unwrap_or_default();
+            print(&user_rows(&users, now))?;
+            if let Some(next) = v["next_page_token"].as_str() {
+                eprintln!("more: --page-token {next}");
+            }
+            Ok(())
+        }
+        UserRemoteCommand::Get { .. } | UserRemoteCommand::Me { .. } => {
+            print(&user_detail(&v, now))
+        }
+        UserRemoteCommand::Disable { .. } => print(&format!(
+            "{} ({}) is {}: its tokens are revoked and its sessions ended\n",
+            s(&v["email"]),
+            s(&v["id"]),
+            s(&v["state"])
+        )),
+        UserRemoteCommand::Enable { .. } => print(&format!(
+            "{} ({}) is {}\n",
+            s(&v["email"]),
+            s(&v["id"]),
+            s(&v["state"])
+        )),
+    }
+}
+
+/// Runs `latchkey login`: trades an email and password for a token and prints its plaintext
+/// alone on stdout (or the server's JSON with `--json`).
+///
+/// # Errors
+/// Wrong credentials ("invalid email or password"), the sign-in rate limit (with the time to
+/// wait), transport failures and every other error the server answers.
+pub async fn login(args: &LoginArgs) -> anyhow::Result<()> {
+    // `--password-stdin` and a stdin that is not a terminal both read the line from stdin;
+    // a terminal is asked without echo.
+    let password = read_password(&format!("Password for {}: ", args.email))?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_token_name(hostname().as_deref(), Utc::now()));
+    let mut body = json!({ "email": args.email, "password": password.expose(), "name": name });
+    if !args.scopes.is_empty() {
+        body["scopes"] = json!(args.scopes);
+    }
+    if let Some(d) = args.expires_in_days {
+        body["expires_in_days"] = json!(d);
+    }
+    let c = Client::to(&args.url, None)?;
+    let a = c.send(Method::POST, "/v1/auth/token", Some(body)).await?;
+    match a.status {
+        s if s.is_success() => {}
+        StatusCode::UNAUTHORIZED => bail!("invalid email or password"),
+        StatusCode::TOO_MANY_REQUESTS => {
+            let wait = a
+                .headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or_else(|| "a while".to_string(), wait_words);
+            bail!(
+                "too many sign-ins from this address: try again in {wait} (the server's \
+                 limit is --rate-limit-login-per-15m; tokens minted with a password also count \
+                 against --rate-limit-mint-per-hour)"
+            )
+        }
+        s => return Err(failure(s, &a.body)),
+    }
+    if args.json {
+        return print_json(&a.body);
+    }
+    eprintln!(
+        "signed in as {}; token {} ({}) expires {}. It follows on stdout and will not be shown \
+         again.",
+        args.email,
+        s(&a.body["token"]["id"]),
+        s(&a.body["token"]["name"]),
+        relative(a.body["token"]["expires_at"].as_str(), Utc::now())
+    );
+    print(&format!("{}\n", s(&a.body["plaintext"])))
+}
+
+/// "45 seconds", "15 minutes" (rounded up).
+fn wait_words(secs: u64) -> String {
+    match secs {
+        1 => "1 second".into(),
+        0..60 => format!("{secs} seconds"),
+        _ => match secs.div_ceil(60) {
+            1 => "1 minute".into(),
+            m => format!("{m} minutes"),
+        },
+    }
+}
+
+/// The name of a token minted by `latchkey login` without `--name`: `cli <host> <UTC time>`,
+/// with the host cut to the characters a name may hold (`login` when there is none).
+pub fn default_token_name(host: Option<&str>, now: DateTime<Utc>) -> String {
+    let host: String = host
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+        .take(64)
+        .collect();
+    let host = if host.is_empty() { "login" } else { &host };
+    format!("cli {host} {}", now.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+}
+
+#[cfg(unix)]
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for `buf.len()` bytes; gethostname writes at most that many.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok()
+}
+
+#[cfg(not(unix))]
+fn hostname() -> Option<String> {
+    std::env::var("COMPUTERNAME").ok()
+}
+
+/// Reads a password: from the terminal without echo (after `prompt`, written to the terminal)
+/// when stdin is one, else one line of stdin without its line ending (nothing else is trimmed:
+/// spaces are part of a password).
+///
+/// # Errors
+/// Stdin is empty or cannot be read.
+pub fn read_password(prompt: &str) -> anyhow::Result<Secret<String>> {
+    if std::io::stdin().is_terminal() {
+        let pw = rpassword::prompt_password(prompt).context("reading the password")?;
+        return Ok(Secret::new(pw));
+    }
+    let mut line = String::new();
+    let n = std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    if n == 0 {
+        bail!("no password on stdin: give it as one line");
+    }
+    if line.ends_with('\n') {
+        line.pop();
+        if line.ends_with('\r') {
+            line.pop();
+        }
+    }
+    Ok(Secret::new(line))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,6 +762,31 @@ mod tests {
         assert_eq!(relative(Some("2026-01-01T03:00:00Z"), now), "in 3h");
         assert_eq!(relative(Some("2025-12-30T00:00:00Z"), now), "2d ago");
         assert_eq!(relative(Some("2026-01-01T00:00:30Z"), now), "in 30s");
+    }
+
+    #[test]
+    fn a_login_token_is_named_after_the_host_and_the_time() {
+        let now: DateTime<Utc> = "2026-01-02T03:04:05.678Z".parse().unwrap();
+        assert_eq!(
+            default_token_name(Some("build-7.example"), now),
+            "cli build-7.example 2026-01-02T03:04:05.678Z"
+        );
+        assert_eq!(
+            default_token_name(Some("h\u{e9}te/x"), now),
+            "cli htex 2026-01-02T03:04:05.678Z"
+        );
+        assert_eq!(
+            default_token_name(None, now),
+            "cli login 2026-01-02T03:04:05.678Z"
+        );
+    }
+
+    #[test]
+    fn waits_read_naturally() {
+        assert_eq!(wait_words(1), "1 second");
+        assert_eq!(wait_words(45), "45 seconds");
+        assert_eq!(wait_words(60), "1 minute");
+        assert_eq!(wait_words(601), "11 minutes");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod offline;
 pub mod server;
 pub mod service;
 pub mod startup;

@@ -162,7 +162,7 @@ impl Application {
                     if let Err(e) = authority.flush_usage().await {
                         tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
                     }
-                    if ticks % sessions_every == 0
+                    if ticks.is_multiple_of(sessions_every)
                         && let Err(e) = authority.clean_sessions(clock.now()).await
                     {
                         tracing::warn!(error = %e, "cleaning ended sessions failed");

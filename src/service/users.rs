@@ -218,12 +218,18 @@ impl Authority {
     ) -> Result<UserCreated> {
         let email = Email::parse(new.email)?;
         let name = Name::parse("name", new.name)?;
+        if let Some(pw) = &new.password {
+            validate_password("password", pw)?;
+        }
+        // Checked before the org is made, so a taken email leaves nothing behind.
+        if self.store.find_user_by_email(email.as_str()).await?.is_some() {
+            return Err(Error::AlreadyExists(
+                "a user with this email already exists".into(),
+            ));
+        }
         let org = self.org_for_cli(&new.org_name, now).await?;
         let password_hash = match new.password {
-            Some(pw) => {
-                validate_password("password", &pw)?;
-                Some(self.hash_password(pw).await?)
-            }
+            Some(pw) => Some(self.hash_password(pw).await?),
             None => None,
         };
         let setup = match password_hash {

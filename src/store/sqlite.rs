@@ -482,6 +482,7 @@ fn verify_many_sql() -> String {
 }
 
 /// A [`VerifyRecord`] from the columns of [`VERIFY_COLUMNS`], in order.
+#[allow(clippy::too_many_arguments)]
 fn verify_record(
     id: &str,
     org_id: &str,

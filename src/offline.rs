@@ -1,0 +1,99 @@
+//! The commands that write to the database directly, with no server: `latchkey bootstrap` and
+//! `latchkey user create`. Whoever reaches the database is trusted.
+
+use crate::cli::{BootstrapArgs, CommonArgs, RoleArg, UserCreateArgs};
+use crate::clock::{Clock, SystemClock};
+use crate::service::model::UserRole;
+use crate::service::{Authority, NewUser, validate_password};
+use crate::{client, config, store, telemetry};
+
+/// Opens (and migrates) the database of `common` and builds the service on it.
+async fn open(common: &CommonArgs) -> anyhow::Result<Authority> {
+    telemetry::init_logging(common.log_format);
+    let store = store::connect_with(&common.database_url, &config::pool_options(common)).await?;
+    Ok(Authority::new(store, config::authority_config(common)?))
+}
+
+/// Runs `latchkey bootstrap`: mints an admin token and prints it alone on stdout.
+///
+/// # Errors
+/// The database cannot be opened, or the org name is not valid.
+pub async fn bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
+    let authority = open(&args.common).await?;
+    let out = authority
+        .bootstrap(&args.org_name, SystemClock.now())
+        .await?;
+    eprintln!(
+        "{} org {:?} ({}); admin token {} follows on stdout. It will not be shown again.",
+        if out.created_org { "created" } else { "using" },
+        out.org.name,
+        out.org.id,
+        out.token_id,
+    );
+    println!("{}", out.plaintext.expose());
+    Ok(())
+}
+
+/// Runs `latchkey user create`: creates the user with the password read from stdin
+/// (`--password-stdin`), or prints its one-time setup link alone on stdout.
+///
+/// # Errors
+/// The database cannot be opened; a bad email, name, org name or password; a taken email.
+pub async fn create_user(args: UserCreateArgs) -> anyhow::Result<()> {
+    // Read and check the password before touching the database, so that a refused one leaves
+    // nothing behind (not even a new org).
+    let password = if args.password_stdin {
+        let pw = client::read_password(&format!("Password for {}: ", args.email))?;
+        validate_password("password", &pw)?;
+        Some(pw)
+    } else {
+        None
+    };
+    let authority = open(&args.common).await?;
+    let created = authority
+        .create_user_offline(
+            NewUser {
+                org_name: args.org_name.clone(),
+                email: args.email,
+                name: args.name,
+                role: match args.role {
+                    RoleArg::Member => UserRole::Member,
+                    RoleArg::Admin => UserRole::Admin,
+                },
+                platform_admin: args.platform_admin,
+                password,
+            },
+            SystemClock.now(),
+        )
+        .await?;
+    let u = &created.user;
+    let who = format!(
+        "created user {} <{}> ({}) in org {:?} ({}) with the {} role{}",
+        u.name,
+        u.email,
+        u.id,
+        args.org_name,
+        u.org_id,
+        match u.role {
+            UserRole::Member => "member",
+            UserRole::Admin => "admin",
+        },
+        if u.platform_admin {
+            " and platform:admin"
+        } else {
+            ""
+        },
+    );
+    match created.setup_url {
+        Some(url) => {
+            let hours = authority.config().people.setup_link_ttl.as_secs() / 3600;
+            eprintln!(
+                "{who}. Their one-time setup link (valid {hours} h) follows on stdout: hand it \
+                 to them to set a password. It will not be shown again."
+            );
+            println!("{}", url.expose());
+        }
+        None => eprintln!("{who}. The password is set: they can sign in now."),
+    }
+    Ok(())
+}
