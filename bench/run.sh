@@ -235,9 +235,10 @@ if has_flag --rate-limit-per-second; then EXTRA_FLAGS+=(--rate-limit-per-second 
 XFF_SUPPORTED=0
 if has_flag --trusted-proxies; then EXTRA_FLAGS+=(--trusted-proxies 127.0.0.1/32); XFF_SUPPORTED=1; fi
 
+LK_MORE=() # flags of the next server only
 latchkey_serve() { # db-file hash cache-capacity -> LK_SERVE: the command, all but --listen
   LK_SERVE=("$BIN/latchkey" serve --database-url "sqlite://$1" --log-format json --hash "$2"
-    --cache-capacity "$3" "${EXTRA_FLAGS[@]}")
+    --cache-capacity "$3" "${EXTRA_FLAGS[@]}" "${LK_MORE[@]}")
 }
 
 LK_PID=""; LK_URL=""; LK_LOG=""
@@ -311,26 +312,28 @@ measure_grpc() { # url file
   J=$(grep '^{' "$TMP/grpc.out" | tail -n1)
 }
 
-# Attack traffic (wrong secrets for existing ids: each one an Argon2id check unless a limit
-# stops it) from one client, valid verifications of a warm token from another, at the same
-# time. The valid stream is measured; the attack's figures are added to its JSON.
-measure_attack() { # url
-  local url=$1 apid xa=- xv=- attack valid status=0
-  if [ "$XFF_SUPPORTED" = 1 ]; then xa=203.0.113.66; xv=198.51.100.10; fi
+# Attack traffic (by default wrong secrets for existing ids: each one an Argon2id check unless a
+# limit stops it) from one client, valid verifications of a warm Argon2id token from another,
+# at the same time. The valid stream is measured; the attack's figures are added to its JSON.
+VALID_XFF=-
+[ "$XFF_SUPPORTED" = 0 ] || VALID_XFF=198.51.100.10
+measure_attack() { # url [attack-mode attack-file attacker-address]
+  local url=$1 mode=${2:-verify} file=${3:-$TMP/argon-attack.txt} apid xa=- attack valid status=0
+  [ "$XFF_SUPPORTED" = 0 ] || xa=${4:-203.0.113.66}
   timeout $(( WARMUP + DURATION + 60 )) "${CLIENT_PIN[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$(( WARMUP + DURATION + 2 ))s" \
-    --timeout 10s -s "$ROOT/bench/wrk.lua" "$url" -- verify "$TMP/argon-attack.txt" "$THREADS" - \
+    --timeout 10s -s "$ROOT/bench/wrk.lua" "$url" -- "$mode" "$file" "$THREADS" - \
     "$$-$RANDOM" "$xa" >"$TMP/attack.out" 2>&1 &
   apid=$!
   PIDS+=("$apid")
   sleep 1
-  measure_wrk "$url" verify "$TMP/argon-warm.txt" - "$xv" check || status=1
+  measure_wrk "$url" verify "$TMP/argon-warm.txt" - "$VALID_XFF" check || status=1
   valid=$J
   wait "$apid" || status=1
   forget_pid "$apid"
   [ "$status" = 0 ] || { log "attack run failed: $(cat "$TMP/attack.out")"; J=""; return 1; }
   attack=$(sed -n 's/^WRKJSON //p' "$TMP/attack.out" | head -n1)
   [ -n "$attack" ] && [ -n "$valid" ] || { J=""; return 1; }
-  J="${valid%\}},\"attack_rps\":$(num rps "$attack"),\"attack_p99_us\":$(num p99_us "$attack"),\"attack_non_2xx\":$(num status_errors "$attack")}"
+  J="${valid%\}},\"attack_rps\":$(num rps "$attack"),\"attack_p99_us\":$(num p99_us "$attack"),\"attack_non_2xx\":$(num status_errors "$attack"),\"attack_requests\":$(num requests "$attack"),\"attack_seconds\":$(num seconds "$attack"),\"attack_socket_errors\":$(num socket_errors "$attack")}"
 }
 
 sane() { # json [allow-invalid]: the load generator ran and got the answers it expected
@@ -368,6 +371,7 @@ alternate() { # baseline-fn latchkey-fn [allow-invalid]
 ROWS=()      # name|rps|p50_us|p99_us|base_rps|base_p99_us|rss_mib|target|met|extra-json
 FAILED=()
 MISSED=()
+NOTES=()     # lines printed under the table
 
 ms() { awk -v u="$1" 'BEGIN { printf "%.3f", u / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "0" }'; }
@@ -494,6 +498,8 @@ SHA_PID=$LK_PID; SHA_URL=$LK_URL
 check_valid "$SHA_URL" "$(cat "$TMP/warm.txt")" || die "a seeded token does not verify"
 DB2="$TMP/lk-argon2.db"
 start_latchkey argon2id "$DB2" argon2id 100000
+ADMIN2=$(bootstrap_token)
+[ -n "$ADMIN2" ] || die "no bootstrap token in the server's stderr"
 seed "$DB2" "$ARGON_TOKENS" argon2id "$TMP/argon.txt" "$TMP/argon-wrong.txt"
 head -n1 "$TMP/argon.txt" >"$TMP/argon-warm.txt"
 tail -n +2 "$TMP/argon-wrong.txt" >"$TMP/argon-attack.txt"
@@ -533,6 +539,147 @@ else
   fail argon2id_attack_valid_p99 "$ALT_ERR"
 fi
 stop_pid "$LK_PID"
+
+# --- Phase 3b: a sign-in flood ------------------------------------------------------------------
+# The attack scenario above with password sign-ins as the attack: one client sends
+# POST /v1/auth/token with wrong passwords for a real user (three in four) and unknown emails (one
+# in four) while another verifies the warm Argon2id token; the valid stream is measured with the
+# flood and without it, alternately, on the same server (the base columns are the run without).
+# Each attempt is one Argon2id check on the pool that also checks Argon2id tokens (a wrong
+# password of a real user also writes its audit event). The per-address sign-in limit is off on
+# this server (--rate-limit-login-per-15m 0), so no attempt is refused before its hash: the case
+# of an attacker with as many addresses as it likes. Then the time of single failed exchanges,
+# one at a time on the idle server: a real user's wrong password, an unknown email, a disabled
+# user's right password; their medians should be within 2x of each other.
+SIGNIN_PASSWORD="bench password 1234"
+SIGNIN_USER=bench-signin@example.com
+SIGNIN_GONE=bench-disabled@example.com
+SIGNIN_SAMPLES=20
+API_CODE=""; API_BODY=""
+api() { # method path bearer|- json-body -> API_CODE, API_BODY
+  local auth=() out
+  [ "$3" = - ] || auth=(-H "Authorization: Bearer $3")
+  API_CODE=000; API_BODY=""
+  out=$(curl -s --max-time 30 -X "$1" -H 'Content-Type: application/json' "${auth[@]}" \
+    -d "$4" -w '\n%{http_code}' "$LK_URL$2") || return 1
+  API_CODE=${out##*$'\n'}
+  API_BODY=${out%$'\n'*}
+}
+api_expect() { # code method path bearer|- json-body
+  local want=$1
+  shift
+  api "$@" && [ "$API_CODE" = "$want" ] || { log "$1 $2 answered $API_CODE (not $want): $API_BODY"; return 1; }
+}
+make_person() { # email -> PERSON_ID: a member whose password is SIGNIN_PASSWORD
+  local setup
+  api_expect 201 POST /v1/users "$ADMIN2" "{\"email\":\"$1\",\"name\":\"Bench Person\",\"role\":\"member\"}" || return 1
+  PERSON_ID=$(sed -n 's/.*"user":{"id":"\([^"]*\)".*/\1/p' <<<"$API_BODY")
+  setup=$(sed -n 's/.*"setup_token":"\([^"]*\)".*/\1/p' <<<"$API_BODY")
+  [ -n "$PERSON_ID" ] && [ -n "$setup" ] || { log "no user id or setup token in: $API_BODY"; return 1; }
+  api_expect 200 POST /v1/auth/setup - "{\"setup_token\":\"$setup\",\"password\":\"$SIGNIN_PASSWORD\"}"
+}
+signin_ms() { # email password -> the milliseconds of one exchange, which must fail with 401
+  local out
+  out=$(curl -s -o /dev/null --max-time 30 -H 'Content-Type: application/json' \
+    -d "{\"email\":\"$1\",\"password\":\"$2\",\"name\":\"bench\"}" -w '%{http_code} %{time_total}' \
+    "$LK_URL/v1/auth/token") || return 1
+  [ "${out% *}" = 401 ] || { log "a failed sign-in answered ${out% *}"; return 1; }
+  awk -v t="${out#* }" 'BEGIN { printf "%.3f\n", t * 1000 }'
+}
+median() { # numbers on stdin, one a line -> their median
+  sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+if has_flag --rate-limit-login-per-15m; then
+  LK_MORE=(--rate-limit-login-per-15m 0)
+  start_latchkey signin "$DB2" argon2id 100000
+  LK_MORE=()
+  SIGNIN_OK=0
+  if make_person "$SIGNIN_USER" && make_person "$SIGNIN_GONE" && GONE_ID=$PERSON_ID &&
+     api_expect 200 POST "/v1/users/$GONE_ID/disable" "$ADMIN2" '{}' &&
+     api_expect 201 POST /v1/auth/token - "{\"email\":\"$SIGNIN_USER\",\"password\":\"$SIGNIN_PASSWORD\",\"name\":\"bench-check\"}" &&
+     check_valid "$LK_URL" "$(cat "$TMP/argon-warm.txt")"; then
+    SIGNIN_OK=1
+  fi
+  # Three wrong passwords of the real user to one unknown email, every line a different password
+  # or address.
+  for i in $(seq 64); do
+    if [ $(( i % 4 )) = 0 ]; then
+      echo "{\"email\":\"nobody-$i@example.com\",\"password\":\"$SIGNIN_PASSWORD\",\"name\":\"flood\"}"
+    else
+      echo "{\"email\":\"$SIGNIN_USER\",\"password\":\"wrong password $i\",\"name\":\"flood\"}"
+    fi
+  done >"$TMP/signin-attack.txt"
+
+  s_quiet() { measure_wrk "$LK_URL" verify "$TMP/argon-warm.txt" - "$VALID_XFF" check; }
+  s_flood() {
+    local c0 r0 c1 r1
+    c0=$(metric "$LK_URL" 'latchkey_login_total{result="failure"}')
+    r0=$(metric "$LK_URL" 'latchkey_rate_limited_total{limit="argon2_queue"}')
+    measure_attack "$LK_URL" signin "$TMP/signin-attack.txt" 203.0.113.77 || return 1
+    c1=$(metric "$LK_URL" 'latchkey_login_total{result="failure"}')
+    r1=$(metric "$LK_URL" 'latchkey_rate_limited_total{limit="argon2_queue"}')
+    J="${J%\}},\"signins_checked\":$(( c1 - c0 )),\"signins_refused_queue_full\":$(( r1 - r0 ))}"
+  }
+  if [ "$SIGNIN_OK" = 0 ]; then
+    fail signin_flood_valid_p99 "could not set up the users"
+    fail signin_failure_timing "could not set up the users"
+  else
+    if alternate s_quiet s_flood 1; then
+      vbad=$(num invalid "$LK_J")
+      checked=$(num signins_checked "$LK_J")
+      secs=$(num attack_seconds "$LK_J")
+      p99_ratio=$(ratio "$(num p99_us "$LK_J")" "$(num p99_us "$BASE_J")")
+      checked_ps=$(awk -v n="$checked" -v s="$secs" 'BEGIN { printf "%.1f", s > 0 ? n / s : 0 }')
+      if [ "${checked:-0}" -gt 0 ]; then
+        met=no; le "$p99_ratio" 1.5 && [ "$vbad" = 0 ] && met=yes
+        record signin_flood_valid_p99 "$LK_J" "$BASE_J" "$(rss_mib "$LK_PID")" "valid p99 <= 1.5x without flood" "$met" \
+          "{\"compared_with\":\"the same valid stream on the same server without the flood, measured alternately (the base columns)\",\"valid_p99_ms_with_flood\":$(ms "$(num p99_us "$LK_J")"),\"valid_p99_ms_without_flood\":$(ms "$(num p99_us "$BASE_J")"),\"p99_ratio\":$p99_ratio,\"valid_answered_not_valid\":$vbad,\"signins_answered_per_second\":$(num attack_rps "$LK_J"),\"signins_checked_per_second\":$checked_ps,\"signins_checked\":$checked,\"signins_refused_queue_full\":$(num signins_refused_queue_full "$LK_J"),\"signin_p99_ms\":$(ms "$(num attack_p99_us "$LK_J")"),\"signin_seconds\":$secs,\"login_limit\":\"off (--rate-limit-login-per-15m 0)\"}"
+        NOTES+=("sign-in flood: valid verify p99 $(ms "$(num p99_us "$LK_J")") ms with, $(ms "$(num p99_us "$BASE_J")") ms without (${p99_ratio}x; target <= 1.5x: $met); $(num attack_rps "$LK_J") sign-ins/s answered, $checked_ps/s checked (Argon2id), $(num signins_refused_queue_full "$LK_J") refused with the queue full")
+      else
+        fail signin_flood_valid_p99 "the server checked no sign-in during the flood: $(tail -n3 "$TMP/attack.out")"
+      fi
+    else
+      fail signin_flood_valid_p99 "$ALT_ERR"
+    fi
+
+    # One failed exchange at a time, the three kinds in turn (the first two turns not counted).
+    wait_quiet
+    : >"$TMP/t-wrong"; : >"$TMP/t-unknown"; : >"$TMP/t-disabled"
+    timing_ok=1
+    t_start=$(date +%s%N)
+    for i in $(seq $(( SIGNIN_SAMPLES + 2 ))); do
+      for k in 0 1 2; do
+        case $(( (i + k) % 3 )) in
+          0) kind=wrong; t=$(signin_ms "$SIGNIN_USER" "wrong password $i") ;;
+          1) kind=unknown; t=$(signin_ms "nobody-$i-$k@example.com" "$SIGNIN_PASSWORD") ;;
+          2) kind=disabled; t=$(signin_ms "$SIGNIN_GONE" "$SIGNIN_PASSWORD") ;;
+        esac || { timing_ok=0; break 2; }
+        [ "$i" -le 2 ] || echo "$t" >>"$TMP/t-$kind"
+      done
+      [ "$i" != 2 ] || t_start=$(date +%s%N)
+    done
+    t_end=$(date +%s%N)
+    if [ "$timing_ok" = 1 ]; then
+      m_wrong=$(median <"$TMP/t-wrong"); m_unknown=$(median <"$TMP/t-unknown"); m_disabled=$(median <"$TMP/t-disabled")
+      all=$(cat "$TMP/t-wrong" "$TMP/t-unknown" "$TMP/t-disabled")
+      n_all=$(wc -l <<<"$all")
+      spread=$(printf '%s\n' "$m_wrong" "$m_unknown" "$m_disabled" |
+        awk 'NR == 1 || $1 > hi { hi = $1 } NR == 1 || $1 < lo { lo = $1 } END { printf "%.2f", lo > 0 ? hi / lo : 0 }')
+      us() { awk -v m="$1" 'BEGIN { printf "%d", m * 1000 }'; }
+      tj="{\"requests\":$n_all,\"seconds\":$(awk -v a="$t_start" -v b="$t_end" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'),\"rps\":$(awk -v n="$n_all" -v a="$t_start" -v b="$t_end" 'BEGIN { printf "%.1f", n / ((b - a) / 1e9) }'),\"p50_us\":$(us "$(median <<<"$all")"),\"p99_us\":$(us "$(sort -n <<<"$all" | tail -n1)")}"
+      met=no; le "$spread" 2 && met=yes
+      record signin_failure_timing "$tj" "" "$(rss_mib "$LK_PID")" "failure medians within 2x" "$met" \
+        "{\"samples_each\":$SIGNIN_SAMPLES,\"median_ms_wrong_password\":$m_wrong,\"median_ms_unknown_email\":$m_unknown,\"median_ms_disabled_user\":$m_disabled,\"max_over_min\":$spread,\"note\":\"one request at a time on a new connection (curl); p99 is the slowest of all\"}"
+      NOTES+=("failed sign-in, median of $SIGNIN_SAMPLES each: wrong password $m_wrong ms, unknown email $m_unknown ms, disabled user $m_disabled ms (max/min ${spread}x; target <= 2x: $met)")
+    else
+      fail signin_failure_timing "a failed sign-in did not answer 401"
+    fi
+  fi
+  stop_pid "$LK_PID"
+else
+  log "this build has no --rate-limit-login-per-15m: no sign-in scenarios"
+fi
 
 # --- Phase 4: a large database ----------------------------------------------------------------
 if [ "$SKIP_LARGE" = 0 ]; then
@@ -631,6 +778,8 @@ COMMAND="bash bench/run.sh${ARGS:+ $ARGS}"
       "$brps" "$rt" "$rss" "$target" "$met"
   done
   echo
+  for l in "${NOTES[@]}"; do echo "$l"; done
+  [ ${#NOTES[@]} -eq 0 ] || echo
   echo "instructions per warm verify (callgrind, in-process Authority::verify): $INSTR"
   echo "instructions per REST verify request (callgrind, whole server): latchkey $REQ_LK, baseline $REQ_BASE"
   echo "baseline server peak RSS: $BASE_RSS MiB; machine: $MACHINE"

@@ -6,14 +6,17 @@
 --   verify  POST /v1/tokens/verify {"token": ...}, cycling through the tokens of FILE
 --   check   GET /v1/auth/check with "Authorization: Bearer <token>", cycling through FILE
 --   mint    POST /v1/tokens {"name": ...} as BEARER, a new name every request (FILE unused)
+--   signin  POST /v1/auth/token with each line of FILE as the JSON body, in turn (sign-in
+--           attempts: {"email": ..., "password": ..., "name": ...})
 -- XFF, when given, is sent as X-Forwarded-For (a client address behind a trusted proxy), so
 -- two load generators on one machine can stand for different clients. "-" leaves an argument
 -- empty. "check" (verify mode) reads every answer and counts those without "valid":true as
 -- "invalid" (this costs the load generator some CPU). PACE, in milliseconds, makes every
 -- connection wait that long before each request (a light, steady load instead of a closed loop
 -- at full speed: for the latency a request sees when the server is not saturated).
--- FILE holds one token per line; wrk thread k (of THREADS) takes lines k, k+THREADS, ... (all
--- of them when that leaves it none), so the threads together send every token.
+-- FILE holds one token (signin: one request body) per line; wrk thread k (of THREADS) takes
+-- lines k, k+THREADS, ... (all of them when that leaves it none), so the threads together send
+-- every line.
 -- done() prints one line: WRKJSON {...} with the rate, latency percentiles (microseconds) and
 -- error counts.
 
@@ -41,6 +44,11 @@ end
 
 local function check_request(token)
   return wrk.format("GET", "/v1/auth/check", headers({ ["Authorization"] = "Bearer " .. token }))
+end
+
+local function signin_request(body)
+  return wrk.format("POST", "/v1/auth/token",
+    headers({ ["Content-Type"] = "application/json" }), body)
 end
 
 local function arg(v)
@@ -82,8 +90,9 @@ function init(args)
   end
   if #mine == 0 then mine = all end
   if #mine == 0 then error("no tokens in " .. file) end
-  local build = (mode == "check") and check_request or verify_request
-  if mode ~= "check" and mode ~= "verify" then error("unknown mode " .. tostring(mode)) end
+  local builders = { verify = verify_request, check = check_request, signin = signin_request }
+  local build = builders[mode]
+  if not build then error("unknown mode " .. tostring(mode)) end
   -- Up to 1,000,000 requests per thread (about 250 MB) are formatted once, here; beyond, on the
   -- fly. Formatting on the fly made garbage on every request, and each collection walked the
   -- whole token table: the load generator stalled, and the baseline ran a quarter slower with

@@ -153,6 +153,76 @@ impl AuthService for Baseline {
     ) -> Result<tonic::Response<pb::Token>, Status> {
         unimplemented()
     }
+
+    async fn exchange_password(
+        &self,
+        _: Request<pb::ExchangePasswordRequest>,
+    ) -> Result<tonic::Response<pb::CreateTokenResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn setup_password(
+        &self,
+        _: Request<pb::SetupPasswordRequest>,
+    ) -> Result<tonic::Response<pb::User>, Status> {
+        unimplemented()
+    }
+
+    async fn create_user(
+        &self,
+        _: Request<pb::CreateUserRequest>,
+    ) -> Result<tonic::Response<pb::CreateUserResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_users(
+        &self,
+        _: Request<pb::ListUsersRequest>,
+    ) -> Result<tonic::Response<pb::ListUsersResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn get_user(
+        &self,
+        _: Request<pb::GetUserRequest>,
+    ) -> Result<tonic::Response<pb::User>, Status> {
+        unimplemented()
+    }
+
+    async fn get_current_user(
+        &self,
+        _: Request<pb::GetCurrentUserRequest>,
+    ) -> Result<tonic::Response<pb::User>, Status> {
+        unimplemented()
+    }
+
+    async fn update_user(
+        &self,
+        _: Request<pb::UpdateUserRequest>,
+    ) -> Result<tonic::Response<pb::User>, Status> {
+        unimplemented()
+    }
+
+    async fn disable_user(
+        &self,
+        _: Request<pb::DisableUserRequest>,
+    ) -> Result<tonic::Response<pb::User>, Status> {
+        unimplemented()
+    }
+
+    async fn enable_user(
+        &self,
+        _: Request<pb::EnableUserRequest>,
+    ) -> Result<tonic::Response<pb::User>, Status> {
+        unimplemented()
+    }
+
+    async fn change_password(
+        &self,
+        _: Request<pb::ChangePasswordRequest>,
+    ) -> Result<tonic::Response<pb::ChangePasswordResponse>, Status> {
+        unimplemented()
+    }
 }
 
 fn listen_arg() -> anyhow::Result<SocketAddr> {

@@ -186,6 +186,7 @@ fn rows(
         family_id: g.id,
         disabled_at: None,
         client_ips: Vec::new(),
+        user_id: None,
     };
     let event = AuditRecord {
         id: Uuid::now_v7(),

@@ -1,7 +1,10 @@
 //! Bearer authentication for gRPC: one tower layer (axum middleware) in front of the tonic
-//! services. It puts the authenticated [`Caller`] into the request's extensions; each RPC that
-//! needs one takes it from there, so an invalid bearer is `UNAUTHENTICATED` exactly where REST
-//! would answer 401.
+//! services. For every AuthService RPC but ValidateToken it puts the request's [`RequestMeta`]
+//! (client address and user agent, for audit and the per-address limits) into the request's
+//! extensions, takes a cell of the management rate limit and, unless the RPC is public,
+//! authenticates the bearer and puts the [`Caller`] there too. Each RPC that needs a caller
+//! takes it from there, so an invalid bearer is `UNAUTHENTICATED` exactly where REST would
+//! answer 401.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,38 +25,98 @@ pub struct AuthLayerState {
     pub clock: Arc<dyn Clock>,
 }
 
-/// ValidateToken needs no caller; skipping it keeps the verify path free of a second check.
-const UNAUTHENTICATED_RPC: &str = "/latchkey.auth.v1.AuthService/ValidateToken";
 const AUTH_SERVICE: &str = "/latchkey.auth.v1.AuthService/";
+/// ValidateToken needs no caller, no metadata and no management limit: skipping it keeps the
+/// verify path free of a second check.
+const VALIDATE: &str = "ValidateToken";
+/// RPCs anyone may call (like their REST twins behind the `Public` extractor): they take the
+/// management limit and get a `RequestMeta`, but no bearer is read.
+const PUBLIC: [&str; 2] = ["ExchangePassword", "SetupPassword"];
+
+/// How the layer treats an RPC, by its path.
+#[derive(Debug, PartialEq, Eq)]
+enum Access {
+    /// Not AuthService (reflection, health) or ValidateToken: passed through untouched.
+    PassThrough,
+    /// Rate-limited and given a `RequestMeta`, no bearer read.
+    Public,
+    /// Rate-limited, given a `RequestMeta` and, with a valid bearer, a `Caller`.
+    Authenticated,
+}
+
+fn access(path: &str) -> Access {
+    match path.strip_prefix(AUTH_SERVICE) {
+        None => Access::PassThrough,
+        Some(VALIDATE) => Access::PassThrough,
+        Some(rpc) if PUBLIC.contains(&rpc) => Access::Public,
+        Some(_) => Access::Authenticated,
+    }
+}
 
 pub async fn authenticate(
     State(s): State<AuthLayerState>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let management =
-        req.uri().path().starts_with(AUTH_SERVICE) && req.uri().path() != UNAUTHENTICATED_RPC;
+    let access = access(req.uri().path());
+    if access == Access::PassThrough {
+        return next.run(req).await;
+    }
     let ip = req.extensions().get::<ClientIp>().map(|c| c.0).or_else(|| {
         req.extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
     });
-    if management && let Err(e) = s.authority.check_management_rate(ip) {
+    if let Err(e) = s.authority.check_management_rate(ip) {
         return tonic::Status::from(e).into_http();
     }
-    if management && let Some(token) = bearer(req.headers()) {
+    let ua = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let meta = RequestMeta::new(ip, ua);
+    if access == Access::Authenticated
+        && let Some(token) = bearer(req.headers())
+    {
         match s.authority.authenticate(token, ip, s.clock.now()).await {
             Ok(principal) => {
-                let ua = req
-                    .headers()
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok());
-                let caller = Caller::new(principal, RequestMeta::new(ip, ua));
+                let caller = Caller::new(principal, meta.clone());
                 req.extensions_mut().insert(caller);
             }
             Err(crate::error::Error::Unauthenticated) => {}
             Err(e) => return tonic::Status::from(e).into_http(),
         }
     }
+    req.extensions_mut().insert(meta);
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_password_rpcs_are_public_and_validate_passes_through() {
+        assert_eq!(
+            access("/latchkey.auth.v1.AuthService/ValidateToken"),
+            Access::PassThrough
+        );
+        assert_eq!(access("/grpc.health.v1.Health/Check"), Access::PassThrough);
+        assert_eq!(
+            access("/latchkey.auth.v1.AuthService/ExchangePassword"),
+            Access::Public
+        );
+        assert_eq!(
+            access("/latchkey.auth.v1.AuthService/SetupPassword"),
+            Access::Public
+        );
+        assert_eq!(
+            access("/latchkey.auth.v1.AuthService/CreateUser"),
+            Access::Authenticated
+        );
+        assert_eq!(
+            access("/latchkey.auth.v1.AuthService/ExchangePasswordX"),
+            Access::Authenticated
+        );
+    }
 }

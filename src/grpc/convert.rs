@@ -9,10 +9,13 @@ use uuid::Uuid;
 use super::pb;
 use crate::error::Error;
 use crate::service::model::{
-    AuditPage, CreateTokenRequest, CreatedToken, ListAuditRequest, ListTokensRequest,
-    RotateTokenRequest, RotatedToken, TokenPage, TokenState, TokenType, TokenView, VerifyCode,
+    AuditPage, ChangePasswordRequest, CreateTokenRequest, CreateUserRequest, CreatedToken,
+    CreatedUser, ExchangePasswordRequest, ListAuditRequest, ListTokensRequest, ListUsersRequest,
+    RotateTokenRequest, RotatedToken, SetupPasswordRequest, TokenPage, TokenState, TokenType,
+    TokenView, UpdateUserRequest, UserPage, UserRole, UserState, UserView, VerifyCode,
     VerifyResponse,
 };
+use crate::token::Secret;
 
 pub fn uuid_field(field: &str, s: &str) -> Result<Uuid, Error> {
     Uuid::try_parse(s).map_err(|_| Error::invalid(format!("{field} is not a valid UUID")))
@@ -134,6 +137,7 @@ pub fn token(v: TokenView) -> pb::Token {
                 last_seen_at: Some(timestamp(c.last_seen_at)),
             })
             .collect(),
+        owner: v.owner.map(|u| u.to_string()).unwrap_or_default(),
     }
 }
 
@@ -175,12 +179,7 @@ pub fn audit_request(r: pb::ListAuditEventsRequest) -> Result<ListAuditRequest, 
             .as_ref()
             .map(|t| from_timestamp("until", t))
             .transpose()?,
-        page_size: match r.page_size {
-            0 => None,
-            n => Some(
-                u32::try_from(n).map_err(|_| Error::invalid("page_size must not be negative"))?,
-            ),
-        },
+        page_size: page_size(r.page_size)?,
         page_token: opt_str(r.page_token),
     })
 }
@@ -206,16 +205,29 @@ pub fn audit_page(p: AuditPage) -> pb::ListAuditEventsResponse {
     }
 }
 
+fn from_token_type(t: i32) -> Result<TokenType, Error> {
+    match pb::TokenType::try_from(t) {
+        Ok(pb::TokenType::Unspecified | pb::TokenType::Pat) => Ok(TokenType::Pat),
+        Ok(pb::TokenType::Svc) => Ok(TokenType::Svc),
+        Err(_) => Err(Error::invalid("type must be 1 (pat) or 2 (svc)")),
+    }
+}
+
+/// 0 means the default; a negative size is refused.
+fn page_size(n: i32) -> Result<Option<u32>, Error> {
+    match n {
+        0 => Ok(None),
+        n => u32::try_from(n)
+            .map(Some)
+            .map_err(|_| Error::invalid("page_size must not be negative")),
+    }
+}
+
 pub fn create_request(r: pb::CreateTokenRequest) -> Result<CreateTokenRequest, Error> {
-    let kind = match pb::TokenType::try_from(r.r#type) {
-        Ok(pb::TokenType::Unspecified | pb::TokenType::Pat) => TokenType::Pat,
-        Ok(pb::TokenType::Svc) => TokenType::Svc,
-        Err(_) => return Err(Error::invalid("type must be 1 (pat) or 2 (svc)")),
-    };
     Ok(CreateTokenRequest {
         org_id: opt_uuid("org_id", &r.org_id)?,
         name: r.name,
-        kind,
+        kind: from_token_type(r.r#type)?,
         permissions: (r.permissions != 0).then_some(r.permissions as u64),
         scopes: (!r.scopes.is_empty()).then_some(r.scopes),
         expires_at: r
@@ -236,10 +248,7 @@ pub fn created(c: CreatedToken) -> pb::CreateTokenResponse {
 }
 
 pub fn list_request(r: pb::ListTokensRequest) -> Result<ListTokensRequest, Error> {
-    let page_size = match r.page_size {
-        0 => None,
-        n => Some(u32::try_from(n).map_err(|_| Error::invalid("page_size must not be negative"))?),
-    };
+    let page_size = page_size(r.page_size)?;
     let state = match pb::TokenState::try_from(r.state) {
         Ok(pb::TokenState::Unspecified) => None,
         Ok(pb::TokenState::Active) => Some(TokenState::Active),
@@ -253,7 +262,7 @@ pub fn list_request(r: pb::ListTokensRequest) -> Result<ListTokensRequest, Error
         page_size,
         page_token: (!r.page_token.is_empty()).then_some(r.page_token),
         state,
-        owner: None,
+        owner: opt_str(r.owner),
     })
 }
 
@@ -284,6 +293,128 @@ pub fn validation(v: VerifyResponse) -> pb::ValidateTokenResponse {
         out.expires_at = t.expires_at.map(timestamp);
     }
     out
+}
+
+fn user_role(r: UserRole) -> pb::UserRole {
+    match r {
+        UserRole::Member => pb::UserRole::Member,
+        UserRole::Admin => pb::UserRole::Admin,
+    }
+}
+
+/// A role the caller named; `unspecified` is the caller's to interpret (see the callers).
+fn from_user_role(r: i32) -> Result<Option<UserRole>, Error> {
+    match pb::UserRole::try_from(r) {
+        Ok(pb::UserRole::Unspecified) => Ok(None),
+        Ok(pb::UserRole::Member) => Ok(Some(UserRole::Member)),
+        Ok(pb::UserRole::Admin) => Ok(Some(UserRole::Admin)),
+        Err(_) => Err(Error::invalid("role must be 1 (member) or 2 (admin)")),
+    }
+}
+
+pub fn user(v: UserView) -> pb::User {
+    let state = match v.state {
+        UserState::Active => pb::UserState::Active,
+        UserState::Invited => pb::UserState::Invited,
+        UserState::Disabled => pb::UserState::Disabled,
+    };
+    pb::User {
+        id: v.id.to_string(),
+        org_id: v.org_id.to_string(),
+        email: v.email,
+        name: v.name,
+        role: user_role(v.role) as i32,
+        platform_admin: v.platform_admin,
+        state: state as i32,
+        permissions: v.permissions as i64,
+        scopes: v.scopes,
+        created_at: Some(timestamp(v.created_at)),
+        created_by: v.created_by,
+        last_login_at: v.last_login_at.map(timestamp),
+        disabled_at: v.disabled_at.map(timestamp),
+    }
+}
+
+pub fn create_user_request(r: pb::CreateUserRequest) -> Result<CreateUserRequest, Error> {
+    Ok(CreateUserRequest {
+        org_id: opt_uuid("org_id", &r.org_id)?,
+        email: r.email,
+        name: r.name,
+        // Unspecified: the default role, as an absent `role` over REST.
+        role: from_user_role(r.role)?.unwrap_or_default(),
+    })
+}
+
+pub fn created_user(c: CreatedUser) -> pb::CreateUserResponse {
+    pb::CreateUserResponse {
+        user: Some(user(c.user)),
+        setup_url: c.setup_url,
+        setup_token: c.setup_token,
+        setup_expires_at: Some(timestamp(c.setup_expires_at)),
+    }
+}
+
+pub fn list_users_request(r: pb::ListUsersRequest) -> Result<ListUsersRequest, Error> {
+    Ok(ListUsersRequest {
+        org_id: opt_uuid("org_id", &r.org_id)?,
+        page_size: page_size(r.page_size)?,
+        page_token: opt_str(r.page_token),
+    })
+}
+
+pub fn user_page(p: UserPage) -> pb::ListUsersResponse {
+    pb::ListUsersResponse {
+        users: p.users.into_iter().map(user).collect(),
+        next_page_token: p.next_page_token.unwrap_or_default(),
+    }
+}
+
+pub fn update_user_request(r: pb::UpdateUserRequest) -> Result<(Uuid, UpdateUserRequest), Error> {
+    let role = match r.role {
+        None => None,
+        // A role that is present must name one: "unspecified" is no change to ask for.
+        Some(n) => Some(
+            from_user_role(n)?
+                .ok_or_else(|| Error::invalid("role must be 1 (member) or 2 (admin)"))?,
+        ),
+    };
+    Ok((
+        uuid_field("user_id", &r.user_id)?,
+        UpdateUserRequest { name: r.name, role },
+    ))
+}
+
+/// The passwords become `Secret`s here, before anything else sees them.
+pub fn change_password_request(r: pb::ChangePasswordRequest) -> ChangePasswordRequest {
+    ChangePasswordRequest {
+        current_password: Secret::new(r.current_password),
+        new_password: Secret::new(r.new_password),
+    }
+}
+
+pub fn setup_password_request(r: pb::SetupPasswordRequest) -> SetupPasswordRequest {
+    SetupPasswordRequest {
+        setup_token: Secret::new(r.setup_token),
+        password: Secret::new(r.password),
+    }
+}
+
+pub fn exchange_password_request(
+    r: pb::ExchangePasswordRequest,
+) -> Result<ExchangePasswordRequest, Error> {
+    let password = Secret::new(r.password);
+    Ok(ExchangePasswordRequest {
+        email: r.email,
+        password,
+        name: r.name,
+        // Like CreateToken: an empty list and 0 are "not given", so neither means the
+        // deployment's default scopes.
+        scopes: (!r.scopes.is_empty()).then_some(r.scopes),
+        permissions: (r.permissions != 0).then_some(r.permissions as u64),
+        ttl_seconds: r.ttl_seconds,
+        expires_in_days: r.expires_in_days,
+        kind: from_token_type(r.r#type)?,
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::server::ClientIp;
 use crate::service::model::{OrgScope, VerifyRequest};
-use crate::service::{Authority, Caller};
+use crate::service::{Authority, Caller, RequestMeta};
 
 /// The generated protobuf types and service traits.
 #[allow(clippy::all, missing_docs)]
@@ -40,6 +40,20 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Error::Unauthenticated.into())
+}
+
+/// Where the request came from, as the bearer layer found it (client address, user agent).
+fn meta<T>(req: &Request<T>) -> Result<RequestMeta, Status> {
+    req.extensions()
+        .get::<RequestMeta>()
+        .cloned()
+        .ok_or_else(|| {
+            // Without it the per-address sign-in limit would see no address: refuse instead.
+            Error::Internal(anyhow::anyhow!(
+                "no RequestMeta in a gRPC request: the bearer layer did not run"
+            ))
+            .into()
+        })
 }
 
 #[tonic::async_trait]
@@ -172,6 +186,118 @@ impl AuthService for AuthGrpc {
         self.set_disabled(&caller, &r.org_id, &r.token_id, false)
             .await
     }
+
+    async fn exchange_password(
+        &self,
+        req: Request<pb::ExchangePasswordRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let meta = meta(&req)?;
+        let input = convert::exchange_password_request(req.into_inner())?;
+        let created = self
+            .authority
+            .exchange_password(input, &meta, self.clock.now())
+            .await?;
+        Ok(Response::new(convert::created(created)))
+    }
+
+    async fn setup_password(
+        &self,
+        req: Request<pb::SetupPasswordRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let meta = meta(&req)?;
+        let input = convert::setup_password_request(req.into_inner());
+        let view = self
+            .authority
+            .setup_password(input, &meta, self.clock.now())
+            .await?;
+        Ok(Response::new(convert::user(view)))
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let caller = caller(&req)?;
+        let input = convert::create_user_request(req.into_inner())?;
+        let created = self
+            .authority
+            .create_user(&caller, input, self.clock.now())
+            .await?;
+        Ok(Response::new(convert::created_user(created)))
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let caller = caller(&req)?;
+        let input = convert::list_users_request(req.into_inner())?;
+        let page = self.authority.list_users(&caller, input).await?;
+        Ok(Response::new(convert::user_page(page)))
+    }
+
+    async fn get_user(
+        &self,
+        req: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&req)?;
+        let id = convert::uuid_field("user_id", &req.get_ref().user_id)?;
+        let view = self.authority.get_user(&caller, id).await?;
+        Ok(Response::new(convert::user(view)))
+    }
+
+    async fn get_current_user(
+        &self,
+        req: Request<pb::GetCurrentUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&req)?;
+        // A gRPC caller is never a session, so there is no CSRF token to pass on.
+        let current = self.authority.current_user(&caller).await?;
+        Ok(Response::new(convert::user(current.user)))
+    }
+
+    async fn update_user(
+        &self,
+        req: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&req)?;
+        let (id, input) = convert::update_user_request(req.into_inner())?;
+        let view = self
+            .authority
+            .update_user(&caller, id, input, self.clock.now())
+            .await?;
+        Ok(Response::new(convert::user(view)))
+    }
+
+    async fn disable_user(
+        &self,
+        req: Request<pb::DisableUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&req)?;
+        self.set_user_disabled(&caller, &req.get_ref().user_id, true)
+            .await
+    }
+
+    async fn enable_user(
+        &self,
+        req: Request<pb::EnableUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&req)?;
+        self.set_user_disabled(&caller, &req.get_ref().user_id, false)
+            .await
+    }
+
+    async fn change_password(
+        &self,
+        req: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let caller = caller(&req)?;
+        let input = convert::change_password_request(req.into_inner());
+        self.authority
+            .change_password(&caller, input, self.clock.now())
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
+    }
 }
 
 impl AuthGrpc {
@@ -191,6 +317,20 @@ impl AuthGrpc {
             .set_token_disabled(caller, scope, id, disabled, self.clock.now())
             .await?;
         Ok(Response::new(convert::token(view)))
+    }
+
+    async fn set_user_disabled(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+        disabled: bool,
+    ) -> Result<Response<pb::User>, Status> {
+        let id = convert::uuid_field("user_id", user_id)?;
+        let view = self
+            .authority
+            .set_user_disabled(caller, id, disabled, self.clock.now())
+            .await?;
+        Ok(Response::new(convert::user(view)))
     }
 }
 

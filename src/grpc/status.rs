@@ -1,4 +1,5 @@
-//! The one mapping from the domain error to `tonic::Status`, with the same messages as REST.
+//! The one mapping from the domain error to `tonic::Status`, with the same messages as REST
+//! (`Error::public_message`: anything token-shaped redacted).
 
 use tonic::{Code, Status};
 
@@ -19,7 +20,7 @@ impl From<Error> for Status {
                 Code::Internal
             }
         };
-        let mut status = Status::new(code, e.to_string());
+        let mut status = Status::new(code, e.public_message());
         if let Error::RateLimited { retry_after } = &e
             && let Ok(v) = retry_after.as_secs().max(1).to_string().parse()
         {

@@ -138,7 +138,8 @@ pub async fn end_other_sessions(
 }
 
 /// Set a first password with the token of a setup link; the link then stops working. Public;
-/// rate-limited like sign-ins.
+/// guarded by the per-address management limit (a setup token is 256 random bits and is looked
+/// up before any hash).
 #[utoipa::path(post, path = "/v1/auth/setup", tag = "auth",
     request_body = SetupPasswordRequest,
     responses(

@@ -222,7 +222,12 @@ impl Authority {
             validate_password("password", pw)?;
         }
         // Checked before the org is made, so a taken email leaves nothing behind.
-        if self.store.find_user_by_email(email.as_str()).await?.is_some() {
+        if self
+            .store
+            .find_user_by_email(email.as_str())
+            .await?
+            .is_some()
+        {
             return Err(Error::AlreadyExists(
                 "a user with this email already exists".into(),
             ));

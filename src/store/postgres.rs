@@ -6,12 +6,14 @@
 //!   it creates `_sqlx_migrations` until it has applied the last migration, so nodes starting
 //!   together wait for each other and apply each migration once; closing the connection releases
 //!   the lock even when a migration fails.
-//! - Transactions are READ COMMITTED. Uniqueness (live token name, org name) is the unique
-//!   indexes' job, so two nodes racing to create the same name end in one row and one `Conflict`.
+//! - Transactions are READ COMMITTED. Uniqueness (live token name, org name, user email) is the
+//!   unique indexes' job, so two nodes racing to create the same name end in one row and one
+//!   `Conflict`.
 //! - Cache coherence: every change that a verify cache may hold (revoke, rotate, family revoke,
-//!   disable/enable) runs `pg_notify('latchkey_invalidate', <token id>)` in its own transaction,
-//!   so the notification is delivered exactly when the change commits, and never if it rolls
-//!   back. [`Store::invalidations`] listens on a dedicated connection.
+//!   disable/enable, the owned tokens a user update revokes) runs
+//!   `pg_notify('latchkey_invalidate', <token id>)` in its own transaction, so the notification
+//!   is delivered exactly when the change commits, and never if it rolls back.
+//!   [`Store::invalidations`] listens on a dedicated connection.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use super::{
     AuditListQuery, AuditRecord, ClientIp, EndSessions, Invalidation, OrgRecord, PoolOptions,
     RevokeOwned, SessionRecord, StateFilter, Store, StoreError, StoreResult, TokenListQuery,
     TokenRecord, UsageDelta, UserChange, UserListQuery, UserRecord, VerifyRecord, combine_usage,
-    merge_client_ips,
+    merge_client_ips, per_item_event,
 };
 use crate::token::{Permissions, Role, TokenKind};
 
@@ -401,11 +403,7 @@ async fn revoke_owned(
     if let Some(event) = event {
         let events: Vec<AuditRecord> = ids
             .iter()
-            .map(|id| AuditRecord {
-                id: Uuid::now_v7(),
-                token_id: Some(*id),
-                ..event.clone()
-            })
+            .map(|id| per_item_event(event, Some(*id), None))
             .collect();
         insert_events(tx, &events).await?;
     }
@@ -441,27 +439,13 @@ async fn delete_sessions(
     let mut ids = uuids(&rows)?;
     ids.sort_unstable();
     if let Some(event) = event {
-        let events: Vec<AuditRecord> = ids.iter().map(|id| session_event(event, *id)).collect();
+        let events: Vec<AuditRecord> = ids
+            .iter()
+            .map(|id| per_item_event(event, None, Some(*id)))
+            .collect();
         insert_events(tx, &events).await?;
     }
     Ok(ids.len() as u64)
-}
-
-/// A copy of `event` with a new id and `"session_id"` in its details (which become an object if
-/// they were not one).
-fn session_event(event: &AuditRecord, session_id: Uuid) -> AuditRecord {
-    let mut e = AuditRecord {
-        id: Uuid::now_v7(),
-        ..event.clone()
-    };
-    let id = serde_json::Value::String(session_id.to_string());
-    match e.details.as_object_mut() {
-        Some(map) => {
-            map.insert("session_id".into(), id);
-        }
-        None => e.details = serde_json::json!({ "session_id": id }),
-    }
-    e
 }
 
 #[async_trait]

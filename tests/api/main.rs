@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod cli_users;
 mod create;
+mod docs;
 mod expiry;
 mod gateway;
 mod grpc;

@@ -2078,7 +2078,7 @@ async fn ending_sessions_deletes_only_the_ones_named_with_an_event_each(store: A
     assert_eq!((none, one, again, someone_elses), (0, 1, 0, 0));
     assert_eq!(after_one, [third.clone(), first]);
     assert_eq!(all_but, 1);
-    assert_eq!(after_all_but, [third.clone()]);
+    assert_eq!(after_all_but, std::slice::from_ref(&third));
     assert_eq!(all, 1);
     assert!(store.list_sessions(ann.id).await.unwrap().is_empty());
     assert_eq!(store.list_sessions(bob.id).await.unwrap(), [bobs]);
@@ -2111,6 +2111,8 @@ async fn a_new_session_records_the_sign_in_and_is_found_by_its_secret_hash(store
     let found = store.get_session(&session.secret_hash).await.unwrap();
     let unknown = store.get_session(&"00".repeat(32)).await.unwrap();
     store.touch_session(session.id, at(160)).await.unwrap();
+    // A request that started earlier and finished later: the time does not go back.
+    store.touch_session(session.id, at(120)).await.unwrap();
     let touched = store.get_session(&session.secret_hash).await.unwrap();
     let listed = store.list_sessions(ann.id).await.unwrap();
     let token_login = event(&org, "login_succeeded", None, at(300));
