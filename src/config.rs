@@ -6,9 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::{CommonArgs, ServeArgs};
+use crate::server::ServerLimits;
 use crate::service::ratelimit::RateLimitConfig;
 use crate::service::{AuthorityConfig, PeopleConfig};
-use crate::startup::{ServerLimits, Settings};
+use crate::startup::Settings;
 use crate::store::PoolOptions;
 use crate::token::ScopeRegistry;
 use crate::token::permissions::ScopeConfig;

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -22,39 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::{Service, ServiceExt};
 
-use crate::startup::ServerLimits;
-
-/// The client's address as the rest of the application sees it, set once per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// The client address: the socket peer, unless the peer is a trusted proxy, in which case the
-/// right-most address of `X-Forwarded-For` that is not itself a trusted proxy. A malformed entry
-/// stops the walk at the last address that was believed.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
-    // Right to left over every X-Forwarded-For line, without collecting them.
-    let hops = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .rev()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.rsplit(','));
-    let mut believed = peer;
-    for hop in hops {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => believed = ip,
-            Ok(ip) => return ip,
-            Err(_) => return believed,
-        }
-    }
-    believed
-}
+use crate::edge::{ClientIp, ErrorBody, ErrorDetail, client_ip};
 
 /// REST and gRPC on one listener: requests with an `application/grpc` content type go to tonic,
 /// everything else to the REST router. Every request first gets its [`ClientIp`].
@@ -160,13 +128,37 @@ where
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = crate::http::ErrorBody {
-        error: crate::http::ErrorDetail {
+    let body = ErrorBody {
+        error: ErrorDetail {
             code: code.into(),
             message: message.into(),
         },
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Bounds on what clients can hold: slow clients are cut off, overload is refused early.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Time a client may take to send a request's headers (default 10 s).
+    pub header_timeout: Duration,
+    /// Time from a request's headers to the end of its response (default 30 s).
+    pub request_timeout: Duration,
+    /// Most open connections (default 10,000).
+    pub max_connections: usize,
+    /// Most requests in flight; beyond it 503 with Retry-After (default 1024).
+    pub max_in_flight: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_in_flight: 1024,
+        }
+    }
 }
 
 /// Adds the in-flight and request-time bounds to `app`.
@@ -249,61 +241,4 @@ where
         tracing::warn!("connections still open after the drain period; closing them");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(xff: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in xff {
-            h.append("x-forwarded-for", v.parse().unwrap());
-        }
-        h
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn an_untrusted_peer_is_the_client_whatever_it_claims() {
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(
-            client_ip(ip("203.0.113.9"), &headers(&["1.2.3.4"]), &trusted),
-            ip("203.0.113.9")
-        );
-        assert_eq!(
-            client_ip(ip("203.0.113.9"), &headers(&[]), &[]),
-            ip("203.0.113.9")
-        );
-    }
-
-    #[test]
-    fn behind_trusted_proxies_the_right_most_untrusted_address_is_the_client() {
-        let trusted: Vec<IpNet> = vec![
-            "10.0.0.0/8".parse().unwrap(),
-            "127.0.0.1/32".parse().unwrap(),
-        ];
-        // spoofed, real client, inner proxy; then the peer is the outer proxy.
-        let h = headers(&["6.6.6.6, 198.51.100.7", "10.1.2.3"]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("198.51.100.7"));
-        assert_eq!(
-            client_ip(ip("127.0.0.1"), &headers(&[]), &trusted),
-            ip("127.0.0.1")
-        );
-        assert_eq!(
-            client_ip(ip("127.0.0.1"), &headers(&["10.9.9.9"]), &trusted),
-            ip("10.9.9.9")
-        );
-        assert_eq!(
-            client_ip(ip("127.0.0.1"), &headers(&["garbage, 10.1.1.1"]), &trusted),
-            ip("10.1.1.1")
-        );
-        assert_eq!(
-            client_ip(ip("127.0.0.1"), &headers(&["2001:db8::1"]), &trusted),
-            ip("2001:db8::1")
-        );
-    }
 }

@@ -14,6 +14,8 @@ use crate::clock::Clock;
 use crate::service::{Authority, AuthorityConfig, BootstrapOutcome};
 use crate::{grpc, http, server, store, telemetry};
 
+pub use crate::server::ServerLimits;
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -30,30 +32,6 @@ pub struct Settings {
     /// Whether the session cookie carries `Secure` (false only with `--plain-http`).
     pub secure_cookies: bool,
     pub limits: ServerLimits,
-}
-
-/// Bounds on what clients can hold: slow clients are cut off, overload is refused early.
-#[derive(Debug, Clone, Copy)]
-pub struct ServerLimits {
-    /// Time a client may take to send a request's headers (default 10 s).
-    pub header_timeout: Duration,
-    /// Time from a request's headers to the end of its response (default 30 s).
-    pub request_timeout: Duration,
-    /// Most open connections (default 10,000).
-    pub max_connections: usize,
-    /// Most requests in flight; beyond it 503 with Retry-After (default 1024).
-    pub max_in_flight: usize,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        Self {
-            header_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
-            max_in_flight: 1024,
-        }
-    }
 }
 
 /// A built server, bound and ready to run.

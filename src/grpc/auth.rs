@@ -6,18 +6,15 @@
 //! takes it from there, so an invalid bearer is `UNAUTHENTICATED` exactly where REST would
 //! answer 401.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::clock::Clock;
-use crate::http::bearer;
-use crate::server::ClientIp;
-use crate::service::{Authority, Caller, RequestMeta};
+use crate::edge::{bearer, request_meta};
+use crate::service::{Authority, Caller};
 
 #[derive(Clone)]
 pub struct AuthLayerState {
@@ -62,19 +59,11 @@ pub async fn authenticate(
     if access == Access::PassThrough {
         return next.run(req).await;
     }
-    let ip = req.extensions().get::<ClientIp>().map(|c| c.0).or_else(|| {
-        req.extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-    });
+    let meta = request_meta(req.headers(), req.extensions());
+    let ip = meta.ip;
     if let Err(e) = s.authority.check_management_rate(ip) {
         return tonic::Status::from(e).into_http();
     }
-    let ua = req
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
-    let meta = RequestMeta::new(ip, ua);
     if access == Access::Authenticated
         && let Some(token) = bearer(req.headers())
     {

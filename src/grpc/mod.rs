@@ -4,6 +4,7 @@
 
 mod auth;
 mod convert;
+mod redacted;
 mod status;
 
 use std::sync::Arc;
@@ -12,8 +13,8 @@ use axum::Router;
 use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
+use crate::edge::ClientIp;
 use crate::error::Error;
-use crate::server::ClientIp;
 use crate::service::model::{OrgScope, VerifyRequest};
 use crate::service::{Authority, Caller, RequestMeta};
 

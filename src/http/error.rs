@@ -4,25 +4,9 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
+pub use crate::edge::{ErrorBody, ErrorDetail};
 use crate::error::Error;
-
-/// The body of every error response.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// `invalid_argument`, `unauthenticated`, `invalid_credentials`, `permission_denied`,
-    /// `not_found`, `already_exists`, `failed_precondition`, `payload_too_large`,
-    /// `rate_limited` or `internal`.
-    pub code: String,
-    pub message: String,
-}
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {

@@ -1,20 +1,18 @@
 //! Extractors that turn every malformed input into the domain error, and the bearer into a
 //! [`Caller`].
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
+use crate::edge::{self, CSRF_HEADER, bearer, cross_site, session_cookie};
 use crate::error::Error;
-use crate::server::ClientIp;
-use crate::service::{Caller, Csrf, RequestMeta, SESSION_COOKIE};
+use crate::service::{Caller, Csrf, RequestMeta};
 
 /// JSON body with strict parsing, at most `AppState::max_body_bytes` long; a rejection becomes
 /// `invalid_argument` (or `payload_too_large`).
@@ -111,16 +109,6 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-/// The client's address as the server determined it (see `server::client_ip`).
-fn client_addr(parts: &Parts) -> Option<std::net::IpAddr> {
-    parts.extensions.get::<ClientIp>().map(|c| c.0).or_else(|| {
-        parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-    })
-}
-
 /// The client's address only, for the verify paths, which record no user agent.
 pub struct ClientAddr(pub Option<std::net::IpAddr>);
 
@@ -128,7 +116,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(client_addr(parts)))
+        Ok(ClientAddr(edge::client_addr(&parts.extensions)))
     }
 }
 
@@ -150,60 +138,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = client_addr(parts);
-        let ua = parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok());
-        Ok(Meta(RequestMeta::new(ip, ua)))
+        Ok(Meta(edge::request_meta(&parts.headers, &parts.extensions)))
     }
 }
-
-/// The bearer token of the `Authorization` header, if the header is well-formed. Shared by the
-/// REST extractor and the gRPC layer.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// The value of the session cookie, if the request carries one.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == SESSION_COOKIE).then_some(value)
-        })
-}
-
-/// Whether the browser says the request comes from another site: `Sec-Fetch-Site` other than
-/// `same-origin` / `none`, or an `Origin` that is not this server's (`Host`). A request with the
-/// session cookie from another site is refused whatever it carries.
-pub fn cross_site(headers: &HeaderMap) -> bool {
-    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-    if let Some(site) = get("sec-fetch-site")
-        && !matches!(site, "same-origin" | "none")
-    {
-        return true;
-    }
-    match (get("origin"), get("host")) {
-        (None, _) => false,
-        (Some(origin), Some(host)) => {
-            let rest = origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"));
-            rest != Some(host)
-        }
-        (Some(_), None) => true,
-    }
-}
-
-/// The header a session request carries its CSRF token in.
-pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// An authenticated caller: a valid bearer token, or a live session cookie with its CSRF token
 /// in `X-CSRF-Token` from this site; otherwise `unauthenticated` (no credential, or a bad one)

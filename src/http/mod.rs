@@ -29,7 +29,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::{ErrorBody, ErrorDetail};
-pub use extract::{bearer, cross_site, session_cookie};
 
 use crate::clock::Clock;
 use crate::error::Error;

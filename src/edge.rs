@@ -1,0 +1,182 @@
+//! What every transport reads from a request the same way: the client's address (and the
+//! trusted-proxy rule behind it), the bearer, the session cookie, the CSRF header and the
+//! cross-site check, and the JSON error body. REST, gRPC and the console import this module;
+//! none of them imports another, and this module imports none of them.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ConnectInfo;
+use axum::http::{Extensions, HeaderMap, HeaderName, header};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::service::{RequestMeta, SESSION_COOKIE};
+
+/// The client's address as the rest of the application sees it, set once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The client address: the socket peer, unless the peer is a trusted proxy, in which case the
+/// right-most address of `X-Forwarded-For` that is not itself a trusted proxy. A malformed entry
+/// stops the walk at the last address that was believed.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    // Right to left over every X-Forwarded-For line, without collecting them.
+    let hops = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.rsplit(','));
+    let mut believed = peer;
+    for hop in hops {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => believed = ip,
+            Ok(ip) => return ip,
+            Err(_) => return believed,
+        }
+    }
+    believed
+}
+
+/// The client's address of a request: the one the accept loop set ([`ClientIp`]), else the
+/// socket peer.
+pub fn client_addr(extensions: &Extensions) -> Option<IpAddr> {
+    extensions.get::<ClientIp>().map(|c| c.0).or_else(|| {
+        extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+    })
+}
+
+/// The client's address and user agent, for audit and the per-address limits.
+pub fn request_meta(headers: &HeaderMap, extensions: &Extensions) -> RequestMeta {
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    RequestMeta::new(client_addr(extensions), ua)
+}
+
+/// The bearer token of the `Authorization` header, if the header is well-formed.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The value of the session cookie, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE).then_some(value)
+        })
+}
+
+/// Whether the browser says the request comes from another site: `Sec-Fetch-Site` other than
+/// `same-origin` / `none`, or an `Origin` that is not this server's (`Host`). A request with the
+/// session cookie from another site is refused whatever it carries.
+pub fn cross_site(headers: &HeaderMap) -> bool {
+    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return true;
+    }
+    match (get("origin"), get("host")) {
+        (None, _) => false,
+        (Some(origin), Some(host)) => {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            rest != Some(host)
+        }
+        (Some(_), None) => true,
+    }
+}
+
+/// The header a session request carries its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The body of every error response.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `invalid_argument`, `unauthenticated`, `invalid_credentials`, `permission_denied`,
+    /// `not_found`, `already_exists`, `failed_precondition`, `payload_too_large`,
+    /// `rate_limited` or `internal`.
+    pub code: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_claims() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &headers(&["1.2.3.4"]), &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &headers(&[]), &[]),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_right_most_untrusted_address_is_the_client() {
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+        ];
+        // spoofed, real client, inner proxy; then the peer is the outer proxy.
+        let h = headers(&["6.6.6.6, 198.51.100.7", "10.1.2.3"]);
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers(&[]), &trusted),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers(&["10.9.9.9"]), &trusted),
+            ip("10.9.9.9")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers(&["garbage, 10.1.1.1"]), &trusted),
+            ip("10.1.1.1")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers(&["2001:db8::1"]), &trusted),
+            ip("2001:db8::1")
+        );
+    }
+}
