@@ -4,6 +4,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod edge;
 pub mod error;
 pub mod grpc;

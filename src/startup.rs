@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::Clock;
 use crate::service::{Authority, AuthorityConfig, BootstrapOutcome};
-use crate::{grpc, http, server, store, telemetry};
+use crate::{console, grpc, http, server, store, telemetry};
 
 pub use crate::server::ServerLimits;
 
@@ -69,7 +69,12 @@ impl Application {
             metrics.clone(),
             settings.max_body_bytes,
             settings.secure_cookies,
-        );
+        )
+        .merge(console::router(
+            authority.clone(),
+            clock.clone(),
+            settings.secure_cookies,
+        ));
         let grpc = grpc::router(authority.clone(), clock.clone(), settings.max_body_bytes).await?;
         let router = server::bounded(
             server::one_port(rest, grpc, Arc::new(settings.trusted_proxies)),

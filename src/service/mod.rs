@@ -27,6 +27,7 @@ use crate::token::{HashAlgorithm, Permissions, Prefix, ScopeRegistry, Secret};
 pub use orgs::BootstrapOutcome;
 pub use passwords::validate_password;
 pub use sessions::{Csrf, NewSession, SESSION_COOKIE};
+pub use tokens::GrantableScope;
 pub use users::{NewUser, UserCreated};
 pub use verify::AuthenticatedToken;
 
@@ -333,6 +334,13 @@ impl Authority {
             Some(_) => Err(Error::NotFound),
         }
     }
+}
+
+/// A random one-time value for a form, so the console can tell a form sent twice.
+pub fn new_form_nonce() -> String {
+    users::random_secret()
+        .map(|s| s.expose().clone())
+        .unwrap_or_default()
 }
 
 /// Runs CPU-heavy work (an Argon2id hash, a large usage batch) on the blocking pool, off the

@@ -14,6 +14,14 @@ use crate::store::{StateFilter, TokenListQuery, TokenRecord, Visibility};
 use crate::token::permissions::{GrantError, check_grant};
 use crate::token::{Permissions, Secret, TokenKind, Verifier, format};
 
+/// A scope a caller may grant, for a form of checkboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantableScope {
+    pub name: String,
+    /// Only callers with `org:admin` may grant it.
+    pub admin_only: bool,
+}
+
 /// What [`Authority::mint`] makes: every field already checked.
 pub(super) struct Mint {
     pub org_id: Uuid,
@@ -105,6 +113,23 @@ impl Authority {
             )),
         })?;
         Ok(p)
+    }
+
+    /// The scopes the caller may put on a token it mints, lowest bit first: each named bit it
+    /// holds (every one for `platform:admin`), admin-only ones only with `org:admin`.
+    pub fn grantable_scopes(&self, caller: &Caller) -> Vec<GrantableScope> {
+        let registry = &self.config.scopes;
+        let held = caller.principal.effective();
+        let admin_only = registry.admin_only();
+        (0..64u32)
+            .map(|b| Permissions::from_bits(1u64 << b))
+            .filter(|bit| registry.assigned().contains(*bit) && held.contains(*bit))
+            .filter(|bit| check_grant(held, *bit, admin_only).is_ok())
+            .map(|bit| GrantableScope {
+                name: registry.names(bit).remove(0),
+                admin_only: admin_only.contains(bit),
+            })
+            .collect()
     }
 
     /// Creates a token in the caller's org (or, for `platform:admin`, the named one) and returns

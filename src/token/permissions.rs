@@ -305,6 +305,11 @@ impl ScopeRegistry {
             .collect()
     }
 
+    /// Every bit with a name in this deployment (the system's and config's).
+    pub fn assigned(&self) -> Permissions {
+        self.assigned
+    }
+
     /// The scopes that only a holder of `org:admin` may grant.
     pub fn admin_only(&self) -> Permissions {
         self.admin_only
