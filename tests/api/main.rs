@@ -5,6 +5,7 @@ mod auth;
 mod cache;
 mod cli;
 mod cli_users;
+mod console;
 mod create;
 mod docs;
 mod expiry;
