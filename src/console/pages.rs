@@ -82,13 +82,16 @@ pub async fn login(State(s): State<ConsoleState>, f: PublicForm<LoginForm>) -> R
                     StatusCode::UNAUTHORIZED,
                     "The email or the password is not right.".to_string(),
                 ),
-                Error::RateLimited { retry_after } => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "Too many sign-in attempts from your address. Try again in {} minute(s).",
-                        retry_after.as_secs().div_ceil(60).max(1)
-                    ),
-                ),
+                Error::RateLimited { retry_after } => {
+                    let minutes = retry_after.as_secs().div_ceil(60).max(1);
+                    let unit = if minutes == 1 { "minute" } else { "minutes" };
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "Too many sign-in attempts from your address. Try again in {minutes} {unit}."
+                        ),
+                    )
+                }
                 _ => return ErrorPage(e).into_response(),
             };
             page(
@@ -146,7 +149,8 @@ fn state_name(s: TokenState) -> &'static str {
 fn row(t: TokenView, me: &UserView, now: DateTime<Utc>) -> KeyRow {
     let owner = match t.owner {
         Some(id) if id == me.id => "you".to_string(),
-        Some(id) => format!("user {}", &id.to_string()[..8]),
+        // The end of a UUID v7 is random; its start is the time, alike for users made together.
+        Some(id) => format!("user …{}", &id.simple().to_string()[20..]),
         None => "(machine)".to_string(),
     };
     KeyRow {

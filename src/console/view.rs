@@ -51,7 +51,7 @@ impl IntoResponse for ErrorPage {
         let t = ErrorTemplate {
             status: status.as_u16(),
             title,
-            message: self.0.public_message(),
+            message: sentence(&self.0.public_message()),
         };
         page(status, &t)
     }
@@ -75,6 +75,19 @@ pub fn status_of(e: &Error) -> (StatusCode, &'static str) {
     }
 }
 
+/// A message as a sentence: a capital first letter and a full stop.
+pub fn sentence(msg: &str) -> String {
+    let mut chars = msg.chars();
+    let mut out: String = match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => return String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
 /// A time as a person reads it next to `now`: "just now", "5 minutes ago", "in 29 days".
 pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let secs = (t - now).num_seconds();
@@ -82,12 +95,14 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     if abs < 45 {
         return "just now".into();
     }
+    // Rounded to the nearest unit: a key made for 30 days reads "in 30 days", not 29.
+    let near = |s: u64, unit: u64| ((s + unit / 2) / unit).max(1);
     let (n, unit) = match abs {
-        s if s < 3_600 => (s.div_ceil(60).max(1), "minute"),
-        s if s < 86_400 => (s / 3_600, "hour"),
-        s if s < 86_400 * 60 => (s / 86_400, "day"),
-        s if s < 86_400 * 730 => (s / (86_400 * 30), "month"),
-        s => (s / (86_400 * 365), "year"),
+        s if s < 3_570 => (near(s, 60), "minute"),
+        s if s < 86_400 - 1_800 => (near(s, 3_600), "hour"),
+        s if s < 86_400 * 60 => (near(s, 86_400), "day"),
+        s if s < 86_400 * 730 => (near(s, 86_400 * 30), "month"),
+        s => (near(s, 86_400 * 365), "year"),
     };
     let unit = if n == 1 {
         unit.to_string()
@@ -140,6 +155,8 @@ mod tests {
         assert_eq!(relative(at(-300), now), "5 minutes ago");
         assert_eq!(relative(at(3_600), now), "in 1 hour");
         assert_eq!(relative(at(29 * 86_400 + 100), now), "in 29 days");
+        assert_eq!(relative(at(30 * 86_400 - 5), now), "in 30 days");
+        assert_eq!(relative(at(90 * 86_400 - 5), now), "in 3 months");
         assert_eq!(relative(at(-400 * 86_400), now), "13 months ago");
         assert_eq!(relative(at(3 * 365 * 86_400), now), "in 3 years");
     }
