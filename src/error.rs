@@ -73,6 +73,9 @@ impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
             crate::store::StoreError::Conflict(what) => Error::AlreadyExists(what),
+            crate::store::StoreError::OwnerDisabled => {
+                Error::PermissionDenied("the user owning this token is disabled".into())
+            }
             crate::store::StoreError::Other(e) => Error::Internal(e),
         }
     }

@@ -205,14 +205,23 @@ impl Authority {
         Ok(self.view(&t, now))
     }
 
-    /// A page of the org's audit events, newest first, filtered.
+    /// A page of the org's audit events, newest first, filtered. Without `audit:read`, only the
+    /// events of one token the caller reaches (`token_id`): a person reads its own key's history.
     ///
     /// # Errors
-    /// `permission_denied` without `audit:read`; `invalid_argument` for a bad page token or
+    /// `permission_denied` without `audit:read` (and without a reachable `token_id`); `invalid_argument` for a bad page token or
     /// time range; `not_found` for an org outside reach.
     pub async fn list_audit(&self, caller: &Caller, req: ListAuditRequest) -> Result<AuditPage> {
         let p = &caller.principal;
-        p.require(Permissions::AUDIT_READ, "audit:read")?;
+        // Without audit:read, the history of one token within reach (a person's own key).
+        match req.token_id {
+            Some(t) if !p.effective().contains(Permissions::AUDIT_READ) => {
+                self.reachable_token(caller, req.org_id, t)
+                    .await
+                    .map_err(|_| missing_audit_read())?;
+            }
+            _ => p.require(Permissions::AUDIT_READ, "audit:read")?,
+        }
         let (limit, before_id) = page_params(req.page_size, req.page_token.as_deref())?;
         if let (Some(s), Some(u)) = (req.since, req.until)
             && s >= u
@@ -295,6 +304,10 @@ impl Authority {
         audit::log(&event);
         Ok(super::orgs::org_view(&org))
     }
+}
+
+fn missing_audit_read() -> Error {
+    Error::PermissionDenied("this operation needs the audit:read permission".into())
 }
 
 fn audit_view(e: AuditRecord) -> AuditEventView {

@@ -23,6 +23,11 @@ pub enum StoreError {
     /// A uniqueness rule was hit (live token name, org name); the message says which.
     #[error("{0}")]
     Conflict(String),
+    /// The token to insert is owned by a user who is disabled (or does not exist). Checked in the
+    /// insert's transaction, serialized with [`Store::update_user`], so a token minted for a user
+    /// while the user is being disabled is either revoked by the disable or refused here.
+    #[error("the user owning this token is disabled")]
+    OwnerDisabled,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -325,7 +330,8 @@ pub trait Store: Send + Sync + 'static {
     async fn find_org_by_name(&self, name: &str) -> StoreResult<Option<OrgRecord>>;
 
     /// Creates an org, optionally with a first token, and the events, in one transaction.
-    /// `Conflict` if the name is taken.
+    /// `Conflict` if the name is taken; `OwnerDisabled` as for [`Store::insert_token`] (a first
+    /// token has no owner in practice).
     async fn create_org(
         &self,
         org: &OrgRecord,
@@ -334,7 +340,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Inserts a token and its events in one transaction. A live token of the same org and name
-    /// (not revoked, not expired at `now`) makes it fail with `Conflict`.
+    /// (not revoked, not expired at `now`) makes it fail with `Conflict`. A token with a
+    /// `user_id` whose user is disabled or missing makes it fail with `OwnerDisabled`, writing
+    /// nothing; the owner is checked inside the transaction, atomically with respect to
+    /// [`Store::update_user`]: once a disable has committed, no token of that user is inserted,
+    /// and a token inserted before it is among those the disable revokes.
     async fn insert_token(
         &self,
         token: &TokenRecord,
@@ -371,6 +381,8 @@ pub trait Store: Send + Sync + 'static {
     /// Rotates `old_id`: inserts `new_token` (same family), sets the old token's `replaced_by` to
     /// it and its `expires_at` to `old_expires_at`, and writes `events`, in one transaction, but
     /// only if the old token is neither revoked nor already replaced. Returns whether it rotated.
+    /// `OwnerDisabled` (checked first, writing nothing) if `new_token` is owned by a user who is
+    /// disabled or missing, as for [`Store::insert_token`].
     async fn rotate_token(
         &self,
         old_id: Uuid,
@@ -425,6 +437,8 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the user row with `user` (email, name, role, flags, password, setup, disabled),
     /// revokes tokens and ends sessions as `change` says, and writes `events`, in one
     /// transaction. Returns the ids of the tokens it revoked. `Conflict` if the email is taken.
+    /// Serialized with the inserts of tokens the user owns (see [`Store::insert_token`]): an
+    /// insert either commits before and is revoked here, or runs after and sees the new row.
     async fn update_user(
         &self,
         user: &UserRecord,

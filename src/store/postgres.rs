@@ -9,6 +9,9 @@
 //! - Transactions are READ COMMITTED. Uniqueness (live token name, org name, user email) is the
 //!   unique indexes' job, so two nodes racing to create the same name end in one row and one
 //!   `Conflict`.
+//! - A token with an owner is inserted (minted or rotated) under a share lock on the owner's
+//!   `users` row, which [`Store::update_user`] updates first: disabling a user and minting for it
+//!   serialize, so no token of a disabled user is left live (see `lock_owner`).
 //! - Cache coherence: every change that a verify cache may hold (revoke, rotate, family revoke,
 //!   disable/enable, the owned tokens a user update revokes) runs
 //!   `pg_notify('latchkey_invalidate', <token id>)` in its own transaction, so the notification
@@ -308,11 +311,36 @@ async fn notify(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> StoreResult
     Ok(())
 }
 
+/// Share-locks the row of the user owning a token to be inserted, and refuses with
+/// `OwnerDisabled` if that user is disabled or missing. [`Store::update_user`] updates the user
+/// row before it revokes the user's tokens, which takes a lock that conflicts with this one, so
+/// the two serialize: an insert that locked first commits before the update's revoke runs (whose
+/// statement then sees the new token), and one that waited reads the committed update (READ
+/// COMMITTED: `FOR SHARE` returns the newest version of the row it waited for). Concurrent
+/// inserts for one user share the lock and do not wait for each other.
+async fn lock_owner(tx: &mut Transaction<'_, Postgres>, owner: Option<Uuid>) -> StoreResult<()> {
+    let Some(owner) = owner else {
+        return Ok(());
+    };
+    let row = sqlx::query("SELECT disabled_at IS NULL FROM users WHERE id = $1 FOR SHARE")
+        .bind(owner)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(other)?;
+    match row.map(|r| r.try_get::<bool, _>(0)).transpose() {
+        Ok(Some(true)) => Ok(()),
+        Ok(_) => Err(StoreError::OwnerDisabled),
+        Err(e) => Err(other(e)),
+    }
+}
+
+/// Inserts a token, after [`lock_owner`] (so `OwnerDisabled` for a disabled or missing owner).
 async fn insert_token_row(
     tx: &mut Transaction<'_, Postgres>,
     t: &TokenRecord,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
+    lock_owner(tx, t.user_id).await?;
     // A token that expired still holds its name in `live_name`; release it first.
     sqlx::query(
         "UPDATE tokens SET live_name = NULL WHERE org_id = $1 AND live_name = $2 \
@@ -736,6 +764,10 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
+        // The owner first: locks are taken users before tokens, in the order `update_user` takes
+        // them, so a rotation and a disable of its owner cannot deadlock. (`insert_token_row`
+        // asks again; the transaction already holds the lock.)
+        lock_owner(&mut tx, new_token.user_id).await?;
         // The old token keeps an earlier expiry if it had one.
         let res = sqlx::query(
             "UPDATE tokens SET replaced_by = $1, live_name = NULL, \
@@ -949,6 +981,8 @@ impl Store for PostgresStore {
         events: &[AuditRecord],
     ) -> StoreResult<Vec<Uuid>> {
         let mut tx = self.begin().await?;
+        // First, and before any token: this row lock is what inserts of the user's tokens wait
+        // on (see `lock_owner`), so the revoke below sees every token inserted before it.
         sqlx::query(
             "UPDATE users SET email = $1, email_key = $2, name = $3, role = $4, \
              platform_admin = $5, password_hash = $6, last_login_at = $7, disabled_at = $8, \

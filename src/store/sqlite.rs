@@ -357,13 +357,49 @@ async fn insert_events(
     Ok(())
 }
 
+/// Refuses with `OwnerDisabled` if any of `tokens` is owned by a user who is disabled or missing,
+/// in one statement. Inside a write transaction (under the writer lock, `BEGIN IMMEDIATE`) the
+/// answer holds until it commits: a user update that disables the owner runs entirely before
+/// (and this sees it) or entirely after (and revokes what this inserts).
+async fn check_owners(
+    tx: &mut Transaction<'_, Sqlite>,
+    tokens: &[&TokenRecord],
+) -> StoreResult<()> {
+    let mut owners: Vec<String> = tokens
+        .iter()
+        .filter_map(|t| t.user_id)
+        .map(|u| u.to_string())
+        .collect();
+    if owners.is_empty() {
+        return Ok(());
+    }
+    owners.sort_unstable();
+    owners.dedup();
+    let row = sqlx::query(
+        "SELECT COUNT(*) FROM users WHERE disabled_at IS NULL \
+         AND id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(to_json(&owners)?)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(other)?;
+    let active: i64 = row.try_get(0).map_err(other)?;
+    if usize::try_from(active).ok() != Some(owners.len()) {
+        return Err(StoreError::OwnerDisabled);
+    }
+    Ok(())
+}
+
 /// Inserts `tokens` in one statement. A live name that is taken fails the whole statement with a
-/// conflict; expired holders of a name are not released here (see [`insert_token_row`]). Usage
-/// fields go to `token_usage`, for the rare record that carries any (a new token has none).
+/// conflict, and a disabled or missing owner of any of them with `OwnerDisabled` (see
+/// [`check_owners`]); expired holders of a name are not released here (see
+/// [`insert_token_row`]). Usage fields go to `token_usage`, for the rare record that carries any
+/// (a new token has none).
 async fn insert_token_rows(
     tx: &mut Transaction<'_, Sqlite>,
     tokens: &[&TokenRecord],
 ) -> StoreResult<()> {
+    check_owners(tx, tokens).await?;
     let mut q = QueryBuilder::<Sqlite>::new(
         "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
          created_by, expires_at, revoked_at, replaced_by, metadata, family_id, disabled_at, \
@@ -594,8 +630,8 @@ const MAX_INSERT_BATCH: usize = 64;
 /// queueing for the writer. This task takes whatever inserts are waiting (up to
 /// [`MAX_INSERT_BATCH`]), writes them in one transaction of two statements, and answers each
 /// caller after COMMIT. If the batch fails (a name taken, even by another token of the same
-/// batch), it is rolled back and each insert is retried in a transaction of its own, so every
-/// caller gets exactly its own answer. At low load a batch is a single insert: nothing waits
+/// batch, or a token owned by a disabled user), it is rolled back and each insert is retried in a
+/// transaction of its own, so every caller gets exactly its own answer. At low load a batch is a single insert: nothing waits
 /// for company. Running in its own task, a batch is never cut short by a cancelled request.
 async fn group_commit(
     pool: SqlitePool,
@@ -899,6 +935,9 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let (_writer, mut tx) = self.write_tx().await?;
+        // A disabled owner is the answer even when the old token is no longer live (the disable
+        // revoked it): checked first, like the PostgreSQL backend, which locks the owner first.
+        check_owners(&mut tx, &[new_token]).await?;
         // The old token keeps an earlier expiry if it had one.
         let res = sqlx::query(
             "UPDATE tokens SET replaced_by = ?1, live_name = NULL, \
@@ -1350,6 +1389,111 @@ mod tests {
                 plan.contains("SEARCH tokens USING COVERING INDEX tokens_verify"),
                 "{plan}"
             );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_with_a_token_of_a_disabled_owner_falls_back_to_one_insert_each() {
+        // Arrange: Ann is active, Bob disabled. The writer lock is held while one insert is
+        // taken by the group commit and four more queue behind it, so those four form one group.
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = SqliteStore::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        let org = OrgRecord {
+            id: Uuid::now_v7(),
+            name: "acme".into(),
+            created_at: at,
+            max_ttl_seconds: None,
+            default_ttl_seconds: None,
+        };
+        store.create_org(&org, None, &[]).await.unwrap();
+        let user = |email: &str, disabled_at: Option<DateTime<Utc>>| UserRecord {
+            id: Uuid::now_v7(),
+            org_id: org.id,
+            email: email.into(),
+            name: email.into(),
+            role: Role::Member,
+            platform_admin: false,
+            password_hash: None,
+            created_at: at,
+            created_by: "bootstrap".into(),
+            last_login_at: None,
+            disabled_at,
+            setup_hash: None,
+            setup_expires_at: None,
+        };
+        let (ann, bob) = (
+            user("ann@example.com", None),
+            user("bob@example.com", Some(at)),
+        );
+        store.insert_user(&ann, &[]).await.unwrap();
+        store.insert_user(&bob, &[]).await.unwrap();
+        let token = |name: &str, owner: Option<Uuid>| {
+            let id = Uuid::now_v7();
+            TokenRecord {
+                id,
+                org_id: org.id,
+                name: name.into(),
+                kind: TokenKind::Pat,
+                verifier: format!("sha256:{}", "ab".repeat(32)),
+                permissions: Permissions::from_bits(5),
+                created_at: at,
+                created_by: "bootstrap".into(),
+                expires_at: None,
+                revoked_at: None,
+                last_used_at: None,
+                request_count: 0,
+                replaced_by: None,
+                metadata: None,
+                family_id: id,
+                disabled_at: None,
+                client_ips: Vec::new(),
+                user_id: owner,
+            }
+        };
+        let spawn_insert = |t: TokenRecord| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_token(&t, &[], at).await })
+        };
+        let queued = |n: usize| {
+            let store = store.clone();
+            async move {
+                while store.inserts.max_capacity() - store.inserts.capacity() != n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        let writer = store.writer.clone().lock_owned().await;
+        let pilot = spawn_insert(token("pilot", None));
+        queued(0).await;
+        let group = [
+            token("ann's", Some(ann.id)),
+            token("bob's", Some(bob.id)),
+            token("machine", None),
+            token("ann's too", Some(ann.id)),
+        ];
+        let tasks: Vec<_> = group.iter().cloned().map(spawn_insert).collect();
+        queued(group.len()).await;
+
+        // Act
+        drop(writer);
+        pilot.await.unwrap().unwrap();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+
+        // Assert
+        let refused: Vec<bool> = answers
+            .iter()
+            .map(|a| matches!(a, Err(StoreError::OwnerDisabled)))
+            .collect();
+        assert_eq!(refused, [false, true, false, false], "{answers:?}");
+        for (t, a) in group.iter().zip(&answers) {
+            let stored = store.get_token(t.id).await.unwrap();
+            assert_eq!(stored.is_some(), a.is_ok(), "{}", t.name);
         }
     }
 

@@ -127,6 +127,10 @@ on_every_backend! {
         an_update_to_a_taken_email_is_a_conflict_and_changes_nothing,
         disabling_a_user_revokes_each_live_token_it_owns_with_an_event_each,
         a_demotion_revokes_only_the_live_owned_tokens_holding_a_bit_outside_the_new_set,
+        a_token_owned_by_a_disabled_or_missing_user_is_refused_and_writes_nothing,
+        rotating_a_token_of_a_disabled_user_is_refused_and_changes_nothing,
+        concurrent_inserts_with_a_disabled_owner_among_them_each_get_their_own_answer,
+        mints_racing_the_disable_of_their_owner_leave_none_of_its_tokens_live,
         a_user_update_ends_the_sessions_it_names_with_an_event_each,
         ending_sessions_deletes_only_the_ones_named_with_an_event_each,
         a_new_session_records_the_sign_in_and_is_found_by_its_secret_hash,
@@ -1978,6 +1982,267 @@ async fn a_demotion_revokes_only_the_live_owned_tokens_holding_a_bit_outside_the
         .filter_map(|e| e.token_id)
         .collect();
     assert_eq!(sorted(audited), sorted(vec![beyond.id, top_bit.id]));
+}
+
+/// Disables `user` at `at(secs)`, revoking its live tokens. Returns the ids revoked.
+async fn disable(store: &Arc<dyn Store>, user: &UserRecord, secs: i64) -> Vec<Uuid> {
+    let mut off = user.clone();
+    off.disabled_at = Some(at(secs));
+    store
+        .update_user(
+            &off,
+            UserChange {
+                revoke: RevokeOwned::All,
+                ..row_only()
+            },
+            at(secs),
+            &[],
+        )
+        .await
+        .unwrap()
+}
+
+fn is_owner_disabled<T: std::fmt::Debug>(res: &Result<T, StoreError>) -> bool {
+    matches!(res, Err(StoreError::OwnerDisabled))
+}
+
+/// The ids of the org's events that name a token.
+async fn audited_tokens(store: &Arc<dyn Store>, org: &OrgRecord) -> Vec<Uuid> {
+    let events = store.list_audit(&audit_of(org)).await.unwrap();
+    sorted(events.iter().filter_map(|e| e.token_id).collect())
+}
+
+async fn a_token_owned_by_a_disabled_or_missing_user_is_refused_and_writes_nothing(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: Ann is active, Bob was disabled, and the third owner does not exist.
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let bob = user_in(&store, &org, "bob@example.com").await;
+    disable(&store, &bob, 5).await;
+    let anns = owned_token(&org, "ann's", &ann);
+    let bobs = owned_token(&org, "bob's", &bob);
+    let mut ghosts = new_token(&org, "ghost's");
+    ghosts.user_id = Some(Uuid::now_v7());
+    let machine = new_token(&org, "machine");
+    let mint = |t: &TokenRecord| {
+        let store = store.clone();
+        let t = t.clone();
+        let ev = event(&org, "token_created", Some(t.id), at(6));
+        async move { store.insert_token(&t, &[ev], at(6)).await }
+    };
+
+    // Act
+    let for_bob = mint(&bobs).await;
+    let for_ghost = mint(&ghosts).await;
+    let for_ann = mint(&anns).await;
+    let for_machine = mint(&machine).await;
+    let mut on = user(&store, bob.id).await;
+    on.disabled_at = None;
+    store
+        .update_user(&on, row_only(), at(7), &[])
+        .await
+        .unwrap();
+    let mut bobs_again = owned_token(&org, "bob's", &bob);
+    bobs_again.created_at = at(8);
+    let after_enable = store.insert_token(&bobs_again, &[], at(8)).await;
+
+    // Assert
+    assert!(is_owner_disabled(&for_bob), "{for_bob:?}");
+    assert!(is_owner_disabled(&for_ghost), "{for_ghost:?}");
+    for_ann.expect("an active owner's token inserts");
+    for_machine.expect("a token without an owner inserts");
+    after_enable.expect("an enabled owner's token inserts");
+    assert_eq!(store.get_token(bobs.id).await.unwrap(), None);
+    assert_eq!(store.get_token(ghosts.id).await.unwrap(), None);
+    assert_eq!(get(&store, anns.id).await, anns);
+    assert_eq!(
+        audited_tokens(&store, &org).await,
+        sorted(vec![anns.id, machine.id]),
+        "no event for a refused insert"
+    );
+    assert_eq!(
+        ids(&store.list_tokens(&tokens_of(&org)).await.unwrap()),
+        [bobs_again.id, machine.id, anns.id]
+    );
+}
+
+async fn rotating_a_token_of_a_disabled_user_is_refused_and_changes_nothing(store: Arc<dyn Store>) {
+    // Arrange: Ann was disabled without her token being revoked (the state a mint racing the
+    // disable would see); Bob's disable revoked his token; Carol is active.
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let bob = user_in(&store, &org, "bob@example.com").await;
+    let carol = user_in(&store, &org, "carol@example.com").await;
+    let anns = inserted(&store, owned_token(&org, "ann's", &ann)).await;
+    let bobs = inserted(&store, owned_token(&org, "bob's", &bob)).await;
+    let carols = inserted(&store, owned_token(&org, "carol's", &carol)).await;
+    let mut off = ann.clone();
+    off.disabled_at = Some(at(5));
+    store
+        .update_user(&off, row_only(), at(5), &[])
+        .await
+        .unwrap();
+    disable(&store, &bob, 5).await;
+    let bobs = get(&store, bobs.id).await;
+    let successor = |old: &TokenRecord, owner: &UserRecord| {
+        let mut t = owned_token(&org, &old.name, owner);
+        t.family_id = old.family_id;
+        t.created_at = at(6);
+        t
+    };
+    let rotate = |old: &TokenRecord, new: &TokenRecord| {
+        let store = store.clone();
+        let (old_id, new) = (old.id, new.clone());
+        let events = [
+            event(&org, "token_rotated", Some(old_id), at(6)),
+            event(&org, "token_created", Some(new.id), at(6)),
+        ];
+        async move {
+            store
+                .rotate_token(old_id, at(66), &new, &events, at(6))
+                .await
+        }
+    };
+    let (new_ann, new_bob, new_carol) = (
+        successor(&anns, &ann),
+        successor(&bobs, &bob),
+        successor(&carols, &carol),
+    );
+
+    // Act
+    let of_ann = rotate(&anns, &new_ann).await;
+    let of_bob = rotate(&bobs, &new_bob).await;
+    let of_carol = rotate(&carols, &new_carol).await;
+
+    // Assert
+    assert!(is_owner_disabled(&of_ann), "{of_ann:?}");
+    assert!(
+        is_owner_disabled(&of_bob),
+        "the owner is checked before the old token: {of_bob:?}"
+    );
+    assert!(of_carol.unwrap(), "an active owner's token rotates");
+    assert_eq!(
+        get(&store, anns.id).await,
+        anns,
+        "the old token is unchanged"
+    );
+    assert_eq!(get(&store, bobs.id).await, bobs);
+    assert_eq!(store.get_token(new_ann.id).await.unwrap(), None);
+    assert_eq!(store.get_token(new_bob.id).await.unwrap(), None);
+    assert_eq!(get(&store, carols.id).await.replaced_by, Some(new_carol.id));
+    assert_eq!(
+        audited_tokens(&store, &org).await,
+        sorted(vec![carols.id, new_carol.id]),
+        "no event for a refused rotation"
+    );
+}
+
+async fn concurrent_inserts_with_a_disabled_owner_among_them_each_get_their_own_answer(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: inserts for an active owner, a disabled one, a missing one and no owner, polled
+    // together (on SQLite, queued behind a usage flush, so they commit as one group that the
+    // disabled owner fails and then one by one).
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let bob = user_in(&store, &org, "bob@example.com").await;
+    disable(&store, &bob, 5).await;
+    let mut ghosts = new_token(&org, "ghost's");
+    ghosts.user_id = Some(Uuid::now_v7());
+    let tokens = [
+        owned_token(&org, "ann's 1", &ann),
+        owned_token(&org, "bob's", &bob),
+        new_token(&org, "machine 1"),
+        owned_token(&org, "ann's 2", &ann),
+        ghosts,
+        new_token(&org, "machine 2"),
+    ];
+    let events: Vec<AuditRecord> = tokens
+        .iter()
+        .map(|t| event(&org, "token_created", Some(t.id), at(6)))
+        .collect();
+    let flush: Arc<[UsageDelta]> = (0..2_000)
+        .map(|_| usage(Uuid::now_v7(), 1, 6, vec![]))
+        .collect();
+    let mint = |i: usize| store.insert_token(&tokens[i], &events[i..=i], at(6));
+
+    // Act
+    let (flushed, a1, b, m1, a2, g, m2) = tokio::join!(
+        store.add_usage(flush),
+        mint(0),
+        mint(1),
+        mint(2),
+        mint(3),
+        mint(4),
+        mint(5),
+    );
+
+    // Assert
+    flushed.unwrap();
+    for (i, res) in [a1, m1, a2, m2].into_iter().enumerate() {
+        res.unwrap_or_else(|e| panic!("insert {i} was refused: {e:?}"));
+    }
+    assert!(is_owner_disabled(&b), "{b:?}");
+    assert!(is_owner_disabled(&g), "{g:?}");
+    let written = [&tokens[0], &tokens[2], &tokens[3], &tokens[5]];
+    for t in written {
+        assert_eq!(&get(&store, t.id).await, t);
+    }
+    assert_eq!(store.get_token(tokens[1].id).await.unwrap(), None);
+    assert_eq!(store.get_token(tokens[4].id).await.unwrap(), None);
+    assert_eq!(
+        audited_tokens(&store, &org).await,
+        sorted(written.iter().map(|t| t.id).collect()),
+        "one event per inserted token, none for refused ones"
+    );
+}
+
+async fn mints_racing_the_disable_of_their_owner_leave_none_of_its_tokens_live(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: a stream of mints for Ann, with her disable started in the middle of it.
+    let org = org_in(&store, "acme").await;
+    let ann = user_in(&store, &org, "ann@example.com").await;
+    let candidates: Vec<TokenRecord> = (0..24)
+        .map(|i| owned_token(&org, &format!("t{i}"), &ann))
+        .collect();
+
+    // Act
+    let mut mints = Vec::new();
+    let mut disabling = None;
+    for (i, t) in candidates.iter().cloned().enumerate() {
+        if i == candidates.len() / 2 {
+            let (store, ann) = (store.clone(), ann.clone());
+            disabling = Some(tokio::spawn(async move { disable(&store, &ann, 10).await }));
+        }
+        let store = store.clone();
+        let ev = event(&org, "token_created", Some(t.id), at(9));
+        mints.push(tokio::spawn(async move {
+            (t.id, store.insert_token(&t, &[ev], at(9)).await)
+        }));
+    }
+    let revoked = disabling.unwrap().await.unwrap();
+    let mut created = Vec::new();
+    for mint in mints {
+        match mint.await.unwrap() {
+            (id, Ok(())) => created.push(id),
+            (id, res) => assert!(is_owner_disabled(&res), "{id}: {res:?}"),
+        }
+    }
+
+    // Assert: every token that was inserted was revoked by the disable.
+    let live = store
+        .list_tokens(&TokenListQuery {
+            owner: Some(ann.id),
+            state: Some(StateFilter::Active),
+            ..tokens_of(&org)
+        })
+        .await
+        .unwrap();
+    assert!(live.is_empty(), "live tokens of a disabled user: {live:?}");
+    assert_eq!(sorted(revoked), sorted(created.clone()));
+    assert_eq!(audited_tokens(&store, &org).await, sorted(created));
 }
 
 async fn a_user_update_ends_the_sessions_it_names_with_an_event_each(store: Arc<dyn Store>) {
