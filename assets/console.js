@@ -13,11 +13,13 @@
     });
   });
   // A page showing a secret once asks before it is left, unless left through its own links.
-  if (document.querySelector("[data-secret-page]")) {
+  var secretPage = document.querySelector("[data-secret-page]");
+  if (secretPage) {
+    var question = secretPage.getAttribute("data-leave-question") || "Have you stored the key? It will not be shown again.";
     var leaving = false;
     document.querySelectorAll("a[data-leave]").forEach(function (a) {
       a.addEventListener("click", function (e) {
-        if (!window.confirm("Have you stored the key? It will not be shown again.")) { e.preventDefault(); return; }
+        if (!window.confirm(question)) { e.preventDefault(); return; }
         leaving = true;
       });
     });

@@ -5,7 +5,9 @@
 //! with the session's CSRF token, then a redirect); the script only adds the copy button and
 //! confirmations.
 
+mod admin;
 mod pages;
+mod people;
 mod session;
 mod view;
 
@@ -67,6 +69,25 @@ pub fn router(authority: Arc<Authority>, clock: Arc<dyn Clock>, secure_cookies: 
         .route("/ui/keys/{id}/rotate", post(pages::rotate_key))
         .route("/ui/keys/{id}/disable", post(pages::disable_key))
         .route("/ui/keys/{id}/enable", post(pages::enable_key))
+        .route("/ui/users", get(people::users))
+        .route("/ui/users/invite", post(people::invite))
+        .route("/ui/users/{id}/role", post(people::change_role))
+        .route("/ui/users/{id}/disable", post(people::disable_user))
+        .route("/ui/users/{id}/enable", post(people::enable_user))
+        .route("/ui/setup", get(people::setup_page).post(people::setup))
+        .route("/ui/setup/done", get(people::setup_done))
+        .route("/ui/account", get(people::account))
+        .route("/ui/account/password", post(people::change_password))
+        .route("/ui/account/sessions/{id}/end", post(people::end_session))
+        .route(
+            "/ui/account/sessions/end-others",
+            post(people::end_other_sessions),
+        )
+        .route("/ui/audit", get(admin::audit))
+        .route(
+            "/ui/settings",
+            get(admin::settings).post(admin::save_settings),
+        )
         .route("/ui/assets/{name}", get(asset))
         .route("/ui/{*rest}", get(pages::not_found))
         .with_state(state)

@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod cli_users;
 mod console;
+mod console_pages;
 mod create;
 mod docs;
 mod expiry;
