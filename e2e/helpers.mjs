@@ -21,6 +21,7 @@
 
 import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -72,6 +73,18 @@ export async function createUser(databaseUrl, { email, name, role = 'member', pa
 const running = new Set();
 process.on('exit', () => { for (const c of running) c.kill('SIGKILL'); });
 
+/** A loopback port nothing listens on (asked of the OS, then let go). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
 /**
  * Starts `latchkey serve` on a free loopback port with a fresh SQLite database in a temp dir,
  * after creating `users` (a map name -> { email, name, role, password }) in it.
@@ -79,19 +92,29 @@ process.on('exit', () => { for (const c of running) c.kill('SIGKILL'); });
  * `loginLimit` is `--rate-limit-login-per-15m` (0: off, the default here); `args` are more flags
  * (the other limits keep their defaults: people mint at most 10 keys an hour per address, so a
  * file that makes more passes `args: ['--rate-limit-mint-per-hour', '0']`).
+ * `publicUrl: true` listens on a port picked beforehand and passes it as `--public-url`, so the
+ * setup links the server hands out (invites) point at it.
  * Resolves with { url, origin, databaseUrl, dir, users, log(), stop() }; stop() also writes the
  * server's log to SHOTS/server-<port>.log.
  */
-export async function startServer({ users = DEFAULT_USERS, loginLimit = 0, args = [] } = {}) {
+export async function startServer({ users = DEFAULT_USERS, loginLimit = 0, args = [], publicUrl = false } = {}) {
   const dir = await mkdtemp(path.join(tmpdir(), 'latchkey-e2e-'));
   const databaseUrl = `sqlite://${dir}/db.sqlite`;
   // One at a time: the first creates the database and the org.
   for (const u of Object.values(users)) await createUser(databaseUrl, u);
+  // Setup links are built from --public-url, so a server that hands them out listens on a port
+  // chosen here (free a moment ago) and is told that this is its address.
+  let listen = '127.0.0.1:0';
+  if (publicUrl) {
+    const port = await freePort();
+    listen = `127.0.0.1:${port}`;
+    args = ['--public-url', `http://${listen}`, ...args];
+  }
 
   const child = spawn(
     BIN,
     [
-      'serve', '--listen', '127.0.0.1:0', '--plain-http', '--log-format', 'json',
+      'serve', '--listen', listen, '--plain-http', '--log-format', 'json',
       '--database-url', databaseUrl, '--rate-limit-login-per-15m', String(loginLimit), ...args,
     ],
     { env: { ...process.env, LATCHKEY_LOG: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] },

@@ -47,7 +47,7 @@ test('create a key, copy it, it verifies, and a reload never shows it again', as
   await ui.shot('reloaded');
   assert.ok(ui.dialogs.slice(dialogsBefore).some((d) => d.type === 'beforeunload'), 'leaving the secret page asks first');
   assert.equal(res.status(), 409);
-  await assert.doesNotReject(ui.page.getByRole('heading', { name: 'This key was created already' }).waitFor());
+  await assert.doesNotReject(ui.page.getByRole('heading', { name: 'This was done already' }).waitFor());
   assert.ok(!(await ui.page.content()).includes(plaintext), 'the reloaded page does not hold the key');
   assert.equal(await ui.page.locator('#plaintext').count(), 0);
 

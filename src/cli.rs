@@ -410,8 +410,8 @@ pub struct ServeArgs {
     )]
     pub rate_limit_mint_per_token_per_hour: u32,
 
-    /// Sign-ins (password exchanges, console sign-ins, setup links, password changes) per 15
-    /// minutes per client IP, counted before any password is hashed (0: off).
+    /// Sign-ins (password exchanges, console sign-ins, password changes) per 15 minutes per
+    /// client IP, counted before any password is hashed (0: off).
     #[arg(long, env = "LATCHKEY_RATE_LIMIT_LOGIN_PER_15M", default_value_t = 5)]
     pub rate_limit_login_per_15m: u32,
 

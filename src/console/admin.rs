@@ -186,7 +186,9 @@ pub async fn audit(
         actor: Some(q.actor.trim().to_string()).filter(|a| !a.is_empty()),
         since: since.and_then(start_of),
         // "Until" a day includes that day.
-        until: until.and_then(|d| start_of(d + TimeDelta::days(1))),
+        until: until
+            .and_then(|d| d.checked_add_signed(TimeDelta::days(1)))
+            .and_then(start_of),
         page_token: q.page_token.clone().filter(|t| !t.is_empty()),
         ..Default::default()
     };

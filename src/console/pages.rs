@@ -170,6 +170,7 @@ struct KeysPage {
     rows: Vec<KeyRow>,
     state: String,
     owner: String,
+    name: String,
     next: Option<String>,
 }
 
@@ -177,6 +178,7 @@ struct KeysPage {
 pub struct KeysQuery {
     state: Option<String>,
     owner: Option<String>,
+    name: Option<String>,
     page_token: Option<String>,
 }
 
@@ -198,6 +200,7 @@ pub async fn keys(
     let req = ListTokensRequest {
         state,
         owner: owner.clone(),
+        name_contains: q.name.clone(),
         page_token: q.page_token.filter(|t| !t.is_empty()),
         ..Default::default()
     };
@@ -208,6 +211,7 @@ pub async fn keys(
                 rows: p.tokens.into_iter().map(|t| row(t, &v.user, now)).collect(),
                 state: q.state.unwrap_or_default(),
                 owner: owner.unwrap_or_default(),
+                name: q.name.unwrap_or_default(),
                 next: p.next_page_token,
                 nav: Nav::new(&v, "keys"),
             },
@@ -381,7 +385,10 @@ impl CreateForm {
                 let d: i64 = days
                     .parse()
                     .map_err(|_| Error::invalid("expiry: choose one of the offered lifetimes"))?;
-                (Some(d * 86_400), None)
+                let secs = d
+                    .checked_mul(86_400)
+                    .ok_or_else(|| Error::invalid("expiry: choose one of the offered lifetimes"))?;
+                (Some(secs), None)
             }
         };
         let _ = now;
@@ -462,6 +469,7 @@ struct KeyPage {
     events: Vec<EventRow>,
     audit_hidden: bool,
     graces: Vec<(i64, &'static str)>,
+    nonce: String,
 }
 
 pub struct EventRow {
@@ -526,6 +534,7 @@ pub async fn key(State(s): State<ConsoleState>, v: Viewer, Path(id): Path<String
                 (86_400, "after 24 hours"),
                 (604_800, "after 7 days"),
             ],
+            nonce: crate::service::new_form_nonce(),
             nav: Nav::new(&v, "keys"),
         },
     )
@@ -571,6 +580,8 @@ pub async fn revoke_key(
 #[derive(Deserialize)]
 pub struct RotateForm {
     grace_seconds: i64,
+    #[serde(default)]
+    nonce: String,
 }
 
 pub async fn rotate_key(
@@ -578,6 +589,15 @@ pub async fn rotate_key(
     Path(id): Path<String>,
     f: SignedForm<RotateForm>,
 ) -> Response {
+    // A rotate form sent twice would rotate an already rotated key: that revokes its family.
+    if !f.form.nonce.is_empty() && s.used_nonces.get(&f.form.nonce).is_some() {
+        return page(
+            StatusCode::CONFLICT,
+            &AlreadyPage {
+                nav: Nav::new(&f.viewer, "keys"),
+            },
+        );
+    }
     let req = RotateTokenRequest {
         org_id: None,
         grace_seconds: Some(f.form.grace_seconds),
@@ -591,15 +611,20 @@ pub async fn rotate_key(
         Err(e) => Err(e),
     };
     match rotated {
-        Ok(r) => page(
-            StatusCode::CREATED,
-            &CreatedPage {
-                heading: "The rotated API key",
-                token: r.token,
-                plaintext: r.plaintext,
-                nav: Nav::new(&f.viewer, "keys"),
-            },
-        ),
+        Ok(r) => {
+            if !f.form.nonce.is_empty() {
+                s.used_nonces.insert(f.form.nonce.clone(), ());
+            }
+            page(
+                StatusCode::CREATED,
+                &CreatedPage {
+                    heading: "The rotated API key",
+                    token: r.token,
+                    plaintext: r.plaintext,
+                    nav: Nav::new(&f.viewer, "keys"),
+                },
+            )
+        }
         Err(e) => ErrorPage(e).into_response(),
     }
 }

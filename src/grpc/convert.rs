@@ -263,6 +263,7 @@ pub fn list_request(r: pb::ListTokensRequest) -> Result<ListTokensRequest, Error
         page_token: (!r.page_token.is_empty()).then_some(r.page_token),
         state,
         owner: opt_str(r.owner),
+        name_contains: None,
     })
 }
 

@@ -3,7 +3,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+
+use super::NO_STORE;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
@@ -34,12 +36,19 @@ pub async fn exchange_password(
     State(s): State<AppState>,
     Public(meta): Public,
     ApiJson(req): ApiJson<ExchangePasswordRequest>,
-) -> Result<(StatusCode, Json<CreatedToken>), Error> {
+) -> Result<
+    (
+        StatusCode,
+        [(HeaderName, &'static str); 1],
+        Json<CreatedToken>,
+    ),
+    Error,
+> {
     let created = s
         .authority
         .exchange_password(req, &meta, s.clock.now())
         .await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok((StatusCode::CREATED, NO_STORE, Json(created)))
 }
 
 /// Sign in for the console: sets the `latchkey_session` cookie (HttpOnly, SameSite=Strict,
@@ -84,12 +93,12 @@ pub async fn sign_out(
     Ok(res)
 }
 
-/// The caller's live sessions, newest first, with the one of the request marked `current`.
+/// The caller's live sessions, newest first (a session caller only), with the one of the request marked `current`.
 #[utoipa::path(get, path = "/v1/auth/sessions", tag = "auth", security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "The sessions", body = SessionList),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
-        (status = 404, description = "The calling token has no owner", body = ErrorBody),
+        (status = 403, description = "The caller is a token, not a session", body = ErrorBody),
     ))]
 pub async fn list_sessions(
     State(s): State<AppState>,
@@ -107,6 +116,7 @@ pub async fn list_sessions(
         (status = 204, description = "Ended"),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
+        (status = 403, description = "The caller is a token, not a session", body = ErrorBody),
         (status = 404, description = "No such session of the caller's", body = ErrorBody),
     ))]
 pub async fn end_session(
@@ -124,7 +134,7 @@ pub async fn end_session(
     responses(
         (status = 200, description = "How many ended", body = SessionsEnded),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
-        (status = 404, description = "The calling token has no owner", body = ErrorBody),
+        (status = 403, description = "The caller is a token, not a session", body = ErrorBody),
     ))]
 pub async fn end_other_sessions(
     State(s): State<AppState>,

@@ -34,6 +34,10 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::service::Authority;
 
+/// The header of every answer that holds a secret shown once (a plaintext token, a setup link).
+pub(crate) const NO_STORE: [(axum::http::HeaderName, &str); 1] =
+    [(axum::http::header::CACHE_CONTROL, "no-store")];
+
 /// What every handler can reach: one `Arc`, because axum clones the state for every request
 /// (once for the route, once for `State`), and each clone of a shared reference count is a cache
 /// line that the worker threads pass between them.

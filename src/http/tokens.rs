@@ -2,7 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
+
+use super::NO_STORE;
 use uuid::Uuid;
 
 use super::AppState;
@@ -30,12 +32,19 @@ pub async fn create_token(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
     ApiJson(req): ApiJson<CreateTokenRequest>,
-) -> Result<(StatusCode, Json<CreatedToken>), Error> {
+) -> Result<
+    (
+        StatusCode,
+        [(HeaderName, &'static str); 1],
+        Json<CreatedToken>,
+    ),
+    Error,
+> {
     let created = s
         .authority
         .create_token(&caller, req, s.clock.now())
         .await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok((StatusCode::CREATED, NO_STORE, Json(created)))
 }
 
 /// List tokens (metadata only), newest first, with cursor paging.
@@ -138,12 +147,19 @@ pub async fn rotate_token(
     Authenticated(caller): Authenticated,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<RotateTokenRequest>,
-) -> Result<(StatusCode, Json<RotatedToken>), Error> {
+) -> Result<
+    (
+        StatusCode,
+        [(HeaderName, &'static str); 1],
+        Json<RotatedToken>,
+    ),
+    Error,
+> {
     let rotated = s
         .authority
         .rotate_token(&caller, id, req, s.clock.now())
         .await?;
-    Ok((StatusCode::CREATED, Json(rotated)))
+    Ok((StatusCode::CREATED, NO_STORE, Json(rotated)))
 }
 
 /// Disable a token without revoking it: it verifies as invalid until enabled.

@@ -2,7 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
+
+use super::NO_STORE;
 use uuid::Uuid;
 
 use super::AppState;
@@ -31,9 +33,16 @@ pub async fn create_user(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
     ApiJson(req): ApiJson<CreateUserRequest>,
-) -> Result<(StatusCode, Json<CreatedUser>), Error> {
+) -> Result<
+    (
+        StatusCode,
+        [(HeaderName, &'static str); 1],
+        Json<CreatedUser>,
+    ),
+    Error,
+> {
     let created = s.authority.create_user(&caller, req, s.clock.now()).await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok((StatusCode::CREATED, NO_STORE, Json(created)))
 }
 
 /// List the org's users, newest first. Needs users:read or the admin role.

@@ -270,6 +270,8 @@ pub struct ListTokensRequest {
     pub state: Option<TokenState>,
     /// `me` (the signed-in user, or the user owning the calling token) or a user id.
     pub owner: Option<String>,
+    /// Only tokens whose name contains this text (ignoring ASCII case).
+    pub name_contains: Option<String>,
 }
 
 /// One page of tokens, newest first.
@@ -569,7 +571,7 @@ pub struct CreateUserRequest {
 }
 
 /// The answer to an invitation.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatedUser {
     pub user: UserView,
     /// The page where the person sets a password: `<public URL>/ui/setup?token=<setup_token>`.
@@ -677,7 +679,7 @@ pub struct SessionView {
 }
 
 /// The answer to a sign-in (the session id itself travels only in the cookie).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct SignedIn {
     pub user: UserView,
     pub session: SessionView,
@@ -686,7 +688,7 @@ pub struct SignedIn {
 }
 
 /// `GET /v1/users/me`: the caller's user, and for a session its CSRF token.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct CurrentUser {
     #[serde(flatten)]
     pub user: UserView,
@@ -705,4 +707,38 @@ pub struct SessionList {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SessionsEnded {
     pub ended: u64,
+}
+
+// The answers that carry a secret (a setup token, a CSRF token) print it as `[redacted]`.
+impl std::fmt::Debug for CreatedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedUser")
+            .field("user", &self.user)
+            .field("setup_url", &"[redacted]")
+            .field("setup_token", &"[redacted]")
+            .field("setup_expires_at", &self.setup_expires_at)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SignedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedIn")
+            .field("user", &self.user)
+            .field("session", &self.session)
+            .field("csrf_token", &"[redacted]")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CurrentUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentUser")
+            .field("user", &self.user)
+            .field(
+                "csrf_token",
+                &self.csrf_token.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
 }

@@ -21,6 +21,17 @@ use crate::token::Secret;
 /// The name of the session cookie.
 pub const SESSION_COOKIE: &str = "latchkey_session";
 
+/// The user of a session caller. Sessions are managed from a session only: a token (which may
+/// hold no permission at all) neither reads a person's sign-ins nor signs its browser out.
+fn session_user(caller: &Caller) -> Result<Uuid> {
+    match (&caller.session, caller.principal.user_id) {
+        (Some(_), Some(user)) => Ok(user),
+        _ => Err(Error::PermissionDenied(
+            "sessions are managed from a signed-in session (the console), not with a token".into(),
+        )),
+    }
+}
+
 /// The CSRF token a session request presented.
 #[derive(Debug, Clone, Copy)]
 pub enum Csrf<'a> {
@@ -200,9 +211,9 @@ impl Authority {
     /// The sessions of the caller's user, newest first, live ones only.
     ///
     /// # Errors
-    /// `not_found` for a caller without a user.
+    /// `permission_denied` for a caller that is not a session.
     pub async fn list_sessions(&self, caller: &Caller, now: DateTime<Utc>) -> Result<SessionList> {
-        let user = caller.principal.user_id.ok_or(Error::NotFound)?;
+        let user = session_user(caller)?;
         let cutoff = self.idle_cutoff(now);
         let current = caller.session.as_ref().map(|s| s.id);
         let sessions = self.store.list_sessions(user).await?;
@@ -218,9 +229,10 @@ impl Authority {
     /// Ends one of the caller's own sessions (another user's answers not-found).
     ///
     /// # Errors
-    /// `not_found` for a session that is not the caller's.
+    /// `permission_denied` for a caller that is not a session; `not_found` for a session that is
+    /// not the caller's.
     pub async fn end_session(&self, caller: &Caller, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        let user = caller.principal.user_id.ok_or(Error::NotFound)?;
+        let user = session_user(caller)?;
         let event = self.session_ended(caller, user, "signed_out_by_user", now);
         let n = self
             .store
@@ -234,19 +246,19 @@ impl Authority {
     }
 
     /// Ends every session of the caller's user but the current one ("sign out everywhere
-    /// else"); for a token caller, every session.
+    /// else").
     ///
     /// # Errors
-    /// `not_found` for a caller without a user.
+    /// `permission_denied` for a caller that is not a session.
     pub async fn end_other_sessions(
         &self,
         caller: &Caller,
         now: DateTime<Utc>,
     ) -> Result<SessionsEnded> {
-        let user = caller.principal.user_id.ok_or(Error::NotFound)?;
+        let user = session_user(caller)?;
         let which = match &caller.session {
             Some(s) => EndSessions::AllBut(s.id),
-            None => EndSessions::All,
+            None => EndSessions::None,
         };
         let event = self.session_ended(caller, user, "signed_out_elsewhere", now);
         let ended = self.store.end_sessions(user, which, Some(&event)).await?;

@@ -195,7 +195,9 @@ impl Authority {
                 now,
             )
             .await?;
-        record.user_id = p.user_id;
+        // Owned only inside the owner's org: a platform operator minting into another org makes
+        // a token of that org, which its people cannot be held to.
+        record.user_id = p.user_id.filter(|_| m.org_id == p.org_id);
         events.push(audit::event(
             m.org_id,
             p.actor(),
@@ -335,6 +337,10 @@ impl Authority {
                     user_id: p.user_id,
                 }),
                 owner,
+                name_contains: req
+                    .name_contains
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty()),
                 state: req.state.map(|s| match s {
                     TokenState::Active => StateFilter::Active,
                     TokenState::Expired => StateFilter::Expired,

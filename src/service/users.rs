@@ -109,8 +109,8 @@ impl Authority {
 
     /// Fails unless the caller could grant everything `role` allows: nobody makes a user more
     /// powerful than itself.
-    fn check_role_grant(&self, caller: &Principal, role: Role) -> Result<()> {
-        let wanted = self.role_permissions(role, false);
+    fn check_role_grant(&self, caller: &Principal, role: Role, platform_admin: bool) -> Result<()> {
+        let wanted = self.role_permissions(role, platform_admin);
         check_grant(caller.effective(), wanted, self.config.scopes.admin_only()).map_err(|_| {
             Error::PermissionDenied(format!(
                 "giving the {} role needs every permission it carries (an admin's)",
@@ -174,7 +174,7 @@ impl Authority {
         let email = Email::parse(req.email)?;
         let name = Name::parse("name", req.name)?;
         let role = Role::from(req.role);
-        self.check_role_grant(p, role)?;
+        self.check_role_grant(p, role, false)?;
         let org_id = self.target_org(p, req.org_id).await?;
         let (setup, setup_hash, setup_expires_at) = self.setup_secret(now)?;
         let user = UserRecord {
@@ -352,9 +352,9 @@ impl Authority {
         if let Some(role) = req.role {
             let role = Role::from(role);
             if role != user.role {
-                self.check_role_grant(p, role)?;
+                self.check_role_grant(p, role, user.platform_admin)?;
                 // Taking a role away needs the power to give it, too.
-                self.check_role_grant(p, user.role)?;
+                self.check_role_grant(p, user.role, user.platform_admin)?;
             }
             user.role = role;
         }
@@ -422,7 +422,7 @@ impl Authority {
         let mut user = self
             .reachable_user(p, id, Permissions::USERS_MANAGE)
             .await?;
-        self.check_role_grant(p, user.role)?;
+        self.check_role_grant(p, user.role, user.platform_admin)?;
         if user.disabled_at.is_some() == disabled {
             return Ok(self.user_view(&user));
         }
@@ -516,7 +516,7 @@ impl Authority {
     ) -> Result<()> {
         let id = caller.principal.user_id.ok_or(Error::NotFound)?;
         validate_password("new_password", &req.new_password)?;
-        let mut user = self.store.get_user(id).await?.ok_or(Error::NotFound)?;
+        let user = self.store.get_user(id).await?.ok_or(Error::NotFound)?;
         self.check_login_rate(caller.meta.ip)?;
         let current = user.password_hash.clone().unwrap_or_default();
         if !self.password_matches(current, req.current_password).await? {
@@ -524,7 +524,10 @@ impl Authority {
                 "current_password is not correct".into(),
             ));
         }
-        user.password_hash = Some(self.hash_password(req.new_password).await?);
+        let hash = self.hash_password(req.new_password).await?;
+        // Read again after the slow hash, so a change made meanwhile (a disable) is kept.
+        let mut user = self.store.get_user(id).await?.ok_or(Error::NotFound)?;
+        user.password_hash = Some(hash);
         let event = user_event(
             &user,
             caller.principal.actor(),
@@ -581,16 +584,24 @@ impl Authority {
                 "this setup link is not valid: it was used, has expired, or never existed; ask an admin for a new one",
             )
         };
-        let hash = sha256_hex(req.setup_token.expose());
-        let mut user = self
+        let hash_of_link = sha256_hex(req.setup_token.expose());
+        let user = self
             .store
-            .find_user_by_setup_hash(&hash)
+            .find_user_by_setup_hash(&hash_of_link)
             .await?
             .ok_or_else(invalid)?;
         if user.disabled_at.is_some() || user.setup_expires_at.is_none_or(|e| e <= now) {
             return Err(invalid());
         }
-        user.password_hash = Some(self.hash_password(req.password).await?);
+        let hash = self.hash_password(req.password).await?;
+        // Read again after the slow hash, so a change made meanwhile (a disable) is kept.
+        let mut user = self
+            .store
+            .get_user(user.id)
+            .await?
+            .filter(|u| u.setup_hash.as_deref() == Some(hash_of_link.as_str()))
+            .ok_or_else(invalid)?;
+        user.password_hash = Some(hash);
         user.setup_hash = None;
         user.setup_expires_at = None;
         let event = user_event(

@@ -267,6 +267,8 @@ pub struct TokenListQuery {
     pub visible_to: Option<Visibility>,
     /// Only tokens owned by this user.
     pub owner: Option<Uuid>,
+    /// Only tokens whose name contains this text, ignoring ASCII case.
+    pub name_contains: Option<String>,
     pub state: Option<StateFilter>,
     /// Only tokens with an id below this one (the cursor).
     pub before_id: Option<Uuid>,

@@ -838,6 +838,12 @@ impl Store for SqliteStore {
         if let Some(owner) = q.owner {
             qb.push(" AND user_id = ").push_bind(owner.to_string());
         }
+        if let Some(text) = &q.name_contains {
+            // A substring match, not LIKE: the text may hold % or _.
+            qb.push(" AND instr(lower(name), lower(")
+                .push_bind(text.clone())
+                .push(")) > 0");
+        }
         if let Some(before) = q.before_id {
             qb.push(" AND id < ").push_bind(before.to_string());
         }

@@ -82,6 +82,7 @@ async fn no_plaintext_token_or_verifier_reaches_the_logs_audit_or_metrics() {
             org_id: app.org_id,
             visible_to: None,
             owner: None,
+            name_contains: None,
             state: None,
             before_id: None,
             limit: 1000,

@@ -598,6 +598,21 @@ async fn a_person_lists_ends_and_signs_out_of_its_sessions() {
         let res = with_session(&app, Method::GET, "/v1/users/me", s, true, &[], None).await;
         error_of(res, StatusCode::UNAUTHORIZED).await;
     }
+    // A token of the same person may not read or end its sessions.
+    let again = session_of(&app, &p).await;
+    let (token, _) = token_of(&app, &p, "no perms", json!({})).await;
+    error_of(
+        app.get("/v1/auth/sessions", &token).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    error_of(
+        app.delete("/v1/auth/sessions", &token).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    let still = with_session(&app, Method::GET, "/v1/users/me", &again, true, &[], None).await;
+    assert_eq!(still.status(), StatusCode::OK);
     let logout: Value = app
         .get("/v1/audit?action=logout", &app.admin_token)
         .await

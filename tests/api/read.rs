@@ -222,3 +222,47 @@ async fn listing_another_org_is_not_found_for_an_org_admin_and_allowed_for_platf
     assert_eq!(v["tokens"].as_array().unwrap().len(), 1);
     assert_eq!(v["tokens"][0]["org_id"], org_b.to_string());
 }
+
+#[tokio::test]
+async fn a_list_narrowed_by_name_contains_ignores_case_and_takes_underscore_literally() {
+    // Arrange
+    let app = spawn_app().await;
+    for name in ["Deploy prod", "deploy staging", "a_b", "axb"] {
+        app.token_with(&app.admin_token, name, &[]).await;
+    }
+    let names = |v: Value| -> Vec<String> {
+        let mut n: Vec<String> = v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+
+    // Act
+    let deploy: Value = app
+        .get("/v1/tokens?name_contains=DEPLOY", &app.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let percent: Value = app
+        .get("/v1/tokens?name_contains=a_b", &app.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let none: Value = app
+        .get("/v1/tokens?name_contains=zzz", &app.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(names(deploy), ["Deploy prod", "deploy staging"]);
+    assert_eq!(names(percent), ["a_b"]);
+    assert!(names(none).is_empty());
+}

@@ -259,6 +259,7 @@ fn tokens_of(org: &OrgRecord) -> TokenListQuery {
         org_id: org.id,
         visible_to: None,
         owner: None,
+        name_contains: None,
         state: None,
         before_id: None,
         limit: 100,
@@ -2235,6 +2236,7 @@ async fn mints_racing_the_disable_of_their_owner_leave_none_of_its_tokens_live(
     let live = store
         .list_tokens(&TokenListQuery {
             owner: Some(ann.id),
+            name_contains: None,
             state: Some(StateFilter::Active),
             ..tokens_of(&org)
         })
