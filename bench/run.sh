@@ -226,9 +226,11 @@ wait_quiet() {
 SERVE_HELP=$("$BIN/latchkey" serve --help 2>&1 || true)
 has_flag() { grep -q -- "$1" <<<"$SERVE_HELP"; }
 EXTRA_FLAGS=()
-# The mint scenario measures capacity: the per-client mint and management limits are off. The
-# failed-verification limit stays at its default: it is part of what the attack scenario tests.
+# The mint scenario measures capacity: the per-client and per-token mint limits and the
+# management limit are off. The failed-verification limit stays at its default: it is part of
+# what the attack scenario tests.
 if has_flag --rate-limit-mint-per-hour; then EXTRA_FLAGS+=(--rate-limit-mint-per-hour 0); fi
+if has_flag --rate-limit-mint-per-token-per-hour; then EXTRA_FLAGS+=(--rate-limit-mint-per-token-per-hour 0); fi
 if has_flag --rate-limit-per-second; then EXTRA_FLAGS+=(--rate-limit-per-second 0); fi
 # Two load generators on one machine stand for two clients by X-Forwarded-For, as behind nginx;
 # without this flag every request comes from 127.0.0.1.
@@ -630,7 +632,7 @@ if has_flag --rate-limit-login-per-15m; then
       checked=$(num signins_checked "$LK_J")
       secs=$(num attack_seconds "$LK_J")
       p99_ratio=$(ratio "$(num p99_us "$LK_J")" "$(num p99_us "$BASE_J")")
-      checked_ps=$(awk -v n="$checked" -v s="$secs" 'BEGIN { printf "%.1f", s > 0 ? n / s : 0 }')
+      checked_ps=$(awk -v n="$checked" -v s="$secs" 'BEGIN { printf "%.1f", (s > 0 ? n / s : 0) }')
       if [ "${checked:-0}" -gt 0 ]; then
         met=no; le "$p99_ratio" 1.5 && [ "$vbad" = 0 ] && met=yes
         record signin_flood_valid_p99 "$LK_J" "$BASE_J" "$(rss_mib "$LK_PID")" "valid p99 <= 1.5x without flood" "$met" \
@@ -665,7 +667,7 @@ if has_flag --rate-limit-login-per-15m; then
       all=$(cat "$TMP/t-wrong" "$TMP/t-unknown" "$TMP/t-disabled")
       n_all=$(wc -l <<<"$all")
       spread=$(printf '%s\n' "$m_wrong" "$m_unknown" "$m_disabled" |
-        awk 'NR == 1 || $1 > hi { hi = $1 } NR == 1 || $1 < lo { lo = $1 } END { printf "%.2f", lo > 0 ? hi / lo : 0 }')
+        awk 'NR == 1 || $1 > hi { hi = $1 } NR == 1 || $1 < lo { lo = $1 } END { printf "%.2f", (lo > 0 ? hi / lo : 0) }')
       us() { awk -v m="$1" 'BEGIN { printf "%d", m * 1000 }'; }
       tj="{\"requests\":$n_all,\"seconds\":$(awk -v a="$t_start" -v b="$t_end" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'),\"rps\":$(awk -v n="$n_all" -v a="$t_start" -v b="$t_end" 'BEGIN { printf "%.1f", n / ((b - a) / 1e9) }'),\"p50_us\":$(us "$(median <<<"$all")"),\"p99_us\":$(us "$(sort -n <<<"$all" | tail -n1)")}"
       met=no; le "$spread" 2 && met=yes
