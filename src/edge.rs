@@ -105,6 +105,28 @@ pub fn cross_site(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Sets (or, with `max_age` 0 and an empty value, clears) the session cookie on a response:
+/// `HttpOnly`, `SameSite=Strict`, `Path=/`, and `Secure` unless the server runs on plain HTTP.
+/// The response is marked `no-store` too. Shared by the REST sign-in and the console's.
+pub fn set_session_cookie(
+    res: &mut axum::response::Response,
+    value: &str,
+    max_age: u64,
+    secure: bool,
+) {
+    let cookie = format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&cookie) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+}
+
 /// The header a session request carries its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 

@@ -2,7 +2,7 @@
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Deserialize;
@@ -11,12 +11,13 @@ use uuid::Uuid;
 use super::ConsoleState;
 use super::session::{PublicForm, SignedForm, Viewer};
 use super::view::{ErrorPage, When, page, when};
+use crate::edge::set_session_cookie;
 use crate::error::Error;
+use crate::service::GrantableScope;
 use crate::service::model::{
     CreateTokenRequest, ListAuditRequest, ListTokensRequest, OrgScope, RotateTokenRequest,
     SignInRequest, TokenState, TokenType, TokenView, UserView,
 };
-use crate::service::{GrantableScope, SESSION_COOKIE};
 use crate::token::Secret;
 
 /// The header of every signed-in page.
@@ -115,16 +116,6 @@ pub async fn logout(State(s): State<ConsoleState>, f: SignedForm<Empty>) -> Resp
     let mut res = Redirect::to("/ui/login").into_response();
     set_session_cookie(&mut res, "", 0, s.secure_cookies);
     res
-}
-
-fn set_session_cookie(res: &mut Response, value: &str, max_age: u64, secure: bool) {
-    let cookie = format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
-        if secure { "; Secure" } else { "" }
-    );
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        res.headers_mut().insert(header::SET_COOKIE, v);
-    }
 }
 
 /// One row of the key table.

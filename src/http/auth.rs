@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, StatusCode};
 
 use super::NO_STORE;
 use axum::response::{IntoResponse, Response};
@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ErrorBody;
 use super::extract::{ApiJson, ApiPath, Authenticated, Public};
+use crate::edge::set_session_cookie;
 use crate::error::Error;
-use crate::service::SESSION_COOKIE;
 use crate::service::model::{
     CreatedToken, ExchangePasswordRequest, SessionList, SessionsEnded, SetupPasswordRequest,
     SignInRequest, SignedIn, UserView,
@@ -69,9 +69,8 @@ pub async fn sign_in(
 ) -> Result<Response, Error> {
     let new = s.authority.sign_in(req, &meta, s.clock.now()).await?;
     let max_age = s.authority.config().people.session_absolute.as_secs();
-    let cookie = session_cookie(new.secret.expose(), max_age, s.secure_cookies);
     let mut res = (StatusCode::CREATED, Json(new.signed_in)).into_response();
-    set_cookie(&mut res, &cookie);
+    set_session_cookie(&mut res, new.secret.expose(), max_age, s.secure_cookies);
     Ok(res)
 }
 
@@ -89,7 +88,7 @@ pub async fn sign_out(
 ) -> Result<Response, Error> {
     s.authority.sign_out(&caller, s.clock.now()).await?;
     let mut res = StatusCode::NO_CONTENT.into_response();
-    set_cookie(&mut res, &session_cookie("", 0, s.secure_cookies));
+    set_session_cookie(&mut res, "", 0, s.secure_cookies);
     Ok(res)
 }
 
@@ -167,20 +166,4 @@ pub async fn setup_password(
             .setup_password(req, &meta, s.clock.now())
             .await?,
     ))
-}
-
-/// The `Set-Cookie` value of the session cookie (`max_age` 0 clears it).
-fn session_cookie(value: &str, max_age: u64, secure: bool) -> String {
-    format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
-        if secure { "; Secure" } else { "" }
-    )
-}
-
-fn set_cookie(res: &mut Response, cookie: &str) {
-    if let Ok(v) = HeaderValue::from_str(cookie) {
-        res.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
