@@ -231,7 +231,6 @@ pub struct Authority {
 impl Authority {
     pub fn new(store: Arc<dyn Store>, config: AuthorityConfig) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        passwords::warm_up();
         Self {
             cache: Arc::new(verify::TokenCache::new(
                 config.cache_capacity,

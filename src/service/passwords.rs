@@ -60,14 +60,6 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
     crate::token::hash::argon2id_phc(&random).unwrap_or_default()
 });
 
-/// Computes the dummy hash on a thread of its own at start, so the first sign-in with an
-/// unknown email does not pay for it (and take longer than the others).
-pub(super) fn warm_up() {
-    let _ = std::thread::Builder::new()
-        .name("latchkey-warm-up".into())
-        .spawn(|| LazyLock::force(&DUMMY_HASH).len());
-}
-
 impl Authority {
     /// Hashes a new password on the Argon2id pool.
     ///
