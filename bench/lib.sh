@@ -34,3 +34,9 @@ best() { # json json -> the one with more requests per second
   elif awk -v a="$(num rps "$1")" -v b="$(num rps "$2")" 'BEGIN { exit !(b > a) }'; then echo "$2";
   else echo "$1"; fi
 }
+
+lowest_p99() { # json json -> the one with the lower p99 (the least disturbed run, for p99 targets)
+  if [ -z "$1" ]; then echo "$2"; elif [ -z "$2" ]; then echo "$1";
+  elif awk -v a="$(num p99_us "$1")" -v b="$(num p99_us "$2")" 'BEGIN { exit !(b < a) }'; then echo "$2";
+  else echo "$1"; fi
+}
