@@ -154,6 +154,13 @@ impl AuthService for Baseline {
         unimplemented()
     }
 
+    async fn get_token_usage(
+        &self,
+        _: Request<pb::GetTokenUsageRequest>,
+    ) -> Result<tonic::Response<pb::TokenUsage>, Status> {
+        unimplemented()
+    }
+
     async fn exchange_password(
         &self,
         _: Request<pb::ExchangePasswordRequest>,

@@ -119,7 +119,8 @@ impl Application {
             let clock = self.clock.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
-                // Ended sessions are deleted (and the live ones counted) about once a minute.
+                // Ended sessions and hourly usage counts older than 7 days are deleted (and the live
+                // sessions counted) about once a minute.
                 let sessions_every = (60_000 / every.as_millis().max(1)).max(1) as u64;
                 let mut ticks: u64 = 0;
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -145,10 +146,13 @@ impl Application {
                     if let Err(e) = authority.flush_usage().await {
                         tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
                     }
-                    if ticks.is_multiple_of(sessions_every)
-                        && let Err(e) = authority.clean_sessions(clock.now()).await
-                    {
-                        tracing::warn!(error = %e, "cleaning ended sessions failed");
+                    if ticks.is_multiple_of(sessions_every) {
+                        if let Err(e) = authority.clean_sessions(clock.now()).await {
+                            tracing::warn!(error = %e, "cleaning ended sessions failed");
+                        }
+                        if let Err(e) = authority.clean_usage_hours(clock.now()).await {
+                            tracing::warn!(error = %e, "deleting old hourly usage counts failed");
+                        }
                     }
                     ticks += 1;
                 }

@@ -12,7 +12,7 @@ use crate::service::model::{
     AuditPage, ChangePasswordRequest, CreateTokenRequest, CreateUserRequest, CreatedToken,
     CreatedUser, ExchangePasswordRequest, ListAuditRequest, ListTokensRequest, ListUsersRequest,
     RotateTokenRequest, RotatedToken, SetupPasswordRequest, TokenPage, TokenState, TokenType,
-    TokenView, UpdateUserRequest, UserPage, UserRole, UserState, UserView, VerifyCode,
+    TokenUsage, TokenView, UpdateUserRequest, UserPage, UserRole, UserState, UserView, VerifyCode,
     VerifyResponse,
 };
 use crate::token::Secret;
@@ -263,8 +263,25 @@ pub fn list_request(r: pb::ListTokensRequest) -> Result<ListTokensRequest, Error
         page_token: (!r.page_token.is_empty()).then_some(r.page_token),
         state,
         owner: opt_str(r.owner),
-        name_contains: None,
+        name_contains: opt_str(r.name_contains),
     })
+}
+
+pub fn usage(u: TokenUsage) -> pb::TokenUsage {
+    pb::TokenUsage {
+        token_id: u.token_id.to_string(),
+        from: Some(timestamp(u.from)),
+        to: Some(timestamp(u.to)),
+        total: u.total,
+        hours: u
+            .hours
+            .into_iter()
+            .map(|h| pb::UsageHour {
+                hour: Some(timestamp(h.hour)),
+                count: h.count,
+            })
+            .collect(),
+    }
 }
 
 pub fn page(p: TokenPage) -> pb::ListTokensResponse {

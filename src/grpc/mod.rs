@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::clock::Clock;
 use crate::edge::ClientIp;
 use crate::error::Error;
-use crate::service::model::{OrgScope, VerifyRequest};
+use crate::service::model::{OrgScope, UsageQuery, VerifyRequest};
 use crate::service::{Authority, Caller, RequestMeta};
 
 /// The generated protobuf types and service traits.
@@ -87,6 +87,24 @@ impl AuthService for AuthGrpc {
             .get_token(&caller, scope, id, self.clock.now())
             .await?;
         Ok(Response::new(convert::token(view)))
+    }
+
+    async fn get_token_usage(
+        &self,
+        req: Request<pb::GetTokenUsageRequest>,
+    ) -> Result<Response<pb::TokenUsage>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let q = UsageQuery {
+            org_id: convert::opt_uuid("org_id", &r.org_id)?,
+            days: (r.days != 0).then_some(i64::from(r.days)),
+        };
+        let id = convert::uuid_field("token_id", &r.token_id)?;
+        let usage = self
+            .authority
+            .token_usage(&caller, id, q, self.clock.now())
+            .await?;
+        Ok(Response::new(convert::usage(usage)))
     }
 
     async fn list_tokens(

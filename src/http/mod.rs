@@ -102,6 +102,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(orgs::create_org))
         .routes(routes!(orgs::get_org, orgs::update_org))
         .routes(routes!(tokens::rotate_token))
+        .routes(routes!(tokens::token_usage))
         .routes(routes!(tokens::disable_token))
         .routes(routes!(tokens::enable_token))
         .routes(routes!(audit::list_audit))

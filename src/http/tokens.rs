@@ -13,7 +13,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
 use crate::error::Error;
 use crate::service::model::{
     CreateTokenRequest, CreatedToken, ListTokensRequest, OrgScope, RotateTokenRequest,
-    RotatedToken, TokenPage, TokenView,
+    RotatedToken, TokenPage, TokenUsage, TokenView, UsageQuery,
 };
 
 /// Create a token; its plaintext is in this response only.
@@ -86,6 +86,30 @@ pub async fn get_token(
     Ok(Json(
         s.authority
             .get_token(&caller, scope, id, s.clock.now())
+            .await?,
+    ))
+}
+
+/// A token's verifications per hour over the last days (default 7, the most kept), oldest
+/// first, every hour listed. Counts arrive with the usage flush (about once a second).
+#[utoipa::path(get, path = "/v1/tokens/{id}/usage", tag = "tokens", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Token id"), UsageQuery),
+    responses(
+        (status = 200, description = "Hourly verification counts", body = TokenUsage),
+        (status = 400, description = "Malformed id or days outside 1 to 7", body = ErrorBody),
+        (status = 401, description = "Missing or invalid bearer", body = ErrorBody),
+        (status = 403, description = "Lacks tokens:read", body = ErrorBody),
+        (status = 404, description = "No such token within reach", body = ErrorBody),
+    ))]
+pub async fn token_usage(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<UsageQuery>,
+) -> Result<Json<TokenUsage>, Error> {
+    Ok(Json(
+        s.authority
+            .token_usage(&caller, id, q, s.clock.now())
             .await?,
     ))
 }

@@ -291,6 +291,40 @@ pub struct OrgScope {
     pub org_id: Option<Uuid>,
 }
 
+/// `GET /v1/tokens/{id}/usage`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// Defaults to the caller's org.
+    pub org_id: Option<Uuid>,
+    /// Days to show, 1 to 7 (the hours kept); default 7.
+    pub days: Option<i64>,
+}
+
+/// A token's verifications per clock hour (UTC), oldest first: one entry for every hour of
+/// the window, zero where there were none, ending with the current hour. Counts reach the
+/// store with the usage flush, so the last second or so may not be in yet.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct TokenUsage {
+    pub token_id: Uuid,
+    /// The first hour's start.
+    pub from: DateTime<Utc>,
+    /// The end of the current hour.
+    pub to: DateTime<Utc>,
+    /// Verifications within the window.
+    pub total: i64,
+    pub hours: Vec<UsageHour>,
+}
+
+/// Verifications of a token within one hour.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct UsageHour {
+    /// The hour's start.
+    pub hour: DateTime<Utc>,
+    pub count: i64,
+}
+
 /// `POST /v1/tokens/verify`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

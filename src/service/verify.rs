@@ -17,7 +17,8 @@ use super::model::{VerifiedToken, VerifyCode, VerifyRequest, VerifyResponse};
 use super::{Authority, Principal, PrincipalKind, off_request_threads};
 use crate::error::{Error, Result};
 use crate::store::{
-    ClientIp, Invalidation, MAX_CLIENT_IPS, Store, UsageDelta, VerifyRecord, merge_client_ips,
+    ClientIp, HourCount, Invalidation, MAX_CLIENT_IPS, Store, UsageDelta, VerifyRecord, hour_start,
+    merge_client_ips, merge_hours,
 };
 use crate::token::{Permissions, TokenKind, Verifier, format, hash};
 
@@ -137,6 +138,8 @@ struct PendingUsage {
     count: i64,
     last_used_at: DateTime<Utc>,
     ips: Vec<(IpAddr, DateTime<Utc>)>,
+    /// The same count by hour; almost always one entry, two when a flush spans an hour's end.
+    hours: Vec<HourCount>,
 }
 
 impl PendingUsage {
@@ -145,6 +148,18 @@ impl PendingUsage {
             count: 0,
             last_used_at: at,
             ips: Vec::new(),
+            hours: Vec::new(),
+        }
+    }
+
+    /// Counts `n` verifications at `at`.
+    fn count(&mut self, n: i64, at: DateTime<Utc>) {
+        self.count += n;
+        self.last_used_at = self.last_used_at.max(at);
+        let hour = hour_start(at);
+        match self.hours.last_mut() {
+            Some(last) if last.hour == hour => last.count += n,
+            _ => merge_hours(&mut self.hours, &[HourCount { hour, count: n }]),
         }
     }
 
@@ -165,6 +180,7 @@ impl PendingUsage {
     fn absorb(&mut self, other: PendingUsage) {
         self.count += other.count;
         self.last_used_at = self.last_used_at.max(other.last_used_at);
+        merge_hours(&mut self.hours, &other.hours);
         for (ip, at) in other.ips {
             self.saw(ip, at);
         }
@@ -214,8 +230,7 @@ impl UsageBuffer {
     fn record(&self, id: Uuid, ip: Option<IpAddr>, now: DateTime<Utc>) {
         let mut map = lock(&self.0[usage_shard()]);
         let entry = map.entry(id).or_insert_with(|| PendingUsage::new(now));
-        entry.count += 1;
-        entry.last_used_at = entry.last_used_at.max(now);
+        entry.count(1, now);
         if let Some(ip) = ip {
             entry.saw(ip, now);
         }
@@ -263,6 +278,7 @@ impl UsageBuffer {
                     count: u.count,
                     last_used_at: u.last_used_at,
                     ips,
+                    hours: u.hours,
                 }
             })
             .collect::<Vec<_>>();
@@ -276,6 +292,7 @@ impl UsageBuffer {
         for u in batch {
             let mut back = PendingUsage::new(u.last_used_at);
             back.count = u.count;
+            back.hours = u.hours.clone();
             for c in &u.ips {
                 if let Ok(ip) = c.ip.parse() {
                     back.saw(ip, c.last_seen_at);

@@ -79,11 +79,14 @@ pub fn combine_usage(batch: &[UsageDelta]) -> BTreeMap<Uuid, UsageDelta> {
                 d.count += u.count;
                 d.last_used_at = d.last_used_at.max(u.last_used_at);
                 merge_client_ips(&mut d.ips, &u.ips);
+                merge_hours(&mut d.hours, &u.hours);
             }
             None => {
                 let mut d = u.clone();
                 d.ips.clear();
                 merge_client_ips(&mut d.ips, &u.ips);
+                d.hours.clear();
+                merge_hours(&mut d.hours, &u.hours);
                 by_id.insert(u.token_id, d);
             }
         }
@@ -291,6 +294,37 @@ pub struct UsageDelta {
     pub last_used_at: DateTime<Utc>,
     /// Client addresses seen since the last flush.
     pub ips: Vec<ClientIp>,
+    /// The same verifications by the hour they happened in, oldest first, one entry per hour
+    /// (see [`hour_start`]). Their counts add up to `count`.
+    pub hours: Vec<HourCount>,
+}
+
+/// Verifications of one token within one clock hour (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourCount {
+    /// The hour's first instant, as [`hour_start`] gives it.
+    pub hour: DateTime<Utc>,
+    pub count: i64,
+}
+
+/// The start of the UTC hour that holds `t`.
+pub fn hour_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    let secs = t.timestamp();
+    DateTime::from_timestamp(secs - secs.rem_euclid(3600), 0).unwrap_or(t)
+}
+
+/// How long hourly verification counts are kept: the console's chart shows the last 7 days.
+pub const USAGE_HOURS_KEPT: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+/// Adds `more` to `hours`, keeping one entry per hour, oldest first.
+pub fn merge_hours(hours: &mut Vec<HourCount>, more: &[HourCount]) {
+    for m in more {
+        match hours.iter_mut().find(|h| h.hour == m.hour) {
+            Some(h) => h.count += m.count,
+            None => hours.push(*m),
+        }
+    }
+    hours.sort_by_key(|h| h.hour);
 }
 
 /// A page request for an org's audit events, newest first. Every filter is optional.
@@ -373,9 +407,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds usage counts atomically (`request_count = request_count + n`), keeping the latest
     /// `last_used_at` and merging client addresses with [`merge_client_ips`]. Usage of a token
-    /// that is gone is skipped. The batch is shared so that a store may write it on another
+    /// that is gone is skipped. Each delta's `hours` are added to the token's hourly counts
+    /// in the same transaction. The batch is shared so that a store may write it on another
     /// thread without copying it.
     async fn add_usage(&self, batch: Arc<[UsageDelta]>) -> StoreResult<()>;
+
+    /// The hourly verification counts of `token_id` for the hours starting at or after `since`,
+    /// oldest first. Hours without verifications have no entry.
+    async fn usage_hours(
+        &self,
+        token_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<HourCount>>;
+
+    /// Deletes the hourly counts of hours that started before `cutoff`. Returns how many.
+    async fn delete_usage_hours_before(&self, cutoff: DateTime<Utc>) -> StoreResult<u64>;
 
     /// Updates an org's lifetime policy and writes `event`, in one transaction.
     async fn update_org(&self, org: &OrgRecord, event: &AuditRecord) -> StoreResult<()>;

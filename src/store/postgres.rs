@@ -31,10 +31,10 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{
-    AuditListQuery, AuditRecord, ClientIp, EndSessions, Invalidation, OrgRecord, PoolOptions,
-    RevokeOwned, SessionRecord, StateFilter, Store, StoreError, StoreResult, TokenListQuery,
-    TokenRecord, UsageDelta, UserChange, UserListQuery, UserRecord, VerifyRecord, combine_usage,
-    merge_client_ips, per_item_event,
+    AuditListQuery, AuditRecord, ClientIp, EndSessions, HourCount, Invalidation, OrgRecord,
+    PoolOptions, RevokeOwned, SessionRecord, StateFilter, Store, StoreError, StoreResult,
+    TokenListQuery, TokenRecord, UsageDelta, UserChange, UserListQuery, UserRecord, VerifyRecord,
+    combine_usage, merge_client_ips, per_item_event,
 };
 use crate::token::{Permissions, Role, TokenKind};
 
@@ -717,6 +717,7 @@ impl Store for PostgresStore {
         .await
         .map_err(other)?;
         let (mut found, mut counts, mut last_used, mut ips) = (vec![], vec![], vec![], vec![]);
+        let (mut hour_ids, mut hours, mut hour_counts) = (vec![], vec![], vec![]);
         for row in &rows {
             let id: Uuid = row.try_get("id").map_err(other)?;
             let mut known = ips_from_json(row.try_get("client_ips").map_err(other)?)?;
@@ -725,6 +726,11 @@ impl Store for PostgresStore {
                 continue;
             };
             merge_client_ips(&mut known, &d.ips);
+            for h in &d.hours {
+                hour_ids.push(id);
+                hours.push(micros(h.hour));
+                hour_counts.push(h.count);
+            }
             found.push(id);
             counts.push(d.count);
             last_used.push(micros(d.last_used_at));
@@ -745,7 +751,56 @@ impl Store for PostgresStore {
             .await
             .map_err(other)?;
         }
+        if !hour_ids.is_empty() {
+            // One row per (token, hour) in the statement (`combine_usage` merged them), in key
+            // order like the row locks above.
+            sqlx::query(
+                "INSERT INTO token_usage_hourly (token_id, hour, count) \
+                 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]) \
+                 ON CONFLICT (token_id, hour) DO UPDATE \
+                 SET count = token_usage_hourly.count + excluded.count",
+            )
+            .bind(&hour_ids)
+            .bind(&hours)
+            .bind(&hour_counts)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        }
         tx.commit().await.map_err(other)
+    }
+
+    async fn usage_hours(
+        &self,
+        token_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<HourCount>> {
+        let rows = sqlx::query(
+            "SELECT hour, count FROM token_usage_hourly WHERE token_id = $1 AND hour >= $2 \
+             ORDER BY hour",
+        )
+        .bind(token_id)
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        rows.iter()
+            .map(|r| {
+                Ok(HourCount {
+                    hour: r.try_get("hour").map_err(other)?,
+                    count: r.try_get("count").map_err(other)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_usage_hours_before(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
+        let res = sqlx::query("DELETE FROM token_usage_hourly WHERE hour < $1")
+            .bind(micros(cutoff))
+            .execute(&self.pool)
+            .await
+            .map_err(other)?;
+        Ok(res.rows_affected())
     }
 
     async fn update_org(&self, org: &OrgRecord, event: &AuditRecord) -> StoreResult<()> {

@@ -19,9 +19,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AuditListQuery, AuditRecord, ClientIp, EndSessions, OrgRecord, RevokeOwned, SessionRecord,
-    StateFilter, Store, StoreError, StoreResult, TokenListQuery, TokenRecord, UsageDelta,
-    UserChange, UserListQuery, UserRecord, VerifyRecord, merge_client_ips,
+    AuditListQuery, AuditRecord, ClientIp, EndSessions, HourCount, OrgRecord, RevokeOwned,
+    SessionRecord, StateFilter, Store, StoreError, StoreResult, TokenListQuery, TokenRecord,
+    UsageDelta, UserChange, UserListQuery, UserRecord, VerifyRecord, merge_client_ips,
 };
 use crate::token::{Permissions, Role, TokenKind};
 
@@ -572,7 +572,7 @@ fn read_verify_rows(
     Ok(out)
 }
 
-/// Adds a usage batch to `token_usage` in one transaction, on the calling thread: a flush can
+/// Adds a usage batch to `token_usage` and `token_usage_hourly` in one transaction, on the calling thread: a flush can
 /// hold tens of thousands of tokens (a verify load cycling through many), and prepared
 /// statements on a blocking thread keep that work off the threads that answer requests. The
 /// caller holds the writer lock. Usage of a token that is gone is skipped. A token twice in the
@@ -589,6 +589,10 @@ fn write_usage(conn: &mut rusqlite::Connection, batch: &[UsageDelta]) -> anyhow:
              request_count = request_count + excluded.request_count, \
              last_used_at = MAX(COALESCE(last_used_at, 0), excluded.last_used_at), \
              client_ips = excluded.client_ips",
+        )?;
+        let mut hourly = tx.prepare_cached(
+            "INSERT INTO token_usage_hourly (token_id, hour, count) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (token_id, hour) DO UPDATE SET count = count + excluded.count",
         )?;
         let mut buf = Uuid::encode_buffer();
         for u in batch {
@@ -608,6 +612,9 @@ fn write_usage(conn: &mut rusqlite::Connection, batch: &[UsageDelta]) -> anyhow:
                 micros(u.last_used_at),
                 serde_json::to_string(&stored_ips(&ips))?,
             ])?;
+            for h in &u.hours {
+                hourly.execute(rusqlite::params![key, micros(h.hour), h.count])?;
+            }
         }
     }
     tx.commit()?;
@@ -1254,6 +1261,42 @@ impl Store for SqliteStore {
         let res = sqlx::query("DELETE FROM sessions WHERE expires_at <= ? OR last_seen_at < ?")
             .bind(micros(now))
             .bind(micros(idle_cutoff))
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        tx.commit().await.map_err(other)?;
+        Ok(res.rows_affected())
+    }
+
+    async fn usage_hours(
+        &self,
+        token_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<HourCount>> {
+        let rows = sqlx::query(
+            "SELECT hour, count FROM token_usage_hourly WHERE token_id = ? AND hour >= ? \
+             ORDER BY hour",
+        )
+        .bind(token_id.to_string())
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        rows.iter()
+            .map(|r| {
+                Ok(HourCount {
+                    hour: from_micros(r.try_get("hour").map_err(other)?)
+                        .map_err(StoreError::Other)?,
+                    count: r.try_get("count").map_err(other)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_usage_hours_before(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
+        let (_writer, mut tx) = self.write_tx().await?;
+        let res = sqlx::query("DELETE FROM token_usage_hourly WHERE hour < ?")
+            .bind(micros(cutoff))
             .execute(&mut *tx)
             .await
             .map_err(other)?;

@@ -11,8 +11,9 @@ use latchkey::service::model::{
 };
 use latchkey::service::{Authority, AuthorityConfig, Caller, RequestMeta};
 use latchkey::store::{
-    AuditListQuery, AuditRecord, EndSessions, OrgRecord, SessionRecord, Store, StoreResult,
-    TokenListQuery, TokenRecord, UsageDelta, UserChange, UserListQuery, UserRecord, VerifyRecord,
+    AuditListQuery, AuditRecord, EndSessions, HourCount, OrgRecord, SessionRecord, Store,
+    StoreResult, TokenListQuery, TokenRecord, UsageDelta, UserChange, UserListQuery, UserRecord,
+    VerifyRecord,
 };
 use tempfile::TempDir;
 use tokio::sync::Notify;
@@ -85,6 +86,12 @@ impl Store for SpyStore {
     }
     async fn add_usage(&self, batch: Arc<[UsageDelta]>) -> StoreResult<()> {
         self.inner.add_usage(batch).await
+    }
+    async fn usage_hours(&self, id: Uuid, since: DateTime<Utc>) -> StoreResult<Vec<HourCount>> {
+        self.inner.usage_hours(id, since).await
+    }
+    async fn delete_usage_hours_before(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
+        self.inner.delete_usage_hours_before(cutoff).await
     }
     async fn update_org(&self, org: &OrgRecord, e: &AuditRecord) -> StoreResult<()> {
         self.inner.update_org(org, e).await

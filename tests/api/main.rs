@@ -27,4 +27,5 @@ mod quickstart;
 mod read;
 mod revoke;
 mod store_conformance;
+mod usage;
 mod verify;

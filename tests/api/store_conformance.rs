@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use latchkey::store::{
-    self, AuditListQuery, AuditRecord, ClientIp, EndSessions, Invalidation, OrgRecord, RevokeOwned,
-    SessionRecord, StateFilter, Store, StoreError, TokenListQuery, TokenRecord, UsageDelta,
-    UserChange, UserListQuery, UserRecord, VerifyRecord, Visibility,
+    self, AuditListQuery, AuditRecord, ClientIp, EndSessions, HourCount, Invalidation, OrgRecord,
+    RevokeOwned, SessionRecord, StateFilter, Store, StoreError, TokenListQuery, TokenRecord,
+    UsageDelta, UserChange, UserListQuery, UserRecord, VerifyRecord, Visibility, hour_start,
 };
 use latchkey::token::{Permissions, Role, TokenKind};
 use serde_json::json;
@@ -115,6 +115,7 @@ on_every_backend! {
         audit_events_are_filtered_and_paged_newest_first,
         usage_adds_up_and_keeps_the_latest_use_and_addresses,
         concurrent_usage_flushes_lose_no_counts,
+        hourly_counts_add_up_per_hour_and_hours_before_a_cutoff_are_deleted,
         a_usage_flush_of_thousands_of_tokens_counts_each_one,
         the_verify_read_returns_the_verify_columns_of_the_ids_that_exist,
         tokens_are_filtered_by_visibility_and_owner,
@@ -293,6 +294,10 @@ fn usage(token: Uuid, count: i64, secs: i64, ips: Vec<ClientIp>) -> UsageDelta {
         count,
         last_used_at: at(secs),
         ips,
+        hours: vec![HourCount {
+            hour: hour_start(at(secs)),
+            count,
+        }],
     }
 }
 
@@ -459,6 +464,7 @@ async fn timestamps_keep_microseconds_and_drop_nanoseconds(store: Arc<dyn Store>
                 ip: "192.0.2.1".into(),
                 last_seen_at: at(2) + nanos,
             }],
+            hours: vec![],
         }]))
         .await
         .unwrap();
@@ -1161,6 +1167,54 @@ async fn usage_adds_up_and_keeps_the_latest_use_and_addresses(store: Arc<dyn Sto
         "the five most recent, newest first, ties by address"
     );
     assert_eq!(get(&store, idle.id).await, idle);
+}
+
+async fn hourly_counts_add_up_per_hour_and_hours_before_a_cutoff_are_deleted(
+    store: Arc<dyn Store>,
+) {
+    // Arrange
+    let org = org_in(&store, "acme").await;
+    let token = inserted(&store, new_token(&org, "busy")).await;
+    let other = inserted(&store, new_token(&org, "other")).await;
+    let hour = |h: i64, count: i64| HourCount {
+        hour: at(h * 3600),
+        count,
+    };
+    let mut spread = usage(token.id, 5, 2 * 3600 + 10, vec![]);
+    spread.hours = vec![hour(1, 2), hour(2, 3)];
+
+    // Act
+    store
+        .add_usage(Arc::from([
+            usage(token.id, 1, 10, vec![]),
+            spread,
+            // The same hour twice in one batch, as two flushes' leftovers can be.
+            usage(token.id, 4, 2 * 3600 + 20, vec![]),
+            usage(other.id, 7, 3 * 3600, vec![]),
+            // A token that is gone: no hourly row either.
+            usage(Uuid::now_v7(), 9, 10, vec![]),
+        ]))
+        .await
+        .unwrap();
+    store
+        .add_usage(Arc::from([usage(token.id, 1, 30, vec![])]))
+        .await
+        .unwrap();
+    let all = store.usage_hours(token.id, at(0)).await.unwrap();
+    let since_hour_two = store.usage_hours(token.id, at(2 * 3600)).await.unwrap();
+    let deleted = store.delete_usage_hours_before(at(2 * 3600)).await.unwrap();
+    let kept = store.usage_hours(token.id, at(0)).await.unwrap();
+
+    // Assert
+    assert_eq!(all, [hour(0, 2), hour(1, 2), hour(2, 7)]);
+    assert_eq!(since_hour_two, [hour(2, 7)]);
+    assert_eq!(deleted, 2, "hours 0 and 1 of the busy token");
+    assert_eq!(kept, [hour(2, 7)]);
+    assert_eq!(
+        store.usage_hours(other.id, at(0)).await.unwrap(),
+        [hour(3, 7)]
+    );
+    assert_eq!(get(&store, token.id).await.request_count, 11);
 }
 
 async fn concurrent_usage_flushes_lose_no_counts(store: Arc<dyn Store>) {
