@@ -10,13 +10,13 @@ use uuid::Uuid;
 
 use super::ConsoleState;
 use super::session::{PublicForm, SignedForm, Viewer};
-use super::view::{ErrorPage, When, page, when};
+use super::view::{Chart, ErrorPage, When, page, when};
 use crate::edge::set_session_cookie;
 use crate::error::Error;
 use crate::service::GrantableScope;
 use crate::service::model::{
-    CreateTokenRequest, ListAuditRequest, ListTokensRequest, OrgScope, RotateTokenRequest,
-    SignInRequest, TokenState, TokenType, TokenView, UserView,
+    CreateTokenRequest, ListTokensRequest, OrgScope, RotateTokenRequest, SignInRequest, TokenState,
+    TokenType, TokenView, UserView,
 };
 use crate::token::Secret;
 
@@ -457,6 +457,8 @@ struct KeyPage {
     nav: Nav,
     k: KeyRow,
     used_recently: bool,
+    chart: Chart,
+    family: Vec<FamilyRow>,
     events: Vec<EventRow>,
     audit_hidden: bool,
     graces: Vec<(i64, &'static str)>,
@@ -470,52 +472,59 @@ pub struct EventRow {
     pub ip: String,
 }
 
+/// A member of the key's rotation family.
+pub struct FamilyRow {
+    pub id: Uuid,
+    pub hint: String,
+    pub state: &'static str,
+    pub created: When,
+    pub this: bool,
+}
+
 pub async fn key(State(s): State<ConsoleState>, v: Viewer, Path(id): Path<String>) -> Response {
     let now = s.clock.now();
     let Ok(id) = Uuid::try_parse(&id) else {
         return ErrorPage(Error::NotFound).into_response();
     };
-    let t = match s
-        .authority
-        .get_token(&v.caller, OrgScope::default(), id, now)
-        .await
-    {
-        Ok(t) => t,
+    let d = match s.authority.key_details(&v.caller, id, now).await {
+        Ok(d) => d,
         Err(e) => return ErrorPage(e).into_response(),
     };
-    let audit = s
-        .authority
-        .list_audit(
-            &v.caller,
-            ListAuditRequest {
-                token_id: Some(id),
-                page_size: Some(50),
-                ..Default::default()
-            },
-        )
-        .await;
-    let (events, audit_hidden) = match audit {
-        Ok(p) => (
-            p.events
-                .into_iter()
-                .map(|e| EventRow {
-                    action: e.action,
-                    actor: e.actor,
-                    at: when(Some(e.occurred_at), now, ""),
-                    ip: e.ip.unwrap_or_default(),
-                })
-                .collect(),
-            false,
-        ),
-        Err(Error::PermissionDenied(_)) => (Vec::new(), true),
-        Err(e) => return ErrorPage(e).into_response(),
-    };
-    let used_recently = t.last_used_at.is_some_and(|u| now - u < TimeDelta::days(7));
+    let audit_hidden = d.history.is_none();
+    let events = d
+        .history
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| EventRow {
+            action: e.action,
+            actor: e.actor,
+            at: when(Some(e.occurred_at), now, ""),
+            ip: e.ip.unwrap_or_default(),
+        })
+        .collect();
+    let family = d
+        .family
+        .iter()
+        .map(|t| FamilyRow {
+            id: t.id,
+            hint: t.display_hint.clone(),
+            state: state_name(t.state),
+            created: when(Some(t.created_at), now, ""),
+            this: t.id == id,
+        })
+        .collect();
+    let hours: Vec<_> = d.usage.hours.iter().map(|h| (h.hour, h.count)).collect();
+    let used_recently = d
+        .token
+        .last_used_at
+        .is_some_and(|u| now - u < TimeDelta::days(7));
     page(
         StatusCode::OK,
         &KeyPage {
-            k: row(t, &v.user, now),
+            k: row(d.token, &v.user, now),
             used_recently,
+            chart: Chart::hourly(&hours),
+            family,
             events,
             audit_hidden,
             graces: vec![

@@ -143,9 +143,154 @@ pub fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>, never: &str) -> When {
     }
 }
 
+/// A bar chart of hourly counts, laid out here and drawn by the template as inline SVG: no
+/// script and no chart library. Coordinates are in the SVG's own units ([`Chart::WIDTH`] by
+/// [`Chart::HEIGHT`]); hours without counts have no bar.
+pub struct Chart {
+    pub bars: Vec<Bar>,
+    /// Day boundaries (00:00 UTC) along the bottom.
+    pub ticks: Vec<Tick>,
+    /// The busiest hour's count: the top of the scale.
+    pub max: i64,
+    /// The chart in one sentence, for screen readers and as its caption.
+    pub summary: String,
+}
+
+pub struct Bar {
+    pub x: String,
+    pub y: String,
+    pub w: String,
+    pub h: String,
+    /// The hour and its count, shown on hover.
+    pub label: String,
+}
+
+pub struct Tick {
+    pub x: String,
+    pub label: String,
+}
+
+impl Chart {
+    pub const WIDTH: f64 = 720.0;
+    pub const HEIGHT: f64 = 150.0;
+    /// Room for the scale on the left and the day labels below.
+    const LEFT: f64 = 44.0;
+    const BOTTOM: f64 = 20.0;
+    const TOP: f64 = 8.0;
+
+    /// Lays out `hours` (hour start, count), oldest first, one per hour.
+    pub fn hourly(hours: &[(DateTime<Utc>, i64)]) -> Self {
+        let max = hours.iter().map(|h| h.1).max().unwrap_or(0);
+        let total: i64 = hours.iter().map(|h| h.1).sum();
+        let slot = (Self::WIDTH - Self::LEFT) / hours.len().max(1) as f64;
+        let plot = Self::HEIGHT - Self::BOTTOM - Self::TOP;
+        let x_of = |i: usize| Self::LEFT + i as f64 * slot;
+        let bars = hours
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.1 > 0)
+            .map(|(i, (hour, count))| {
+                // At least a pixel tall, so that one verification among thousands still shows.
+                let h = (plot * *count as f64 / max as f64).max(1.0);
+                Bar {
+                    x: format!("{:.2}", x_of(i) + slot * 0.1),
+                    y: format!("{:.2}", Self::TOP + plot - h),
+                    w: format!("{:.2}", slot * 0.8),
+                    h: format!("{h:.2}"),
+                    label: format!(
+                        "{}: {count} verification{}",
+                        hour.format("%a %-d %b %H:00 UTC"),
+                        if *count == 1 { "" } else { "s" }
+                    ),
+                }
+            })
+            .collect();
+        let ticks = hours
+            .iter()
+            .enumerate()
+            .filter(|(_, (hour, _))| hour.format("%H").to_string() == "00")
+            .map(|(i, (hour, _))| Tick {
+                x: format!("{:.2}", x_of(i)),
+                label: hour.format("%a %-d").to_string(),
+            })
+            .collect();
+        let period = match hours.len().div_ceil(24) {
+            1 => "day".to_string(),
+            n => format!("{n} days"),
+        };
+        let summary = match hours.iter().max_by_key(|h| h.1) {
+            Some((busiest, n)) if *n > 0 => format!(
+                "{total} verification{} in the last {period}; the busiest hour was {} with {n}.",
+                if total == 1 { "" } else { "s" },
+                busiest.format("%a %-d %b %H:00 UTC"),
+            ),
+            _ => format!("No verifications in the last {period}."),
+        };
+        Chart {
+            bars,
+            ticks,
+            max,
+            summary,
+        }
+    }
+
+    /// The y of the scale's top line and of the baseline.
+    pub fn top(&self) -> String {
+        format!("{:.2}", Self::TOP)
+    }
+
+    pub fn base(&self) -> String {
+        format!("{:.2}", Self::HEIGHT - Self::BOTTOM)
+    }
+
+    pub fn left(&self) -> String {
+        format!("{:.2}", Self::LEFT)
+    }
+
+    pub fn label_y(&self) -> String {
+        format!("{:.2}", Self::HEIGHT - 5.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chart_scales_its_bars_to_the_busiest_hour_and_marks_each_day() {
+        let start = DateTime::from_timestamp(1_800_000_000 / 86_400 * 86_400, 0).unwrap();
+        let mut hours: Vec<(DateTime<Utc>, i64)> = (0..48)
+            .map(|i| (start + chrono::TimeDelta::hours(i), 0))
+            .collect();
+        hours[3].1 = 10;
+        hours[30].1 = 5;
+        hours[31].1 = 1;
+
+        let chart = Chart::hourly(&hours);
+
+        assert_eq!(chart.max, 10);
+        assert_eq!(chart.bars.len(), 3, "no bars for empty hours");
+        let height = |b: &Bar| b.h.parse::<f64>().unwrap();
+        assert_eq!(
+            height(&chart.bars[0]),
+            122.0,
+            "the busiest hour fills the plot"
+        );
+        assert_eq!(height(&chart.bars[1]), 61.0);
+        assert!(height(&chart.bars[2]) >= 1.0);
+        assert!(chart.bars[0].label.ends_with("03:00 UTC: 10 verifications"));
+        assert!(chart.bars[2].label.ends_with(": 1 verification"));
+        assert_eq!(chart.ticks.len(), 2, "midnight of each day");
+        assert!(
+            chart
+                .summary
+                .starts_with("16 verifications in the last 2 days")
+        );
+        assert_eq!(
+            Chart::hourly(&hours[..24].iter().map(|h| (h.0, 0)).collect::<Vec<_>>()).summary,
+            "No verifications in the last day."
+        );
+    }
 
     #[test]
     fn times_read_as_words_on_both_sides_of_now() {

@@ -5,8 +5,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::model::{
-    ClientIpView, CreateTokenRequest, CreatedToken, ListTokensRequest, Name, OrgScope, TokenPage,
-    TokenState, TokenUsage, TokenView, UsageHour, UsageQuery,
+    AuditEventView, ClientIpView, CreateTokenRequest, CreatedToken, ListAuditRequest,
+    ListTokensRequest, Name, OrgScope, TokenPage, TokenState, TokenUsage, TokenView, UsageHour,
+    UsageQuery,
 };
 use super::{Authority, Caller, PrincipalKind, audit, off_request_threads};
 use crate::error::{Error, Result};
@@ -15,6 +16,15 @@ use crate::store::{
 };
 use crate::token::permissions::{GrantError, check_grant};
 use crate::token::{Permissions, Secret, TokenKind, Verifier, format};
+
+/// What a key's page in the console shows; see [`Authority::key_details`].
+#[derive(Debug, Clone)]
+pub struct KeyDetails {
+    pub token: TokenView,
+    pub usage: TokenUsage,
+    pub family: Vec<TokenView>,
+    pub history: Option<Vec<AuditEventView>>,
+}
 
 /// A scope a caller may grant, for a form of checkboxes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,6 +351,55 @@ impl Authority {
             to: hour_start(now) + TimeDelta::hours(1),
             total: hours.iter().map(|h| h.count).sum(),
             hours,
+        })
+    }
+
+    /// Everything a key's page shows, read with the same rules as the API: the token, its
+    /// verifications per hour over 7 days, the members of its rotation family within the
+    /// caller's reach (oldest first), and its latest 50 audit events (`None` when the caller may
+    /// read neither the audit log nor this token's history).
+    ///
+    /// # Errors
+    /// As [`Authority::get_token`].
+    pub async fn key_details(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<KeyDetails> {
+        let token = self.get_token(caller, OrgScope::default(), id, now).await?;
+        let usage = self
+            .token_usage(caller, id, UsageQuery::default(), now)
+            .await?;
+        let family_id = self.reachable_token(caller, None, id).await?.family_id;
+        let family = self
+            .store
+            .list_family(family_id)
+            .await?
+            .iter()
+            .filter(|t| t.org_id == token.org_id && caller.principal.reaches(t))
+            .map(|t| self.view(t, now))
+            .collect();
+        let history = match self
+            .list_audit(
+                caller,
+                ListAuditRequest {
+                    token_id: Some(id),
+                    page_size: Some(50),
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(page) => Some(page.events),
+            Err(Error::PermissionDenied(_)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(KeyDetails {
+            token,
+            usage,
+            family,
+            history,
         })
     }
 

@@ -412,6 +412,9 @@ pub trait Store: Send + Sync + 'static {
     /// thread without copying it.
     async fn add_usage(&self, batch: Arc<[UsageDelta]>) -> StoreResult<()>;
 
+    /// Every token of a rotation family, oldest first.
+    async fn list_family(&self, family_id: Uuid) -> StoreResult<Vec<TokenRecord>>;
+
     /// The hourly verification counts of `token_id` for the hours starting at or after `since`,
     /// oldest first. Hours without verifications have no entry.
     async fn usage_hours(

@@ -770,6 +770,17 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(other)
     }
 
+    async fn list_family(&self, family_id: Uuid) -> StoreResult<Vec<TokenRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE family_id = $1 ORDER BY id"
+        )))
+        .bind(family_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(rows.iter().map(token_from_row).collect::<Result<_, _>>()?)
+    }
+
     async fn usage_hours(
         &self,
         token_id: Uuid,

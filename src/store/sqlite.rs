@@ -1268,6 +1268,17 @@ impl Store for SqliteStore {
         Ok(res.rows_affected())
     }
 
+    async fn list_family(&self, family_id: Uuid) -> StoreResult<Vec<TokenRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE family_id = ? ORDER BY id"
+        )))
+        .bind(family_id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(rows.iter().map(token_from_row).collect::<Result<_, _>>()?)
+    }
+
     async fn usage_hours(
         &self,
         token_id: Uuid,

@@ -87,6 +87,9 @@ impl Store for SpyStore {
     async fn add_usage(&self, batch: Arc<[UsageDelta]>) -> StoreResult<()> {
         self.inner.add_usage(batch).await
     }
+    async fn list_family(&self, family: Uuid) -> StoreResult<Vec<TokenRecord>> {
+        self.inner.list_family(family).await
+    }
     async fn usage_hours(&self, id: Uuid, since: DateTime<Utc>) -> StoreResult<Vec<HourCount>> {
         self.inner.usage_hours(id, since).await
     }

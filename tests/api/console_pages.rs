@@ -556,3 +556,65 @@ async fn the_settings_page_sets_and_clears_the_lifetime_policy() {
     assert_eq!(after["max_ttl_seconds"], Value::Null);
     assert_eq!(after["default_ttl_seconds"], Value::Null);
 }
+
+#[tokio::test]
+async fn a_keys_page_charts_its_verifications_per_hour_and_lists_its_rotation_family() {
+    // Arrange
+    let app = spawn_app().await;
+    person(&app, "ada@example.com", "Ada", "admin").await;
+    let (plaintext, view) = app.token_with(&app.admin_token, "charted", &[]).await;
+    let old = view["id"].as_str().unwrap().to_string();
+    app.verify(&plaintext, &[]).await;
+    app.verify(&plaintext, &[]).await;
+    let mut total = Value::Null;
+    for _ in 0..200 {
+        let usage: Value = app
+            .get(&format!("/v1/tokens/{old}/usage"), &app.admin_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        total = usage["total"].clone();
+        if total == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(total, 2, "the flush counted both verifications");
+    let res = app
+        .post(
+            &format!("/v1/tokens/{old}/rotate"),
+            &app.admin_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let rotated: Value = res.json().await.unwrap();
+    let new = rotated["token"]["id"].as_str().unwrap().to_string();
+    let ada = sign_in(&app, "ada@example.com").await;
+
+    // Act
+    let (old_status, old_page) = page(ada.get(&format!("/ui/keys/{old}")).await).await;
+    let (new_status, new_page) = page(ada.get(&format!("/ui/keys/{new}")).await).await;
+
+    // Assert
+    assert_eq!(old_status, StatusCode::OK);
+    assert_eq!(new_status, StatusCode::OK);
+    assert!(
+        old_page.contains("2 verifications in the last 7 days"),
+        "{old_page}"
+    );
+    assert_eq!(
+        old_page.matches("<rect class=\"bar\"").count(),
+        1,
+        "one busy hour"
+    );
+    assert!(old_page.contains(": 2 verifications</title>"));
+    assert!(new_page.contains("No verifications in the last 7 days."));
+    assert!(!new_page.contains("<rect class=\"bar\""));
+    for (html, other) in [(&old_page, &new), (&new_page, &old)] {
+        assert!(html.contains("Rotation family"));
+        assert!(html.contains("(this key)"));
+        assert!(html.contains(&format!("href=\"/ui/keys/{other}\"")));
+    }
+}
