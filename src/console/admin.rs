@@ -12,10 +12,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::ConsoleState;
-use super::pages::Nav;
-use super::people::nav;
+use super::pages::error_for;
 use super::session::{SignedForm, Viewer};
-use super::view::{ErrorPage, When, page, sentence, status_of, when};
+use super::view::Nav;
+use super::view::{When, page, sentence, status_of, when};
 use crate::error::Error;
 use crate::service::model::{ListAuditRequest, ListUsersRequest, OrgView, UpdateOrgRequest};
 
@@ -212,7 +212,7 @@ pub async fn audit(
                 Some((status_of(&e).0, msg, field)),
             );
         }
-        Err(e) => return ErrorPage(e).into_response(),
+        Err(e) => return error_for(&v, "audit", e),
     };
     // People's names, when the viewer may read them: one page of users, not one call per row.
     let names: HashMap<Uuid, String> = if events.events.iter().any(|e| e.actor.starts_with("user:"))
@@ -276,7 +276,7 @@ fn render_audit(
     page(
         status,
         &AuditPage {
-            nav: nav(v, "audit"),
+            nav: Nav::new(v, "audit"),
             rows,
             action: q.action.clone(),
             actor: q.actor.clone(),
@@ -379,7 +379,7 @@ async fn settings_page(
         .await
     {
         Ok(o) => o,
-        Err(e) => return ErrorPage(e).into_response(),
+        Err(e) => return error_for(v, "settings", e),
     };
     let (status, max_days, default_days, error, error_field) = match failed {
         Some((f, status, msg, field)) => (
@@ -400,7 +400,7 @@ async fn settings_page(
     page(
         status,
         &SettingsPage {
-            nav: nav(v, "settings"),
+            nav: Nav::new(v, "settings"),
             max_words: lifetime_words(org.max_ttl_seconds, "no limit"),
             default_words: lifetime_words(org.default_ttl_seconds, "none: keys do not expire"),
             org,
@@ -466,7 +466,7 @@ pub async fn save_settings(State(s): State<ConsoleState>, f: SignedForm<Settings
             let failed = (&f.form, status_of(&e).0, msg, field);
             settings_page(&s, v, None, Some(failed)).await
         }
-        Err(e) => ErrorPage(e).into_response(),
+        Err(e) => error_for(&f.viewer, "settings", e),
     }
 }
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::ConsoleState;
 use super::session::{PublicForm, SignedForm, Viewer};
-use super::view::{Chart, ErrorPage, When, page, when};
+use super::view::{Chart, ErrorPage, Nav, When, page, when};
 use crate::edge::set_session_cookie;
 use crate::error::Error;
 use crate::service::GrantableScope;
@@ -20,25 +20,20 @@ use crate::service::model::{
 };
 use crate::token::Secret;
 
-/// The header of every signed-in page.
-pub struct Nav {
-    pub user: UserView,
-    pub csrf: String,
-    pub section: &'static str,
-}
-
 impl Nav {
-    fn new(v: &Viewer, section: &'static str) -> Self {
+    /// The header of a signed-in page, with `section` marked in the navigation.
+    pub(super) fn new(v: &Viewer, section: &'static str) -> Self {
         Nav {
             user: v.user.clone(),
             csrf: v.csrf.clone(),
             section,
         }
     }
+}
 
-    pub fn is_admin(&self) -> bool {
-        self.user.role == crate::service::model::UserRole::Admin
-    }
+/// An error page for a signed-in person: the words of [`ErrorPage`], the navigation kept.
+pub(super) fn error_for(v: &Viewer, section: &'static str, e: Error) -> Response {
+    ErrorPage::within(Nav::new(v, section), e)
 }
 
 #[derive(Template)]
@@ -185,7 +180,7 @@ pub async fn keys(
         "expired" => Some(TokenState::Expired),
         "revoked" => Some(TokenState::Revoked),
         "disabled" => Some(TokenState::Disabled),
-        _ => return ErrorPage(Error::invalid("state is not a known key state")).into_response(),
+        _ => return error_for(&v, "keys", Error::invalid("state is not a known key state")),
     };
     let owner = q.owner.clone().filter(|o| !o.is_empty());
     let req = ListTokensRequest {
@@ -207,7 +202,7 @@ pub async fn keys(
                 nav: Nav::new(&v, "keys"),
             },
         ),
-        Err(e) => ErrorPage(e).into_response(),
+        Err(e) => error_for(&v, "keys", e),
     }
 }
 
@@ -254,7 +249,7 @@ async fn new_key_page(
         .await
     {
         Ok(o) => o,
-        Err(e) => return ErrorPage(e).into_response(),
+        Err(e) => return error_for(v, "keys", e),
     };
     let chosen: Vec<String> = form.map(|f| f.scopes.clone()).unwrap_or_default();
     let scopes = s
@@ -446,7 +441,7 @@ pub async fn create_key(
                 },
             )
         }
-        Err(e @ (Error::Internal(_) | Error::RateLimited { .. })) => ErrorPage(e).into_response(),
+        Err(e @ (Error::Internal(_) | Error::RateLimited { .. })) => error_for(&v, "keys", e),
         Err(e) => new_key_page(&s, &v, Some((&form, e))).await,
     }
 }
@@ -484,11 +479,11 @@ pub struct FamilyRow {
 pub async fn key(State(s): State<ConsoleState>, v: Viewer, Path(id): Path<String>) -> Response {
     let now = s.clock.now();
     let Ok(id) = Uuid::try_parse(&id) else {
-        return ErrorPage(Error::NotFound).into_response();
+        return error_for(&v, "keys", Error::NotFound);
     };
     let d = match s.authority.key_details(&v.caller, id, now).await {
         Ok(d) => d,
-        Err(e) => return ErrorPage(e).into_response(),
+        Err(e) => return error_for(&v, "keys", e),
     };
     let audit_hidden = d.history.is_none();
     let events = d
@@ -573,7 +568,7 @@ pub async fn revoke_key(
     .await;
     match result {
         Ok(id) => back_to(id),
-        Err(e) => ErrorPage(e).into_response(),
+        Err(e) => error_for(&f.viewer, "keys", e),
     }
 }
 
@@ -625,7 +620,7 @@ pub async fn rotate_key(
                 },
             )
         }
-        Err(e) => ErrorPage(e).into_response(),
+        Err(e) => error_for(&f.viewer, "keys", e),
     }
 }
 
@@ -651,7 +646,7 @@ async fn set_disabled(
     };
     match done {
         Ok(id) => back_to(id),
-        Err(e) => ErrorPage(e).into_response(),
+        Err(e) => error_for(&f.viewer, "keys", e),
     }
 }
 

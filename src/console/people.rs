@@ -10,8 +10,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::ConsoleState;
-use super::pages::{Empty, Nav};
+use super::pages::{Empty, error_for};
 use super::session::{PublicForm, SignedForm, Viewer};
+use super::view::Nav;
 use super::view::{ErrorPage, When, page, sentence, status_of, when};
 use crate::error::Error;
 use crate::service::model::{
@@ -19,15 +20,6 @@ use crate::service::model::{
     UpdateUserRequest, UserRole, UserState, UserView,
 };
 use crate::token::Secret;
-
-/// The header of a signed-in page, with `section` marked in the navigation.
-pub(super) fn nav(v: &Viewer, section: &'static str) -> Nav {
-    Nav {
-        user: v.user.clone(),
-        csrf: v.csrf.clone(),
-        section,
-    }
-}
 
 pub(super) fn role_name(r: UserRole) -> &'static str {
     match r {
@@ -119,7 +111,7 @@ async fn users_page(s: &ConsoleState, v: &Viewer, extra: UsersExtra) -> Response
     };
     let list = match s.authority.list_users(&v.caller, req).await {
         Ok(l) => l,
-        Err(e) => return ErrorPage(e).into_response(),
+        Err(e) => return error_for(v, "users", e),
     };
     let mut status = StatusCode::OK;
     let (row_id, row_error) = match extra.row {
@@ -166,7 +158,7 @@ async fn users_page(s: &ConsoleState, v: &Viewer, extra: UsersExtra) -> Response
     page(
         status,
         &UsersPage {
-            nav: nav(v, "users"),
+            nav: Nav::new(v, "users"),
             rows,
             next: list.next_page_token,
             notice: extra.notice,
@@ -235,7 +227,7 @@ pub async fn invite(State(s): State<ConsoleState>, f: SignedForm<InviteForm>) ->
             page(
                 StatusCode::CREATED,
                 &InvitedPage {
-                    nav: nav(&v, "users"),
+                    nav: Nav::new(&v, "users"),
                     role: role_name(c.user.role),
                     user: c.user,
                     setup_url: c.setup_url,
@@ -244,7 +236,7 @@ pub async fn invite(State(s): State<ConsoleState>, f: SignedForm<InviteForm>) ->
                 },
             )
         }
-        Err(e @ (Error::Internal(_) | Error::RateLimited { .. })) => ErrorPage(e).into_response(),
+        Err(e @ (Error::Internal(_) | Error::RateLimited { .. })) => error_for(&v, "users", e),
         Err(e) => {
             let extra = UsersExtra {
                 invite: Some((form, e)),
@@ -266,7 +258,7 @@ async fn after_user_change(
 ) -> Response {
     match done {
         Ok(()) => Redirect::to(&format!("/ui/users?done={notice}")).into_response(),
-        Err(e @ (Error::Internal(_) | Error::NotFound)) => ErrorPage(e).into_response(),
+        Err(e @ (Error::Internal(_) | Error::NotFound)) => error_for(v, "users", e),
         Err(e) => {
             let extra = UsersExtra {
                 row: Some((id, e)),
@@ -290,7 +282,7 @@ pub async fn change_role(
 ) -> Response {
     let id = match user_id(&id) {
         Ok(id) => id,
-        Err(e) => return ErrorPage(e).into_response(),
+        Err(e) => return error_for(&f.viewer, "users", e),
     };
     let done = match parse_role(&f.form.role) {
         Ok(role) => {
@@ -320,7 +312,7 @@ pub async fn disable_user(
 ) -> Response {
     let id = match user_id(&id) {
         Ok(id) => id,
-        Err(e) => return ErrorPage(e).into_response(),
+        Err(e) => return error_for(&f.viewer, "users", e),
     };
     let done = if f.form.confirm.is_none() {
         Err(Error::invalid(
@@ -342,7 +334,7 @@ pub async fn enable_user(
 ) -> Response {
     let id = match user_id(&id) {
         Ok(id) => id,
-        Err(e) => return ErrorPage(e).into_response(),
+        Err(e) => return error_for(&f.viewer, "users", e),
     };
     let done = s
         .authority
@@ -498,7 +490,7 @@ async fn account_page(
     let now = s.clock.now();
     let list = match s.authority.list_sessions(&v.caller, now).await {
         Ok(l) => l,
-        Err(e) => return ErrorPage(e).into_response(),
+        Err(e) => return error_for(v, "account", e),
     };
     let sessions: Vec<SessionRow> = list
         .sessions
@@ -520,7 +512,7 @@ async fn account_page(
     page(
         status,
         &AccountPage {
-            nav: nav(v, "account"),
+            nav: Nav::new(v, "account"),
             role: role_name(u.role),
             state: user_state_name(u.state),
             created: when(Some(u.created_at), now, ""),
@@ -588,7 +580,7 @@ pub async fn change_password(
         .await
     {
         Ok(()) => Redirect::to("/ui/account?done=password").into_response(),
-        Err(e @ Error::Internal(_)) => ErrorPage(e).into_response(),
+        Err(e @ Error::Internal(_)) => error_for(&f.viewer, "account", e),
         Err(e) => {
             let field = match &e {
                 Error::PermissionDenied(_) => "current_password",
@@ -617,7 +609,7 @@ pub async fn end_session(
     };
     match done {
         Ok(()) => Redirect::to("/ui/account?done=session").into_response(),
-        Err(e @ Error::Internal(_)) => ErrorPage(e).into_response(),
+        Err(e @ Error::Internal(_)) => error_for(&f.viewer, "account", e),
         Err(Error::NotFound) => {
             let failed = (
                 StatusCode::NOT_FOUND,
@@ -637,7 +629,7 @@ pub async fn end_other_sessions(State(s): State<ConsoleState>, f: SignedForm<Emp
         .await
     {
         Ok(_) => Redirect::to("/ui/account?done=others").into_response(),
-        Err(e @ Error::Internal(_)) => ErrorPage(e).into_response(),
+        Err(e @ Error::Internal(_)) => error_for(&f.viewer, "account", e),
         Err(e) => account_page(&s, &f.viewer, None, Some(failure(&e, "sessions"))).await,
     }
 }

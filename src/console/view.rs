@@ -7,6 +7,7 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
 use crate::error::Error;
+use crate::service::model::{UserRole, UserView};
 
 /// Renders a template into a page with `status`.
 pub fn page<T: Template>(status: StatusCode, t: &T) -> Response {
@@ -19,9 +20,32 @@ pub fn page<T: Template>(status: StatusCode, t: &T) -> Response {
     }
 }
 
+/// The header of every signed-in page.
+pub struct Nav {
+    pub user: UserView,
+    pub csrf: String,
+    pub section: &'static str,
+}
+
+impl Nav {
+    pub fn is_admin(&self) -> bool {
+        self.user.role == UserRole::Admin
+    }
+}
+
 #[derive(Template)]
 #[template(path = "error.html")]
 struct ErrorTemplate {
+    status: u16,
+    title: &'static str,
+    message: String,
+}
+
+/// The same error inside the signed-in layout.
+#[derive(Template)]
+#[template(path = "error_app.html")]
+struct AppErrorTemplate {
+    nav: Nav,
     status: u16,
     title: &'static str,
     message: String,
@@ -42,16 +66,36 @@ impl ErrorPage {
     }
 }
 
+impl ErrorPage {
+    /// The error inside the signed-in layout, with `nav`.
+    pub fn within(nav: Nav, e: Error) -> Response {
+        let (status, title, message) = described(&e);
+        let t = AppErrorTemplate {
+            nav,
+            status: status.as_u16(),
+            title,
+            message,
+        };
+        page(status, &t)
+    }
+}
+
+/// An error's status, heading and sentence; an internal error's cause is logged here, once.
+fn described(e: &Error) -> (StatusCode, &'static str, String) {
+    let (status, title) = status_of(e);
+    if let Error::Internal(cause) = e {
+        tracing::error!(error = format!("{cause:#}"), "internal error");
+    }
+    (status, title, sentence(&e.public_message()))
+}
+
 impl IntoResponse for ErrorPage {
     fn into_response(self) -> Response {
-        let (status, title) = status_of(&self.0);
-        if let Error::Internal(cause) = &self.0 {
-            tracing::error!(error = format!("{cause:#}"), "internal error");
-        }
+        let (status, title, message) = described(&self.0);
         let t = ErrorTemplate {
             status: status.as_u16(),
             title,
-            message: sentence(&self.0.public_message()),
+            message,
         };
         page(status, &t)
     }

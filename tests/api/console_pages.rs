@@ -275,6 +275,12 @@ async fn a_member_gets_the_403_page_for_users_and_audit_and_sees_no_admin_links(
     assert!(users.contains("users:read"), "{users}");
     assert_eq!(audit_status, StatusCode::FORBIDDEN);
     assert!(audit.contains("audit:read"), "{audit}");
+    for refused in [&users, &audit] {
+        // The error keeps the person's navigation, without the links they may not follow.
+        assert!(refused.contains("aria-label=\"Main\""), "{refused}");
+        assert!(refused.contains("Sign out"));
+        assert!(!refused.contains("href=\"/ui/users\""));
+    }
     assert_eq!(account_status, StatusCode::OK);
     assert!(account.contains("href=\"/ui/account\""));
     assert!(!account.contains("href=\"/ui/users\""));

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# A/B of two builds of the latchkey server on the cycling scenario of bench/run.sh: every token
+# of the database verified in turn over REST, the cache a tenth of the set, so most
+# verifications are cache misses and every flush writes usage for thousands of tokens. Use it to
+# price a change to the verify or usage path (the hourly usage counts were priced with it).
+#
+#   bash bench/ab.sh OLD_DIR NEW_DIR [--tokens N] [--rounds R] [--duration S]
+#
+# OLD_DIR and NEW_DIR each hold a `latchkey` binary; OLD_DIR also an `examples/seed` or `seed`
+# binary of the same build (the database is seeded once, with the older schema, and each server
+# migrates its own copy). Rounds alternate old and new; the best round of each side is reported
+# with the ratio new/old. Needs wrk and curl. Servers listen on 127.0.0.1 only.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+
+[ $# -ge 2 ] || { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+OLD=$1 NEW=$2
+shift 2
+TOKENS=100000 ROUNDS=3 DURATION=10 WARMUP=3 CONNS=32 THREADS=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tokens) TOKENS=$2; shift ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+SEED="$OLD/examples/seed"
+[ -x "$SEED" ] || SEED="$OLD/seed"
+for b in "$OLD/latchkey" "$NEW/latchkey" "$SEED"; do
+  [ -x "$b" ] || { echo "missing $b" >&2; exit 2; }
+done
+command -v wrk >/dev/null || { echo "needs wrk" >&2; exit 2; }
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/latchkey-ab.XXXXXX")
+PID=""
+cleanup() {
+  [ -z "$PID" ] || { kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+"$SEED" --database-url "sqlite://$TMP/seed.db" --count "$TOKENS" --hash sha256 \
+  --out "$TMP/tokens.txt" --method sql >"$TMP/seed.out" 2>&1 ||
+  { cat "$TMP/seed.out" >&2; exit 1; }
+cp "$TMP/seed.db" "$TMP/old.db"
+cp "$TMP/seed.db" "$TMP/new.db"
+CACHE=$(( TOKENS / 10 ))
+
+run_side() { # name -> JSON of one measurement
+  local name=$1 bin port url
+  if [ "$name" = old ]; then bin="$OLD/latchkey"; else bin="$NEW/latchkey"; fi
+  port=$(free_port)
+  url="http://127.0.0.1:$port"
+  LATCHKEY_LOG=warn "$bin" serve --database-url "sqlite://$TMP/$name.db" --hash sha256 \
+    --cache-capacity "$CACHE" --listen "127.0.0.1:$port" >"$TMP/$name.log" 2>&1 &
+  PID=$!
+  wait_http "$url/healthz" "$PID" 60 || { cat "$TMP/$name.log" >&2; exit 1; }
+  wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" --timeout 10s -s "$ROOT/bench/wrk.lua" "$url" -- \
+    verify "$TMP/tokens.txt" "$THREADS" - "$$-$RANDOM" - - - >/dev/null
+  wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 10s -s "$ROOT/bench/wrk.lua" "$url" -- \
+    verify "$TMP/tokens.txt" "$THREADS" - "$$-$RANDOM" - - - >"$TMP/wrk.out"
+  kill -TERM "$PID"
+  wait "$PID" 2>/dev/null || true
+  PID=""
+  sed -n 's/^WRKJSON //p' "$TMP/wrk.out" | head -n1
+}
+
+BEST_OLD="" BEST_NEW=""
+for r in $(seq "$ROUNDS"); do
+  o=$(run_side old)
+  n=$(run_side new)
+  printf 'round %d: old %s req/s (p99 %s us), new %s req/s (p99 %s us)\n' "$r" \
+    "$(num rps "$o")" "$(num p99_us "$o")" "$(num rps "$n")" "$(num p99_us "$n")"
+  BEST_OLD=$(best "$BEST_OLD" "$o")
+  BEST_NEW=$(best "$BEST_NEW" "$n")
+done
+awk -v o="$(num rps "$BEST_OLD")" -v n="$(num rps "$BEST_NEW")" \
+  'BEGIN { printf "best: old %.0f req/s, new %.0f req/s, new/old %.3f\n", o, n, n / o }'
