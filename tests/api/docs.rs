@@ -72,3 +72,377 @@ async fn the_readme_people_commands_run_as_written() {
     assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("\"tokens\""), "{stdout}");
 }
+
+// ---- The walk-throughs of the user's guide, and the files it ships ----
+
+fn page_text(page: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page))
+        .unwrap_or_else(|e| panic!("{page}: {e}"))
+}
+
+/// The outputs a block promises, in its `# -> ...` lines: every word of them (words with `…`,
+/// which stand for ids, left out) must appear in stdout, in that order.
+fn check_promised_output(script: &str, stdout: &str) {
+    let mut at = 0;
+    for line in script.lines() {
+        let Some(promised) = line.trim_start().strip_prefix("# -> ") else {
+            continue;
+        };
+        for word in promised.split_whitespace().filter(|w| !w.contains('…')) {
+            match stdout[at..].find(word) {
+                Some(i) => at += i + word.len(),
+                None => panic!(
+                    "the docs promise {word:?} (from {promised:?}) after byte {at} of:\n{stdout}"
+                ),
+            }
+        }
+    }
+}
+
+/// Runs a walk-through in `dir` (its working folder) against `app`, with the default database
+/// path of the docs pointing at the app's, and checks its exit status and promised output.
+fn run_walkthrough(script: &str, app: &crate::helpers::TestApp, dir: &Path) -> String {
+    let db_path = app.database_url.trim_start_matches("sqlite://");
+    let script =
+        format!("cd {}\n{}", dir.display(), script).replace("latchkey-data/latchkey.db", db_path);
+    let (ok, stdout, stderr) = run_block(&script, &app.database_url, &app.address);
+    assert!(
+        ok,
+        "script:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    check_promised_output(&script, &stdout);
+    stdout
+}
+
+/// Whether a tool the walk-through needs is installed; outside CI a missing one skips the test.
+fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "CI must install {tool}");
+        eprintln!("skipping: {tool} is not installed");
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_cli_first_session_runs_as_written() {
+    // Arrange
+    let app = spawn_app().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let script = shell_block("docs/cli.md", "## A first session");
+
+    // Act + Assert
+    run_walkthrough(&script, &app, dir.path());
+}
+
+#[tokio::test]
+async fn the_gateway_check_by_hand_runs_as_written() {
+    // Arrange
+    let app = spawn_app().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let script = shell_block("docs/gateway.md", "## Try the check by hand");
+
+    // Act + Assert
+    run_walkthrough(&script, &app, dir.path());
+}
+
+#[test]
+fn the_nginx_config_in_gateway_md_is_the_tested_example() {
+    // Arrange: tests/api/nginx.rs runs examples/nginx/latchkey.conf with a real nginx.
+    let page = page_text("docs/gateway.md");
+    let example = page_text("examples/nginx/latchkey.conf");
+    let start = page.find("```nginx\n").expect("an nginx block") + "```nginx\n".len();
+    let len = page[start..].find("```").expect("its end");
+
+    // Act
+    let shown = &page[start..start + len];
+    let tested = &example[example.find("upstream latchkey").expect("the upstream")..];
+
+    // Assert
+    assert_eq!(
+        shown.trim_end(),
+        tested.trim_end(),
+        "docs/gateway.md must show examples/nginx/latchkey.conf from `upstream latchkey` on"
+    );
+}
+
+#[tokio::test]
+async fn the_health_commands_in_operations_md_run_as_written() {
+    // Arrange
+    let app = spawn_app().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let script = shell_block("docs/operations.md", "## Health");
+
+    // Act + Assert
+    run_walkthrough(&script, &app, dir.path());
+}
+
+#[tokio::test]
+async fn the_sqlite_backup_and_restore_in_operations_md_work_as_written() {
+    if !have("sqlite3") {
+        return;
+    }
+    // Arrange: a token before the backup, another after it.
+    let mut app = spawn_app().await;
+    if !app.database_url.starts_with("sqlite://") {
+        eprintln!("skipping: the SQLite backup runs in the SQLite pass of the suite");
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let page = page_text("docs/operations.md");
+    let backup = shell_block("docs/operations.md", "## Backup and restore");
+    let restore_at = page
+        .find("To restore, stop the server")
+        .expect("the restore step");
+    let restore = {
+        let after = &page[restore_at..];
+        let start = after.find("```sh\n").unwrap() + "```sh\n".len();
+        after[start..start + after[start..].find("```").unwrap()].to_string()
+    };
+    let (before, _) = app
+        .token_with(&app.admin_token, "before the backup", &["tokens:read"])
+        .await;
+
+    // Act: back up while the server runs, mint another, stop, restore, start again.
+    run_walkthrough(&backup, &app, dir.path());
+    let (after, _) = app
+        .token_with(&app.admin_token, "after the backup", &["tokens:read"])
+        .await;
+    assert!(app.stop_gracefully());
+    run_walkthrough(&restore, &app, dir.path());
+    let restored = app.restart(&[]).await;
+
+    // Assert
+    assert_eq!(restored.verify(&before, &[]).await["valid"], true);
+    assert_eq!(restored.verify(&after, &[]).await["valid"], false);
+}
+
+/// Every `latchkey_*` metric name that `src/` registers (a literal on a line with
+/// `counter!(`, `histogram!(` or `gauge!(`), with every string literal of `src/`.
+fn exported_metrics() -> (Vec<String>, String) {
+    fn walk(dir: &Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+                out.push('\n');
+            }
+        }
+    }
+    let mut src = String::new();
+    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut src);
+    let mut names: Vec<String> = src
+        .lines()
+        .filter(|l| l.contains("counter!(") || l.contains("histogram!(") || l.contains("gauge!("))
+        .flat_map(|l| metric_names(l).into_iter())
+        .collect();
+    names.sort();
+    names.dedup();
+    (names, src)
+}
+
+/// The `latchkey_[a-z0-9_]+` words of a text.
+fn metric_names(text: &str) -> Vec<String> {
+    text.match_indices("latchkey_")
+        .map(|(i, _)| {
+            text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|n| n.len() > "latchkey_".len())
+        .collect()
+}
+
+#[test]
+fn the_dashboard_alerts_and_metrics_table_name_only_metrics_the_server_exports() {
+    // Arrange
+    let (exported, src) = exported_metrics();
+    assert!(exported.len() >= 10, "{exported:?}");
+    let ops = page_text("docs/operations.md");
+    let metrics_section = {
+        let start = ops.find("## Metrics").expect("## Metrics");
+        let end = ops[start + 3..]
+            .find("\n## ")
+            .map_or(ops.len(), |e| start + 3 + e);
+        ops[start..end].to_string()
+    };
+    let dashboard = page_text("docs/grafana/latchkey.json");
+    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let alerts = page_text("docs/prometheus/alerts.yml");
+
+    // Act
+    let mut problems = Vec::new();
+    for (file, text) in [
+        ("docs/operations.md ## Metrics", &metrics_section),
+        ("docs/grafana/latchkey.json", &dashboard),
+        ("docs/prometheus/alerts.yml", &alerts),
+    ] {
+        for name in metric_names(text) {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|b| exported.iter().any(|e| e == b))
+                .unwrap_or(&name);
+            if !exported.iter().any(|e| e == base) {
+                problems.push(format!("{file} names {name}, which src/ does not export"));
+            }
+        }
+        for label in ["result=\"", "limit=\""] {
+            for (i, _) in text.match_indices(label) {
+                let value: String = text[i + label.len()..]
+                    .chars()
+                    .take_while(|c| *c != '"')
+                    .collect();
+                if !src.contains(&format!("\"{value}\"")) {
+                    problems.push(format!(
+                        "{file}: {label}{value}\" is no label value of src/"
+                    ));
+                }
+            }
+        }
+    }
+    for name in &exported {
+        if !metrics_section.contains(&format!("`{name}")) {
+            problems.push(format!(
+                "docs/operations.md ## Metrics does not describe {name}"
+            ));
+        }
+    }
+
+    // Assert
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules_and_the_dashboard_queries() {
+    if !have("promtool") {
+        return;
+    }
+    // Arrange: the dashboard's queries as recording rules, Grafana's variables filled in.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&page_text("docs/grafana/latchkey.json")).unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, panel) in dashboard["panels"].as_array().unwrap().iter().enumerate() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", ".*");
+            rules.push_str(&format!(
+                "      - record: dashboard_panel_{i}\n        expr: {}\n",
+                serde_json::Value::String(expr)
+            ));
+        }
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let queries = dir.path().join("dashboard.yml");
+    std::fs::write(&queries, rules).unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("promtool").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    // Act + Assert
+    let alerts = root.join("docs/prometheus/alerts.yml");
+    let tests = root.join("docs/prometheus/alerts_test.yml");
+    run(&["check".as_ref(), "rules".as_ref(), alerts.as_os_str()]);
+    run(&["test".as_ref(), "rules".as_ref(), tests.as_os_str()]);
+    run(&["check".as_ref(), "rules".as_ref(), queries.as_os_str()]);
+}
+
+/// The anchor GitHub gives a heading: lower case, punctuation but `-` and `_` dropped, spaces to `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim_start_matches('#')
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.push(slug(line));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_link_of_the_readme_and_the_docs_leads_somewhere() {
+    // Arrange
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs.iter().cloned());
+    let readme = page_text("README.md");
+
+    // Act
+    let mut problems = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (i, _) in text.match_indices("](") {
+            let target: String = text[i + 2..].chars().take_while(|c| *c != ')').collect();
+            if target.starts_with("http") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let dest = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            if !dest.exists() {
+                problems.push(format!("{}: {target} does not exist", page.display()));
+                continue;
+            }
+            if !anchor.is_empty() && dest.extension().is_some_and(|e| e == "md") {
+                let dest_text = std::fs::read_to_string(&dest).unwrap();
+                if !anchors(&dest_text).iter().any(|a| a == anchor) {
+                    problems.push(format!(
+                        "{}: no heading #{anchor} in {file}",
+                        page.display()
+                    ));
+                }
+            }
+        }
+    }
+    for doc in &docs {
+        let name = format!("docs/{}", doc.file_name().unwrap().to_string_lossy());
+        if !readme.contains(&format!("]({name})")) {
+            problems.push(format!("README.md does not link to {name}"));
+        }
+    }
+    let lines = readme.lines().count();
+    if lines >= 200 {
+        problems.push(format!("README.md has {lines} lines; keep it under 200"));
+    }
+
+    // Assert
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
