@@ -19,6 +19,7 @@ const REDACTED: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    git_commit();
     println!("cargo:rerun-if-changed=proto");
     // sqlx::migrate! embeds the migrations; a new file must rebuild the crate.
     println!("cargo:rerun-if-changed=migrations");
@@ -31,4 +32,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug(REDACTED)
         .compile_fds(fds)?;
     Ok(())
+}
+
+/// Sets `LATCHKEY_GIT_COMMIT` (shown by `latchkey --version`) to the short hash of the checkout's
+/// HEAD, or `unknown` outside a git checkout or without git. Rebuilds when HEAD moves: the HEAD
+/// file (a checkout) and the branch it names (a commit).
+fn git_commit() {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git").args(args).output().ok()?;
+        let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !s.is_empty()).then_some(s)
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=LATCHKEY_GIT_COMMIT={commit}");
+    // Only paths that exist: cargo reruns a script whose watched path is missing every time.
+    let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(git(&["rev-parse", "--git-path", &branch]));
+        watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+    }
+    for path in watched.into_iter().flatten() {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
 }

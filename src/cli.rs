@@ -8,8 +8,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::token::{HashAlgorithm, Prefix};
 
+/// What `latchkey --version` prints after the name: the crate's version and the git commit it
+/// was built from (`unknown` outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("LATCHKEY_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "latchkey", version, about = "Self-hosted API token authority")]
+#[command(name = "latchkey", version = VERSION, about = "Self-hosted API token authority")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -78,77 +87,98 @@ pub struct ClientArgs {
 pub enum TokenCommand {
     /// Create a token; prints its plaintext alone on stdout (shown once).
     Create {
+        /// The token's name: 1-100 characters of letters, digits, space and ._:-, unique among
+        /// the org's live tokens.
         #[arg(long)]
         name: String,
-        /// `pat` or `svc`.
+        /// `pat` (a person's token) or `svc` (a service's).
         #[arg(long = "type", default_value = "pat")]
         r#type: String,
-        /// A scope or composite name (repeatable).
+        /// A scope or composite name (repeatable) [default: none].
         #[arg(long = "scope")]
         scopes: Vec<String>,
-        /// The permission bitmap.
+        /// The permission bitmap, added to the scopes [default: none].
         #[arg(long)]
         permissions: Option<u64>,
+        /// Lifetime in seconds from now [default: the org's default lifetime, else none].
         #[arg(long)]
         ttl_seconds: Option<i64>,
-        /// RFC 3339 time.
+        /// When the token stops working, an RFC 3339 time (instead of --ttl-seconds).
         #[arg(long)]
         expires_at: Option<String>,
+        /// The org to create the token in (another org's needs platform:admin) [default: the
+        /// caller's org].
         #[arg(long)]
         org_id: Option<String>,
-        /// A JSON object.
+        /// Free-form JSON object of at most 4 KiB, returned with the token.
         #[arg(long)]
         metadata: Option<String>,
     },
     /// List tokens, newest first.
     List {
+        /// The org whose tokens to list (another org's needs platform:admin) [default: the
+        /// caller's org].
         #[arg(long)]
         org_id: Option<String>,
-        /// `active`, `expired`, `revoked` or `disabled`.
+        /// Only tokens in this state: `active`, `expired`, `revoked` or `disabled` [default:
+        /// every state].
         #[arg(long)]
         state: Option<String>,
+        /// Tokens per page, 1-500 [default: 50].
         #[arg(long)]
         page_size: Option<u32>,
+        /// The next page, as printed by the previous one (`more: --page-token ...`).
         #[arg(long)]
         page_token: Option<String>,
     },
     /// Show one token.
     Get {
+        /// The token's id.
         id: String,
+        /// The token's org (another org's needs platform:admin) [default: the caller's org].
         #[arg(long)]
         org_id: Option<String>,
     },
     /// Revoke a token at once.
     Revoke {
+        /// The token's id.
         id: String,
+        /// The token's org (another org's needs platform:admin) [default: the caller's org].
         #[arg(long)]
         org_id: Option<String>,
     },
     /// Rotate a token; prints the new plaintext alone on stdout.
     Rotate {
+        /// The id of the token to replace.
         id: String,
-        /// Seconds the old token keeps working (default 3600; 0 = now).
+        /// Seconds the old token keeps working (0: it stops at once) [default: 3600].
         #[arg(long)]
         grace_seconds: Option<i64>,
+        /// The token's org (another org's needs platform:admin) [default: the caller's org].
         #[arg(long)]
         org_id: Option<String>,
     },
     /// Disable a token (it verifies as invalid until enabled).
     Disable {
+        /// The token's id.
         id: String,
+        /// The token's org (another org's needs platform:admin) [default: the caller's org].
         #[arg(long)]
         org_id: Option<String>,
     },
     /// Enable a disabled token.
     Enable {
+        /// The token's id.
         id: String,
+        /// The token's org (another org's needs platform:admin) [default: the caller's org].
         #[arg(long)]
         org_id: Option<String>,
     },
     /// Verify a token (`-` reads it from stdin); exit code 0 only when valid.
     Verify {
+        /// The token's plaintext, or `-` to read it from one line of stdin (kept out of `ps`).
         token: String,
-        /// A scope the token must hold (repeatable).
+        /// A scope the token must hold (repeatable) [default: none].
         #[arg(long = "require")]
         require: Vec<String>,
     },
@@ -158,22 +188,29 @@ pub enum TokenCommand {
 pub enum AuditCommand {
     /// List audit events, newest first.
     List {
+        /// The org whose events to list (another org's needs platform:admin) [default: the
+        /// caller's org].
         #[arg(long)]
         org_id: Option<String>,
+        /// Only events about this token (its id).
         #[arg(long)]
         token_id: Option<String>,
+        /// Only events of this action, e.g. `token_created`, `token_revoked`, `login_succeeded`.
         #[arg(long)]
         action: Option<String>,
+        /// Only events by this actor, e.g. `token:<id>`, `user:<id>`, `bootstrap`.
         #[arg(long)]
         actor: Option<String>,
-        /// RFC 3339 time.
+        /// Events at or after this RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
-        /// RFC 3339 time.
+        /// Events before this RFC 3339 time.
         #[arg(long)]
         until: Option<String>,
+        /// Events per page, 1-500 [default: 50].
         #[arg(long)]
         page_size: Option<u32>,
+        /// The next page, as printed by the previous one (`more: --page-token ...`).
         #[arg(long)]
         page_token: Option<String>,
     },
@@ -200,11 +237,13 @@ pub enum UserRemoteCommand {
     List {
         #[command(flatten)]
         client: ClientArgs,
-        /// Another org's users (needs platform:admin).
+        /// Another org's users (needs platform:admin) [default: the caller's org].
         #[arg(long)]
         org_id: Option<String>,
+        /// Users per page, 1-500 [default: 50].
         #[arg(long)]
         page_size: Option<u32>,
+        /// The next page, as printed by the previous one (`more: --page-token ...`).
         #[arg(long)]
         page_token: Option<String>,
     },
@@ -212,6 +251,7 @@ pub enum UserRemoteCommand {
     Get {
         #[command(flatten)]
         client: ClientArgs,
+        /// The user's id.
         id: String,
     },
     /// Show the user the token belongs to (REST client of a running server).
@@ -224,6 +264,7 @@ pub enum UserRemoteCommand {
     Disable {
         #[command(flatten)]
         client: ClientArgs,
+        /// The user's id.
         id: String,
     },
     /// Enable a disabled user; its revoked tokens stay revoked (REST client of a running
@@ -231,6 +272,7 @@ pub enum UserRemoteCommand {
     Enable {
         #[command(flatten)]
         client: ClientArgs,
+        /// The user's id.
         id: String,
     },
 }
@@ -257,6 +299,7 @@ pub struct UserCreateArgs {
     #[arg(long)]
     pub name: String,
 
+    /// What the user may do in its org.
     #[arg(long, value_enum, default_value_t = RoleArg::Member)]
     pub role: RoleArg,
 

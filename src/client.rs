@@ -73,13 +73,15 @@ impl Client {
         })
     }
 
-    /// Sends a request; returns the JSON body of a success, or fails with the server's message.
+    /// Sends a request; returns the JSON body of a success, or fails with the server's message
+    /// (for a rate limit: which one, when to retry and the server flag that sets it).
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let limit = Limit::of(&method, path);
         let a = self.send(method, path, body).await?;
         if a.status.is_success() {
             Ok(a.body)
         } else {
-            Err(failure(a.status, &a.body))
+            Err(failure(&a, limit))
         }
     }
 
@@ -91,14 +93,96 @@ impl Client {
     }
 }
 
-/// The error for a failed answer: the server's message and code, or the status.
-fn failure(status: StatusCode, v: &Value) -> anyhow::Error {
+/// The error for a failed answer: for 429, the rate limit `limit` met and when to retry; else
+/// the server's message and code, or the status.
+fn failure(a: &Answer, limit: Limit) -> anyhow::Error {
+    let (status, v) = (a.status, &a.body);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return anyhow::anyhow!(limit.message(retry_after(&a.headers)));
+    }
     match (v["error"]["code"].as_str(), v["error"]["message"].as_str()) {
         (Some(code), Some(msg)) => anyhow::anyhow!("{msg} ({code}, HTTP {})", status.as_u16()),
         _ if status == StatusCode::UNAUTHORIZED => {
             anyhow::anyhow!("unauthenticated: set --token or LATCHKEY_TOKEN")
         }
         _ => anyhow::anyhow!("the server answered HTTP {}", status.as_u16()),
+    }
+}
+
+/// The seconds of a `Retry-After` header, when it holds a number.
+fn retry_after(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// The server's rate limit a refused request met. The error body says only `rate_limited`, so
+/// the request tells which: what it did, and how long the wait is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// `POST /v1/tokens` or a rotation: tokens minted per calling token per hour.
+    Mint,
+    /// `POST /v1/auth/token`: sign-ins per client address per 15 minutes.
+    Login,
+    /// `POST /v1/tokens/verify`: failed verifications per client address per minute.
+    FailedVerify,
+    /// Anything else: management requests per client address per second.
+    Management,
+}
+
+impl Limit {
+    fn of(method: &Method, path: &str) -> Self {
+        let path = path.split('?').next().unwrap_or(path);
+        match path {
+            "/v1/auth/token" => Limit::Login,
+            "/v1/tokens/verify" => Limit::FailedVerify,
+            "/v1/tokens" if *method == Method::POST => Limit::Mint,
+            p if *method == Method::POST
+                && p.starts_with("/v1/tokens/")
+                && p.ends_with("/rotate") =>
+            {
+                Limit::Mint
+            }
+            _ => Limit::Management,
+        }
+    }
+
+    /// One line: the limit in words, when to retry, and the `latchkey serve` flag that raises it.
+    fn message(self, retry_after: Option<u64>) -> String {
+        let wait = retry_after.map_or_else(|| "a while".to_string(), wait_words);
+        // A mint refused for a second or less is more likely the per-second management limit
+        // (the mint limit's default frees one mint every 3.6 seconds).
+        let limit = match self {
+            Limit::Mint if retry_after.is_some_and(|s| s <= 1) => Limit::Management,
+            other => other,
+        };
+        let (what, flags) = match limit {
+            Limit::Mint => (
+                "this token has minted too many tokens (the server's limit on tokens created or \
+                 rotated per calling token per hour)",
+                "`latchkey serve --rate-limit-mint-per-token-per-hour`",
+            ),
+            Limit::Login => (
+                "too many sign-ins from this address (the server's limit on sign-ins per client \
+                 address per 15 minutes; tokens minted with a password also count against its \
+                 limit per client address per hour)",
+                "`latchkey serve --rate-limit-login-per-15m` (and `--rate-limit-mint-per-hour`)",
+            ),
+            Limit::FailedVerify => (
+                "too many failed verifications from this address (the server's limit on failed \
+                 verifications and bearer authentications per client address per minute)",
+                "`latchkey serve --rate-limit-failed-verify-per-minute`",
+            ),
+            Limit::Management => (
+                "too many requests from this address (the server's limit on management requests \
+                 per client address per second, or, after invalid tokens, on failed \
+                 authentications per minute)",
+                "`latchkey serve --rate-limit-per-second` and `--rate-limit-burst`, or \
+                 `--rate-limit-failed-verify-per-minute`",
+            ),
+        };
+        format!("rate limited: {what}; try again in {wait}, or raise the limit with {flags}")
     }
 }
 
@@ -178,6 +262,15 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// When a token expires, in words ("in 3h", "2h ago", "never"); `-` for a revoked token, which
+/// no longer works whatever its expiry says.
+fn expiry(t: &Value, now: DateTime<Utc>) -> String {
+    if t["state"] == "revoked" {
+        return "-".into();
+    }
+    relative(t["expires_at"].as_str(), now)
+}
+
 fn token_rows(tokens: &[Value], now: DateTime<Utc>) -> String {
     let rows: Vec<Vec<String>> = tokens
         .iter()
@@ -191,7 +284,7 @@ fn token_rows(tokens: &[Value], now: DateTime<Utc>) -> String {
                     .as_array()
                     .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
                     .unwrap_or_default(),
-                relative(t["expires_at"].as_str(), now),
+                expiry(t, now),
                 relative(t["last_used_at"].as_str(), now),
             ]
         })
@@ -227,11 +320,7 @@ fn token_detail(t: &Value, now: DateTime<Utc>) -> String {
     ] {
         out.push_str(&format!("{key:<14}{}\n", s(&t[key])));
     }
-    out.push_str(&format!(
-        "{:<14}{}\n",
-        "expires",
-        relative(t["expires_at"].as_str(), now)
-    ));
+    out.push_str(&format!("{:<14}{}\n", "expires", expiry(t, now)));
     out.push_str(&format!(
         "{:<14}{}\n",
         "last used",
@@ -244,9 +333,17 @@ fn token_detail(t: &Value, now: DateTime<Utc>) -> String {
     out
 }
 
+/// Writes `out` on stdout, each line without trailing spaces (an empty last column leaves none).
 fn print(out: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(out.as_bytes())?;
+    for line in out.split_inclusive('\n') {
+        let (text, end) = match line.strip_suffix('\n') {
+            Some(text) => (text, "\n"),
+            None => (line, ""),
+        };
+        stdout.write_all(text.trim_end().as_bytes())?;
+        stdout.write_all(end.as_bytes())?;
+    }
     Ok(())
 }
 
@@ -394,34 +491,51 @@ pub async fn token(args: &ClientArgs, cmd: TokenCommand) -> anyhow::Result<()> {
             } else {
                 token
             };
-            let v = c
-                .call(
+            let a = c
+                .send(
                     Method::POST,
                     "/v1/tokens/verify",
                     Some(json!({ "token": token, "required_scopes": require })),
                 )
                 .await?;
+            if !a.status.is_success() {
+                return Err(failure(&a, Limit::FailedVerify));
+            }
+            let v = a.body;
             if args.json {
                 print_json(&v)?;
             } else {
-                print(&format!(
-                    "{} {} {}\n",
-                    s(&v["code"]),
-                    v["token_id"].as_str().unwrap_or(""),
-                    v["scopes"]
-                        .as_array()
-                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
-                        .unwrap_or_default()
-                ))?;
+                print(&verdict_line(&v))?;
             }
             if v["valid"] == true {
                 Ok(())
+            } else if v["code"] == "RATE_LIMITED" {
+                // Refused unchecked: say which limit, and when to retry.
+                Err(anyhow::anyhow!(
+                    Limit::FailedVerify.message(retry_after(&a.headers))
+                ))
             } else {
                 // Scripts can test the exit code.
                 std::process::exit(1)
             }
         }
     }
+}
+
+/// `VALID <id> <scopes>`, or the code alone for a token that did not verify: the fields
+/// separated by one space, none empty.
+fn verdict_line(v: &Value) -> String {
+    let scopes = v["scopes"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    let fields = [s(&v["code"]), s(&v["token_id"]), scopes];
+    let fields: Vec<&str> = fields
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !f.is_empty() && *f != "-")
+        .collect();
+    format!("{}\n", fields.join(" "))
 }
 
 async fn switch(
@@ -652,20 +766,7 @@ pub async fn login(args: &LoginArgs) -> anyhow::Result<()> {
     match a.status {
         s if s.is_success() => {}
         StatusCode::UNAUTHORIZED => bail!("invalid email or password"),
-        StatusCode::TOO_MANY_REQUESTS => {
-            let wait = a
-                .headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map_or_else(|| "a while".to_string(), wait_words);
-            bail!(
-                "too many sign-ins from this address: try again in {wait} (the server's \
-                 limit is --rate-limit-login-per-15m; tokens minted with a password also count \
-                 against --rate-limit-mint-per-hour)"
-            )
-        }
-        s => return Err(failure(s, &a.body)),
+        _ => return Err(failure(&a, Limit::Login)),
     }
     if args.json {
         return print_json(&a.body);
@@ -787,6 +888,38 @@ mod tests {
         assert_eq!(wait_words(45), "45 seconds");
         assert_eq!(wait_words(60), "1 minute");
         assert_eq!(wait_words(601), "11 minutes");
+    }
+
+    #[test]
+    fn a_refusal_is_put_down_to_the_limit_of_the_request_it_answered() {
+        assert_eq!(Limit::of(&Method::POST, "/v1/tokens"), Limit::Mint);
+        assert_eq!(
+            Limit::of(&Method::POST, "/v1/tokens/abc/rotate"),
+            Limit::Mint
+        );
+        assert_eq!(Limit::of(&Method::POST, "/v1/auth/token"), Limit::Login);
+        assert_eq!(
+            Limit::of(&Method::POST, "/v1/tokens/verify"),
+            Limit::FailedVerify
+        );
+        assert_eq!(
+            Limit::of(&Method::GET, "/v1/tokens?state=active"),
+            Limit::Management
+        );
+        assert_eq!(
+            Limit::of(&Method::POST, "/v1/tokens/abc/disable"),
+            Limit::Management
+        );
+        let mint = Limit::Mint.message(Some(3000));
+        assert!(mint.contains("try again in 50 minutes"), "{mint}");
+        assert!(
+            mint.contains("--rate-limit-mint-per-token-per-hour"),
+            "{mint}"
+        );
+        // A one-second wait is the per-second management limit, not the hourly mint limit.
+        let quick = Limit::Mint.message(Some(1));
+        assert!(quick.contains("--rate-limit-per-second"), "{quick}");
+        assert!(Limit::Login.message(None).contains("try again in a while"));
     }
 
     #[test]

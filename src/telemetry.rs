@@ -1,5 +1,6 @@
 //! Logging (tracing) and metrics (Prometheus).
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -8,17 +9,25 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::LogFormat;
 
 /// Installs the global log subscriber on stderr. The filter comes from `LATCHKEY_LOG`
-/// (default `info`). A second call does nothing.
+/// (default `info`). Text logs are coloured only when stderr is a terminal and `NO_COLOR` is
+/// not set, so a file, a pipe or a journal gets plain text. A second call does nothing.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("LATCHKEY_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Whether to colour logs: on a terminal, unless `NO_COLOR` is set to anything but empty
+/// (<https://no-color.org>).
+fn colour(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The process-wide Prometheus recorder, installed on first use, with every counter of the

@@ -311,3 +311,405 @@ async fn the_client_fails_with_the_servers_message_and_a_non_zero_exit() {
     assert!(!unreachable.status.success());
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"));
 }
+
+/// Every command path of the CLI, for the tests of `--help`.
+const COMMANDS: &[&[&str]] = &[
+    &[],
+    &["serve"],
+    &["bootstrap"],
+    &["login"],
+    &["token"],
+    &["token", "create"],
+    &["token", "list"],
+    &["token", "get"],
+    &["token", "revoke"],
+    &["token", "rotate"],
+    &["token", "disable"],
+    &["token", "enable"],
+    &["token", "verify"],
+    &["audit"],
+    &["audit", "list"],
+    &["user"],
+    &["user", "create"],
+    &["user", "list"],
+    &["user", "get"],
+    &["user", "me"],
+    &["user", "disable"],
+    &["user", "enable"],
+];
+
+/// The flags and arguments of a help text that have no description: an entry line (`--flag`,
+/// `-f`, `<ARG>`) with no text after its name, on its line or the next.
+fn undescribed(help: &str) -> Vec<String> {
+    let lines: Vec<&str> = help.lines().collect();
+    let mut missing = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if !line.starts_with("  ") || !(trimmed.starts_with('-') || trimmed.starts_with('<')) {
+            continue;
+        }
+        let same_line = trimmed
+            .split_once("  ")
+            .is_some_and(|(_, rest)| !rest.trim().is_empty());
+        let next_line = lines.get(i + 1).is_some_and(|next| {
+            let t = next.trim_start();
+            next.len() - t.len() > 6 && !t.is_empty() && !t.starts_with('-')
+        });
+        if !same_line && !next_line {
+            missing.push(trimmed.to_string());
+        }
+    }
+    missing
+}
+
+#[test]
+fn every_command_says_what_it_is_for_and_every_flag_has_a_description() {
+    for path in COMMANDS {
+        // Act
+        let out = Command::new(BIN).args(*path).arg("-h").output().unwrap();
+
+        // Assert
+        assert!(out.status.success(), "{path:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let first = help.lines().next().unwrap_or("");
+        assert!(
+            !first.is_empty() && !first.starts_with("Usage"),
+            "latchkey {path:?} -h has no description:\n{help}"
+        );
+        let missing = undescribed(&help);
+        assert!(
+            missing.is_empty(),
+            "latchkey {path:?} -h: no description for {missing:?}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn help_shows_the_default_of_each_flag_that_has_one() {
+    for (path, defaults) in [
+        (
+            &["token", "create"][..],
+            &["[default: pat]", "[default: http://127.0.0.1:8080]"][..],
+        ),
+        (&["token", "list"], &["[default: 50]"]),
+        (&["token", "rotate"], &["[default: 3600]"]),
+        (&["audit", "list"], &["[default: 50]"]),
+        (
+            &["user", "create"],
+            &["[default: member]", "[default: default]"],
+        ),
+        (
+            &["bootstrap"],
+            &["[default: sqlite://latchkey-data/latchkey.db]"],
+        ),
+        (&["serve"], &["[default: 127.0.0.1:8080]", "[default: 10]"]),
+    ] {
+        // Act
+        let out = Command::new(BIN).args(path).arg("-h").output().unwrap();
+
+        // Assert
+        let help = String::from_utf8(out.stdout).unwrap();
+        for d in defaults {
+            assert!(help.contains(d), "latchkey {path:?} -h lacks {d}:\n{help}");
+        }
+    }
+}
+
+#[test]
+fn version_prints_the_crate_version_and_the_commit() {
+    // Act
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+
+    // Assert
+    assert!(out.status.success());
+    let version = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        version.starts_with(&format!("latchkey {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    let commit = version
+        .trim_end()
+        .rsplit("(commit ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')');
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{version}"
+    );
+}
+
+#[test]
+fn a_failing_command_prints_one_error_line_and_no_backtrace_even_when_asked_for_one() {
+    // Arrange: a server that is not there, and every backtrace switch on.
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "token",
+        "list",
+        "--url",
+        "http://127.0.0.1:9",
+        "--token",
+        "x",
+    ])
+    .env("RUST_BACKTRACE", "1")
+    .env("RUST_LIB_BACKTRACE", "1");
+
+    // Act
+    let out = cmd.output().unwrap();
+
+    // Assert
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: cannot reach"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    assert!(!err.contains("Caused by"), "{err}");
+}
+
+#[test]
+fn a_bad_server_setting_is_one_error_line_without_a_backtrace() {
+    // Act
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--rate-limit-refusal-delay-ms",
+            "2000",
+            "--request-timeout-seconds",
+            "2",
+        ])
+        .env("RUST_BACKTRACE", "full")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .output()
+        .unwrap();
+
+    // Assert
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+}
+
+#[tokio::test]
+async fn the_server_logs_without_colour_codes_when_stderr_is_not_a_terminal() {
+    // Arrange: text logs (the format that could be coloured) into a file.
+    let dir = tempfile::TempDir::new().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--database-url",
+            &crate::helpers::db_url(dir.path()),
+        ])
+        .env("LATCHKEY_LOG", "info")
+        .env_remove("NO_COLOR")
+        .env_remove("LATCHKEY_LOG_FORMAT")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    // Act: wait for the `listening` line.
+    let started = std::time::Instant::now();
+    let logs = loop {
+        let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if logs.contains("listening") || started.elapsed() > std::time::Duration::from_secs(60) {
+            break logs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // Assert
+    assert!(logs.contains("listening"), "{logs}");
+    assert!(logs.contains("INFO"), "{logs}");
+    assert!(!logs.contains("\x1b["), "{logs:?}");
+}
+
+#[tokio::test]
+async fn every_cli_request_carries_the_cli_user_agent_into_the_audit_log() {
+    // Arrange
+    let app = spawn_app().await;
+
+    // Act
+    let created = client(
+        &app,
+        Some(&app.admin_token),
+        &["token", "create", "--name", "agent"],
+    );
+
+    // Assert
+    assert!(created.status.success(), "{}", stderr(&created));
+    let id = stdout(&created)
+        .trim()
+        .split('_')
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let res = app
+        .get(
+            &format!("/v1/audit?token_id={id}&action=token_created"),
+            &app.admin_token,
+        )
+        .await;
+    let events: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        events["events"][0]["user_agent"],
+        format!("latchkey-cli/{}", env!("CARGO_PKG_VERSION")),
+        "{events}"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_listed_as_revoked_with_no_expiry_countdown() {
+    // Arrange: a token that would expire in two hours, revoked.
+    let app = spawn_app().await;
+    let (_, view) = app
+        .create_token(
+            &app.admin_token,
+            serde_json::json!({ "name": "gone", "ttl_seconds": 7200 }),
+        )
+        .await;
+    let id = view["id"].as_str().unwrap().to_string();
+    let res = app
+        .delete(&format!("/v1/tokens/{id}"), &app.admin_token)
+        .await;
+    assert!(res.status().is_success());
+
+    // Act
+    let listed = client(&app, Some(&app.admin_token), &["token", "list"]);
+    let got = client(&app, Some(&app.admin_token), &["token", "get", &id]);
+
+    // Assert
+    let table = stdout(&listed);
+    let row = table.lines().find(|l| l.contains(&id)).expect("listed");
+    assert!(row.contains("revoked"), "{row}");
+    assert!(!row.contains("in 2h"), "{row}");
+    let detail = stdout(&got);
+    let expires = detail
+        .lines()
+        .find(|l| l.starts_with("expires"))
+        .expect("an expires line");
+    assert_eq!(expires.split_whitespace().nth(1), Some("-"), "{detail}");
+}
+
+#[tokio::test]
+async fn verify_and_show_print_no_trailing_spaces() {
+    // Arrange: a token with no scopes (an empty last field), and one that is not a token.
+    let app = spawn_app().await;
+    let (plaintext, view) = app
+        .create_token(&app.admin_token, serde_json::json!({ "name": "bare" }))
+        .await;
+    let id = view["id"].as_str().unwrap();
+
+    // Act
+    let valid = client(&app, None, &["token", "verify", &plaintext]);
+    let invalid = client(&app, None, &["token", "verify", "not-a-token"]);
+    let shown = client(&app, Some(&app.admin_token), &["token", "get", id]);
+    let listed = client(&app, Some(&app.admin_token), &["token", "list"]);
+
+    // Assert
+    assert_eq!(stdout(&valid), format!("VALID {id}\n"));
+    assert_eq!(stdout(&invalid), "INVALID\n");
+    for out in [&valid, &invalid, &shown, &listed] {
+        for line in stdout(out).lines() {
+            assert_eq!(line, line.trim_end(), "trailing spaces: {line:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_mint_past_the_per_token_limit_names_the_limit_the_wait_and_the_flag() {
+    // Arrange: one mint per calling token per hour, used up.
+    let app = crate::helpers::spawn_app_with(&["--rate-limit-mint-per-token-per-hour", "1"]).await;
+    let admin = Some(app.admin_token.as_str());
+    let first = client(&app, admin, &["token", "create", "--name", "first"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+
+    // Act
+    let second = client(&app, admin, &["token", "create", "--name", "second"]);
+
+    // Assert
+    assert_eq!(second.status.code(), Some(1));
+    let err = stderr(&second);
+    assert!(err.starts_with("error: rate limited: "), "{err}");
+    assert!(err.contains("per calling token per hour"), "{err}");
+    assert!(err.contains("try again in 60 minutes"), "{err}");
+    assert!(
+        err.contains("--rate-limit-mint-per-token-per-hour"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_verify_past_the_failed_verification_limit_names_the_limit_and_the_flag() {
+    // Arrange: one failed verification per minute per address; a second failure blocks the
+    // address.
+    let app = crate::helpers::spawn_app_with(&[
+        "--rate-limit-failed-verify-per-minute",
+        "1",
+        "--rate-limit-refusal-delay-ms",
+        "0",
+    ])
+    .await;
+    let unknown = |secret: u8| {
+        latchkey::token::format::format_token(
+            &Default::default(),
+            latchkey::token::TokenKind::Pat,
+            uuid::Uuid::now_v7(),
+            &[secret; 32],
+        )
+    };
+    for secret in [1, 2] {
+        let failed = client(&app, None, &["token", "verify", &unknown(secret)]);
+        assert_eq!(stdout(&failed), "INVALID\n");
+    }
+
+    // Act
+    let refused = client(&app, None, &["token", "verify", &unknown(3)]);
+
+    // Assert
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(stdout(&refused), "RATE_LIMITED\n");
+    let err = stderr(&refused);
+    assert!(err.contains("too many failed verifications"), "{err}");
+    assert!(err.contains("try again in"), "{err}");
+    assert!(
+        err.contains("--rate-limit-failed-verify-per-minute"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_past_the_management_limit_names_the_limit_and_the_flags() {
+    // Arrange: one management request per second per address.
+    let app = crate::helpers::spawn_app_with(&[
+        "--rate-limit-per-second",
+        "1",
+        "--rate-limit-burst",
+        "1",
+    ])
+    .await;
+    let admin = Some(app.admin_token.as_str());
+
+    // Act: list until refused (two calls within a second, unless the machine is very slow).
+    let refused = (0..5)
+        .map(|_| client(&app, admin, &["token", "list"]))
+        .find(|o| !o.status.success())
+        .expect("a list refused by the limit");
+
+    // Assert
+    let err = stderr(&refused);
+    assert!(err.starts_with("error: rate limited: "), "{err}");
+    assert!(err.contains("management requests"), "{err}");
+    assert!(err.contains("try again in 1 second"), "{err}");
+    assert!(
+        err.contains("--rate-limit-per-second") && err.contains("--rate-limit-burst"),
+        "{err}"
+    );
+}

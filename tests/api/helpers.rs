@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use latchkey::clock::{Clock, ManualClock};
@@ -67,12 +67,11 @@ pub async fn spawn_app_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestApp
 }
 
 /// A fresh database for one test: a SQLite file in `dir`, or, when `LATCHKEY_TEST_BACKEND` is
-/// `postgres`, a new database on the `LATCHKEY_TEST_DATABASE_URL` server (`.ci/run` runs the
+/// `postgres`, a new database on the server of [`postgres_admin_url`] (`.ci/run` runs the
 /// whole suite both ways).
 async fn fresh_database(dir: &Path) -> (String, Option<Arc<TestDatabase>>) {
     if std::env::var("LATCHKEY_TEST_BACKEND").as_deref() == Ok("postgres") {
-        let admin = std::env::var("LATCHKEY_TEST_DATABASE_URL")
-            .expect("LATCHKEY_TEST_BACKEND=postgres needs LATCHKEY_TEST_DATABASE_URL");
+        let admin = postgres_admin_url("LATCHKEY_TEST_BACKEND=postgres");
         let db = TestDatabase::create(&admin).await;
         (db.url.clone(), Some(Arc::new(db)))
     } else {
@@ -398,20 +397,200 @@ pub fn forge(
 // PostgreSQL: a server for tests that need one, a fresh database per test, and server processes
 // on a database URL of the test's choosing (several nodes on one database).
 
-/// The admin URL of the PostgreSQL server tests create their databases on
-/// (`LATCHKEY_TEST_DATABASE_URL`, set by `source .ci/postgres.sh`). Without it the test is
-/// skipped with a note, except under CI (`CI` set), where it fails.
-pub fn postgres_admin_url(test: &str) -> Option<String> {
-    match std::env::var("LATCHKEY_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "{test}: CI is set but LATCHKEY_TEST_DATABASE_URL is not (source .ci/postgres.sh)"
+/// How to leave out the tests that need PostgreSQL, for the messages that say they cannot run.
+pub const SKIP_POSTGRES: &str = "cargo test -- --skip postgres --skip multinode";
+
+/// The admin URL of the PostgreSQL server tests create their databases on:
+/// `LATCHKEY_TEST_DATABASE_URL` when set (`source .ci/postgres.sh` sets it); else a throwaway
+/// cluster this test process starts on first use when PostgreSQL's server binaries are installed
+/// (`/usr/lib/postgresql/*/bin`), stopped and removed when the process exits. With neither, the
+/// test fails and says how to get one or how to leave these tests out: a test that did not run
+/// is never reported as passed.
+pub fn postgres_admin_url(test: &str) -> String {
+    if let Ok(url) = std::env::var("LATCHKEY_TEST_DATABASE_URL")
+        && !url.is_empty()
+    {
+        return url;
+    }
+    static CLUSTER: OnceLock<Result<String, String>> = OnceLock::new();
+    match CLUSTER.get_or_init(throwaway_cluster::start) {
+        Ok(url) => url.clone(),
+        Err(why) => panic!(
+            "{test} needs PostgreSQL, and none could be had: {why}.\n\
+             Install PostgreSQL's server (Debian: `apt-get install postgresql`) and the tests \
+             start a throwaway cluster of their own; or point LATCHKEY_TEST_DATABASE_URL at a \
+             server (an admin URL; `source .ci/postgres.sh` starts one); or leave these tests \
+             out: `{SKIP_POSTGRES}`."
         ),
-        _ => {
-            eprintln!(
-                "skipping {test}: LATCHKEY_TEST_DATABASE_URL is not set (source .ci/postgres.sh)"
+    }
+}
+
+/// A PostgreSQL cluster for this test process alone, as `.ci/postgres.sh` makes one: in a temp
+/// dir, on a free loopback port, durability off, run as the `postgres` user when the tests run as
+/// root (PostgreSQL refuses root), stopped and removed at exit (`atexit`; a process killed by a
+/// signal leaves it behind, in `$TMPDIR/latchkey-test-pg-*`).
+mod throwaway_cluster {
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::sync::OnceLock;
+
+    struct Cluster {
+        bin: PathBuf,
+        dir: PathBuf,
+        as_postgres: bool,
+    }
+
+    static STARTED: OnceLock<Cluster> = OnceLock::new();
+
+    /// Starts the cluster; returns its admin URL, or why it could not.
+    pub fn start() -> Result<String, String> {
+        let bin = server_binaries().ok_or(
+            "LATCHKEY_TEST_DATABASE_URL is not set and PostgreSQL's server binaries \
+             (/usr/lib/postgresql/*/bin/initdb) are not installed",
+        )?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let as_postgres = unsafe { libc::geteuid() } == 0;
+        let dir = tempfile::Builder::new()
+            .prefix("latchkey-test-pg-")
+            .tempdir()
+            .map_err(|e| format!("creating a temp dir: {e}"))?
+            .keep();
+        let cluster = Cluster {
+            bin,
+            dir,
+            as_postgres,
+        };
+        match cluster.init_and_start() {
+            Ok(url) => {
+                let _ = STARTED.set(cluster);
+                // SAFETY: `stop_at_exit` is an `extern "C" fn()` that does not unwind.
+                unsafe { libc::atexit(stop_at_exit) };
+                Ok(url)
+            }
+            Err(e) => {
+                cluster.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// The newest installed version's `bin` directory.
+    fn server_binaries() -> Option<PathBuf> {
+        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").is_file().then_some((version, bin))
+            })
+            .collect();
+        found.sort();
+        found.pop().map(|(_, bin)| bin)
+    }
+
+    impl Cluster {
+        fn init_and_start(&self) -> Result<String, String> {
+            let password = uuid::Uuid::now_v7().simple().to_string();
+            let pwfile = self.dir.join("password");
+            std::fs::write(&pwfile, &password).map_err(|e| format!("writing {pwfile:?}: {e}"))?;
+            if self.as_postgres {
+                run(Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&self.dir))?;
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("finding a free port: {e}"))?
+                .port();
+            let data = self.dir.join("data");
+            run(self
+                .command("initdb")
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-U",
+                    "latchkey",
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                ])
+                .arg(format!("--pwfile={}", pwfile.display()))
+                .args(["--no-sync", "--encoding=UTF8", "--locale=C"]))?;
+            let options = format!(
+                "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
+                 -c max_connections=500 -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off",
+                self.dir.display()
             );
-            None
+            let log = self.dir.join("server.log");
+            run(self
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "60", "-o", &options, "start"]))
+            .map_err(|e| {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                format!("{e}\n{log}")
+            })?;
+            eprintln!(
+                "PostgreSQL for the tests: a throwaway cluster on 127.0.0.1:{port} (data in {}), \
+                 removed at exit",
+                self.dir.display()
+            );
+            Ok(format!(
+                "postgres://latchkey:{password}@127.0.0.1:{port}/postgres"
+            ))
+        }
+
+        /// `bin/<program>`, run as the `postgres` user when the tests run as root.
+        fn command(&self, program: &str) -> Command {
+            let path = self.bin.join(program);
+            let mut cmd = if self.as_postgres {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(path);
+                c
+            } else {
+                Command::new(path)
+            };
+            cmd.current_dir(&self.dir).stdin(Stdio::null());
+            cmd
+        }
+
+        fn stop(&self) {
+            let data = self.dir.join("data");
+            if data.join("postmaster.pid").exists() {
+                let _ = self
+                    .command("pg_ctl")
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-m", "immediate", "-w", "stop"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Runs `cmd`; its output becomes the error when it fails.
+    fn run(cmd: &mut Command) -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    extern "C" fn stop_at_exit() {
+        if let Some(c) = STARTED.get() {
+            c.stop();
         }
     }
 }
