@@ -4,7 +4,10 @@
 # verifications are cache misses and every flush writes usage for thousands of tokens. Use it to
 # price a change to the verify or usage path (the hourly usage counts were priced with it).
 #
-#   bash bench/ab.sh OLD_DIR NEW_DIR [--tokens N] [--rounds R] [--duration S]
+#   bash bench/ab.sh OLD_DIR NEW_DIR [--tokens N] [--rounds R] [--duration S] [--scenario S]
+#
+# --scenario cycling (the default, above) or mint: tokens created over REST with the bootstrap
+# token of a fresh database per round, the mint limits off (as in bench/run.sh's mint scenario).
 #
 # OLD_DIR and NEW_DIR each hold a `latchkey` binary; OLD_DIR also an `examples/seed` or `seed`
 # binary of the same build (the database is seeded once, with the older schema, and each server
@@ -19,12 +22,13 @@ source "$ROOT/bench/lib.sh"
 [ $# -ge 2 ] || { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 OLD=$1 NEW=$2
 shift 2
-TOKENS=100000 ROUNDS=3 DURATION=10 WARMUP=3 CONNS=32 THREADS=2
+TOKENS=100000 ROUNDS=3 DURATION=10 WARMUP=3 CONNS=32 THREADS=2 SCENARIO=cycling
 while [ $# -gt 0 ]; do
   case "$1" in
     --tokens) TOKENS=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
+    --scenario) SCENARIO=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -44,6 +48,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+[ "$SCENARIO" = mint ] && TOKENS=10
 "$SEED" --database-url "sqlite://$TMP/seed.db" --count "$TOKENS" --hash sha256 \
   --out "$TMP/tokens.txt" --method sql >"$TMP/seed.out" 2>&1 ||
   { cat "$TMP/seed.out" >&2; exit 1; }
@@ -52,18 +57,28 @@ cp "$TMP/seed.db" "$TMP/new.db"
 CACHE=$(( TOKENS / 10 ))
 
 run_side() { # name -> JSON of one measurement
-  local name=$1 bin port url
+  local name=$1 bin port url db mode=verify file="$TMP/tokens.txt" bearer=-
   if [ "$name" = old ]; then bin="$OLD/latchkey"; else bin="$NEW/latchkey"; fi
   port=$(free_port)
   url="http://127.0.0.1:$port"
-  LATCHKEY_LOG=warn "$bin" serve --database-url "sqlite://$TMP/$name.db" --hash sha256 \
-    --cache-capacity "$CACHE" --listen "127.0.0.1:$port" >"$TMP/$name.log" 2>&1 &
+  db="$TMP/$name.db"
+  if [ "$SCENARIO" = mint ]; then
+    db="$TMP/$name-mint-$RANDOM.db"
+    mode=mint file=-
+  fi
+  LATCHKEY_LOG=warn "$bin" serve --database-url "sqlite://$db" --hash sha256 \
+    --cache-capacity "$CACHE" --rate-limit-mint-per-hour 0 \
+    --rate-limit-mint-per-token-per-hour 0 --rate-limit-per-second 0 \
+    --listen "127.0.0.1:$port" >"$TMP/$name.log" 2>&1 &
   PID=$!
   wait_http "$url/healthz" "$PID" 60 || { cat "$TMP/$name.log" >&2; exit 1; }
+  if [ "$SCENARIO" = mint ]; then
+    bearer=$(grep -a '_pat_' "$TMP/$name.log" | grep -v '^{' | head -n1 | tr -d '[:space:]')
+  fi
   wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" --timeout 10s -s "$ROOT/bench/wrk.lua" "$url" -- \
-    verify "$TMP/tokens.txt" "$THREADS" - "$$-$RANDOM" - - - >/dev/null
+    "$mode" "$file" "$THREADS" "$bearer" "$$-$RANDOM" - - - >/dev/null
   wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 10s -s "$ROOT/bench/wrk.lua" "$url" -- \
-    verify "$TMP/tokens.txt" "$THREADS" - "$$-$RANDOM" - - - >"$TMP/wrk.out"
+    "$mode" "$file" "$THREADS" "$bearer" "$$-$RANDOM" - - - >"$TMP/wrk.out"
   kill -TERM "$PID"
   wait "$PID" 2>/dev/null || true
   PID=""
