@@ -54,6 +54,12 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Copy the database to a file while the server runs (SQLite; PostgreSQL: use pg_dump).
+    ///
+    /// A consistent snapshot (SQLite's `VACUUM INTO`), safe while servers read and write. The
+    /// file must not exist. Restoring it brings back tokens revoked after the backup: see
+    /// docs/operations.md for revoking them again from the audit log.
+    Backup(BackupArgs),
     /// Sign in to a running server with an email and password; prints a new token on stdout.
     ///
     /// Trades the email and password for a token owned by the user (`POST /v1/auth/token`) and
@@ -139,9 +145,10 @@ pub enum TokenCommand {
         #[arg(long)]
         org_id: Option<String>,
     },
-    /// Revoke a token at once.
+    /// Revoke a token at once (`-`: every id read from stdin, one per line).
     Revoke {
-        /// The token's id.
+        /// The token's id, or `-` to revoke each id on stdin (as `audit list --ids` prints
+        /// them); revoking a revoked token changes nothing.
         id: String,
         /// The token's org (another org's needs platform:admin) [default: the caller's org].
         #[arg(long)]
@@ -213,7 +220,27 @@ pub enum AuditCommand {
         /// The next page, as printed by the previous one (`more: --page-token ...`).
         #[arg(long)]
         page_token: Option<String>,
+        /// Print only the ids of the tokens the events are about, one per line, each once,
+        /// following every page (for `| latchkey token revoke -`).
+        #[arg(long, conflicts_with = "json")]
+        ids: bool,
     },
+}
+
+/// `latchkey backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Database URL: `sqlite://PATH` (PostgreSQL: use pg_dump).
+    #[arg(
+        long,
+        env = "LATCHKEY_DATABASE_URL",
+        default_value = "sqlite://latchkey-data/latchkey.db"
+    )]
+    pub database_url: String,
+
+    /// The file to write; must not exist.
+    #[arg(long)]
+    pub to: PathBuf,
 }
 
 /// `latchkey user ...`.

@@ -433,6 +433,33 @@ pub async fn token(args: &ClientArgs, cmd: TokenCommand) -> anyhow::Result<()> {
                 print(&token_detail(&v, now))
             }
         }
+        TokenCommand::Revoke { id, org_id } if id == "-" => {
+            c.require_token()?;
+            let q = query(&[("org_id", org_id)]);
+            // Every id is tried; any failure makes the exit status 1, after the rest.
+            let (mut tried, mut failed) = (0, 0);
+            for line in std::io::stdin().lines() {
+                let line = line.context("reading token ids from stdin")?;
+                let id = line.trim();
+                if id.is_empty() {
+                    continue;
+                }
+                tried += 1;
+                let path = format!("/v1/tokens/{}{q}", encode(id));
+                match c.call(Method::DELETE, &path, None).await {
+                    Ok(v) if args.json => print_json(&v)?,
+                    Ok(v) => print(&format!("revoked {}\n", s(&v["id"])))?,
+                    Err(e) => {
+                        eprintln!("error: {id}: {e:#}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {tried} tokens could not be revoked (named above)");
+            }
+            Ok(())
+        }
         TokenCommand::Revoke { id, org_id } => {
             c.require_token()?;
             let q = query(&[("org_id", org_id)]);
@@ -577,18 +604,47 @@ pub async fn audit(args: &ClientArgs, cmd: AuditCommand) -> anyhow::Result<()> {
         until,
         page_size,
         page_token,
+        ids,
     } = cmd;
-    let q = query(&[
-        ("org_id", org_id),
-        ("token_id", token_id),
-        ("action", action),
-        ("actor", actor),
-        ("since", since),
-        ("until", until),
-        ("page_size", page_size.map(|p| p.to_string())),
-        ("page_token", page_token),
-    ]);
-    let v = c.call(Method::GET, &format!("/v1/audit{q}"), None).await?;
+    let page = |page_token: Option<String>| {
+        query(&[
+            ("org_id", org_id.clone()),
+            ("token_id", token_id.clone()),
+            ("action", action.clone()),
+            ("actor", actor.clone()),
+            ("since", since.clone()),
+            ("until", until.clone()),
+            ("page_size", page_size.map(|p| p.to_string())),
+            ("page_token", page_token),
+        ])
+    };
+    if ids {
+        // Every page, each token once, in the order first seen (newest event first).
+        let mut seen = std::collections::HashSet::new();
+        let mut out = String::new();
+        let mut next = page_token;
+        loop {
+            let v = c
+                .call(Method::GET, &format!("/v1/audit{}", page(next)), None)
+                .await?;
+            for e in v["events"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                if let Some(id) = e["token_id"].as_str()
+                    && seen.insert(id.to_string())
+                {
+                    out.push_str(id);
+                    out.push('\n');
+                }
+            }
+            match v["next_page_token"].as_str() {
+                Some(n) => next = Some(n.to_string()),
+                None => break,
+            }
+        }
+        return print(&out);
+    }
+    let v = c
+        .call(Method::GET, &format!("/v1/audit{}", page(page_token)), None)
+        .await?;
     if args.json {
         return print_json(&v);
     }

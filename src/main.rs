@@ -42,6 +42,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Bootstrap(args) => offline::bootstrap(&args).await,
+        Command::Backup(args) => offline::backup(&args).await,
         Command::User {
             command: UserCommand::Create(args),
         } => offline::create_user(args).await,

@@ -1,7 +1,7 @@
-//! The commands that write to the database directly, with no server: `latchkey bootstrap` and
-//! `latchkey user create`. Whoever reaches the database is trusted.
+//! The commands that reach the database directly, with no server: `latchkey bootstrap`,
+//! `latchkey user create` and `latchkey backup`. Whoever reaches the database is trusted.
 
-use crate::cli::{BootstrapArgs, CommonArgs, RoleArg, UserCreateArgs};
+use crate::cli::{BackupArgs, BootstrapArgs, CommonArgs, RoleArg, UserCreateArgs};
 use crate::clock::{Clock, SystemClock};
 use crate::service::model::UserRole;
 use crate::service::{Authority, NewUser, validate_password};
@@ -31,6 +31,21 @@ pub async fn bootstrap(args: &BootstrapArgs) -> anyhow::Result<()> {
         out.token_id,
     );
     println!("{}", out.plaintext.expose());
+    Ok(())
+}
+
+/// Runs `latchkey backup`: a consistent copy of a SQLite database, taken while servers run.
+///
+/// # Errors
+/// A PostgreSQL URL (pg_dump is the tool), a database that does not exist, a target file that
+/// exists or cannot be written.
+pub async fn backup(args: &BackupArgs) -> anyhow::Result<()> {
+    let written = store::backup_sqlite(&args.database_url, &args.to).await?;
+    eprintln!(
+        "backed up {} to {} ({written} bytes)",
+        args.database_url,
+        args.to.display()
+    );
     Ok(())
 }
 

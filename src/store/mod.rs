@@ -615,6 +615,26 @@ pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     connect_with(url, &PoolOptions::default()).await
 }
 
+/// Writes a consistent copy of the SQLite database at `url` to `to` (`VACUUM INTO`: a snapshot
+/// taken while servers keep reading and writing; the copy is compact and has no WAL). The
+/// database is not migrated. Returns the size of the copy in bytes.
+///
+/// # Errors
+/// A PostgreSQL or other URL (for PostgreSQL, `pg_dump` is the tool), a database file that does
+/// not exist, or a target that exists or cannot be written.
+pub async fn backup_sqlite(url: &str, to: &std::path::Path) -> anyhow::Result<u64> {
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        anyhow::bail!(
+            "latchkey backup copies SQLite databases; for PostgreSQL use pg_dump \
+             (pg_dump -Fc -f latchkey.dump \"$DATABASE_URL\"), see docs/operations.md"
+        );
+    }
+    if !url.starts_with("sqlite:") {
+        anyhow::bail!("unsupported database URL scheme (expected sqlite:)");
+    }
+    sqlite::backup(url, to).await
+}
+
 /// Opens the store named by `url`, with `pool` for the backends that use a connection pool.
 ///
 /// # Errors

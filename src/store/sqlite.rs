@@ -335,6 +335,39 @@ impl SqliteStore {
     }
 }
 
+/// `latchkey backup`: see [`super::backup_sqlite`].
+pub(super) async fn backup(url: &str, to: &std::path::Path) -> anyhow::Result<u64> {
+    if to.exists() {
+        anyhow::bail!(
+            "{} exists; give a new file (a backup never overwrites)",
+            to.display()
+        );
+    }
+    let target = to
+        .to_str()
+        .context("the backup file's path must be valid UTF-8")?;
+    let opts = SqliteConnectOptions::from_str(url)
+        .context("malformed sqlite database URL")?
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(10));
+    let file = opts.get_filename().to_path_buf();
+    if !file.exists() {
+        anyhow::bail!("no database at {}", file.display());
+    }
+    let mut conn = sqlx::ConnectOptions::connect(&opts)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    sqlx::query("VACUUM INTO ?")
+        .bind(target)
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("writing the backup to {}", to.display()))?;
+    sqlx::Connection::close(conn).await.ok();
+    Ok(std::fs::metadata(to)
+        .with_context(|| format!("reading {}", to.display()))?
+        .len())
+}
+
 /// A write transaction; the caller holds the writer lock.
 async fn begin_immediate(pool: &SqlitePool) -> StoreResult<Transaction<'static, Sqlite>> {
     pool.begin_with("BEGIN IMMEDIATE").await.map_err(other)

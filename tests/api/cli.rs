@@ -713,3 +713,187 @@ async fn a_request_past_the_management_limit_names_the_limit_and_the_flags() {
         "{err}"
     );
 }
+
+/// Runs the CLI with `stdin` fed in; returns (success, stdout, stderr).
+fn cli(args: &[&str], env: &[(&str, &str)], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_backup_taken_while_serving_restores_and_the_audit_log_revokes_what_came_back() {
+    // Arrange: a token A, the backup, then A revoked and B made on the live server.
+    let app = crate::helpers::spawn_sqlite_app().await;
+    let (a, a_view) = app.token_with(&app.admin_token, "before", &[]).await;
+    let a_id = a_view["id"].as_str().unwrap().to_string();
+    let backup_dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let copy = backup_dir.path().join("backup.db");
+    let since = chrono::Utc::now().to_rfc3339();
+    let (ok, _, err) = cli(
+        &[
+            "backup",
+            "--database-url",
+            &app.database_url,
+            "--to",
+            copy.to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("bytes"), "{err}");
+    app.delete(&format!("/v1/tokens/{a_id}"), &app.admin_token)
+        .await;
+    let (b, _) = app.token_with(&app.admin_token, "after", &[]).await;
+    let live = [
+        ("LATCHKEY_URL", app.address.as_str()),
+        ("LATCHKEY_TOKEN", app.admin_token.as_str()),
+    ];
+
+    // Act: serve the copy; revoke again, from the live server's audit log, what it brought back.
+    let url = format!("sqlite://{}", copy.display());
+    let restored = crate::helpers::spawn_sqlite_app_on(&url, backup_dir.clone()).await;
+    let came_back = restored.verify(&a, &[]).await;
+    let b_on_copy = restored.verify(&b, &[]).await;
+    let (listed, ids, err) = cli(
+        &[
+            "audit",
+            "list",
+            "--action",
+            "token_revoked",
+            "--since",
+            &since,
+            "--ids",
+        ],
+        &live,
+        "",
+    );
+    assert!(listed, "{err}");
+    let on_copy = [
+        ("LATCHKEY_URL", restored.address.as_str()),
+        ("LATCHKEY_TOKEN", app.admin_token.as_str()),
+    ];
+    let (revoked, out, err) = cli(&["token", "revoke", "-"], &on_copy, &ids);
+
+    // Assert
+    assert_eq!(
+        came_back["code"], "VALID",
+        "a restore brings back what was revoked after it"
+    );
+    assert_eq!(
+        b_on_copy["code"], "INVALID",
+        "nothing made after the backup is in it"
+    );
+    assert_eq!(ids, format!("{a_id}\n"));
+    assert!(revoked, "{err}");
+    assert_eq!(out, format!("revoked {a_id}\n"));
+    assert_eq!(restored.verify(&a, &[]).await["code"], "INVALID");
+}
+
+#[tokio::test]
+async fn backup_refuses_an_existing_file_a_missing_database_and_postgresql_in_words() {
+    // Arrange
+    let app = crate::helpers::spawn_sqlite_app().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let taken = dir.path().join("taken.db");
+    std::fs::write(&taken, b"keep me").unwrap();
+    let missing = format!("sqlite://{}", dir.path().join("nope.db").display());
+    let fresh = dir.path().join("fresh.db");
+
+    // Act
+    let over = cli(
+        &[
+            "backup",
+            "--database-url",
+            &app.database_url,
+            "--to",
+            taken.to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+    let nothing = cli(
+        &[
+            "backup",
+            "--database-url",
+            &missing,
+            "--to",
+            fresh.to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+    let pg = cli(
+        &[
+            "backup",
+            "--database-url",
+            "postgres://u:secret@127.0.0.1:1/db",
+            "--to",
+            fresh.to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+
+    // Assert
+    assert!(!over.0);
+    assert!(over.2.contains("exists"), "{}", over.2);
+    assert_eq!(std::fs::read(&taken).unwrap(), b"keep me");
+    assert!(!nothing.0);
+    assert!(nothing.2.contains("no database"), "{}", nothing.2);
+    assert!(!fresh.exists(), "no file for a missing database");
+    assert!(!pg.0);
+    assert!(pg.2.contains("pg_dump"), "{}", pg.2);
+    assert!(
+        !pg.2.contains("secret"),
+        "the URL's password is not echoed: {}",
+        pg.2
+    );
+}
+
+#[tokio::test]
+async fn revoking_ids_from_stdin_names_each_one_that_failed_and_exits_non_zero() {
+    // Arrange
+    let app = spawn_app().await;
+    let (t, view) = app.token_with(&app.admin_token, "piped", &[]).await;
+    let id = view["id"].as_str().unwrap();
+    let env = [
+        ("LATCHKEY_URL", app.address.as_str()),
+        ("LATCHKEY_TOKEN", app.admin_token.as_str()),
+    ];
+    let unknown = uuid::Uuid::now_v7().to_string();
+
+    // Act
+    let (ok, out, err) = cli(
+        &["token", "revoke", "-"],
+        &env,
+        &format!("{id}\n\n{unknown}\nnot-an-id\n"),
+    );
+
+    // Assert
+    assert!(!ok);
+    assert_eq!(out, format!("revoked {id}\n"));
+    assert!(err.contains(&unknown), "{err}");
+    assert!(err.contains("not-an-id"), "{err}");
+    assert!(err.contains("2 of 3"), "{err}");
+    assert_eq!(app.verify(&t, &[]).await["code"], "INVALID");
+}

@@ -66,6 +66,18 @@ pub async fn spawn_app_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestApp
     spawn_process(&url, dir, db, extra, env).await
 }
 
+/// Starts the real binary on a fresh SQLite database, whatever `LATCHKEY_TEST_BACKEND` says:
+/// for what only SQLite has (its file, `latchkey backup`).
+pub async fn spawn_sqlite_app() -> TestApp {
+    let dir = Arc::new(TempDir::new().expect("temp dir"));
+    spawn_process(&db_url(dir.path()), dir, None, &[], &[]).await
+}
+
+/// Starts the real binary on the SQLite file at `url` (in `dir`, kept as long as the app).
+pub async fn spawn_sqlite_app_on(url: &str, dir: Arc<TempDir>) -> TestApp {
+    spawn_process(url, dir, None, &[], &[]).await
+}
+
 /// A fresh database for one test: a SQLite file in `dir`, or, when `LATCHKEY_TEST_BACKEND` is
 /// `postgres`, a new database on the server of [`postgres_admin_url`] (`.ci/run` runs the
 /// whole suite both ways).
