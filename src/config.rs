@@ -112,3 +112,140 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Property tests of the config file: arbitrary text never panics the loader, and a valid file
+    //! means what it declares. PROPTEST_CASES cases each (256 by default).
+
+    use std::io::Write;
+
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::token::Permissions;
+
+    fn load_text(text: &[u8]) -> anyhow::Result<ScopeRegistry> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text).unwrap();
+        f.flush().unwrap();
+        load_scopes(Some(f.path()))
+    }
+
+    /// TOML-ish text from the file's own vocabulary, shuffled: most of it is not a valid config,
+    /// but it gets past the TOML parser into the scope rules far more often than random text.
+    fn toml_ish() -> impl Strategy<Value = String> {
+        let value = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u32..70).prop_map(|n| n.to_string()),
+            "\"[a-z:_.A-Z -]{0,10}\"",
+            Just("true".to_string()),
+            Just("[]".to_string()),
+            Just("[\"runs:read\", \"tokens:read\"]".to_string()),
+            Just("1e400".to_string()),
+            Just("\"\\u0000\"".to_string()),
+            Just("{ a = 1 }".to_string()),
+        ];
+        let line = prop_oneof![
+            Just("[[scopes]]".to_string()),
+            Just("[composites]".to_string()),
+            Just("[scopes]".to_string()),
+            value.clone().prop_map(|v| format!("name = {v}")),
+            value.clone().prop_map(|v| format!("bit = {v}")),
+            value.clone().prop_map(|v| format!("admin_only = {v}")),
+            value.clone().prop_map(|v| format!("default_scopes = {v}")),
+            ("\"[a-z:]{1,8}\"", value.clone()).prop_map(|(k, v)| format!("{k} = {v}")),
+            "[ -~]{0,30}",
+        ];
+        prop::collection::vec(line, 0..12).prop_map(|ls| ls.join("\n"))
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_config_loader(text in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = load_text(&text);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_the_config_loader(text in ".{0,300}") {
+            let _ = load_text(text.as_bytes());
+        }
+
+        #[test]
+        fn toml_shaped_text_is_loaded_or_refused_without_panicking(text in toml_ish()) {
+            if let Ok(r) = load_text(text.as_bytes()) {
+                // Whatever loads keeps the system bits and only assigns bits 0-63 it may.
+                prop_assert!(r.assigned().contains(Permissions::ALL_SYSTEM));
+                prop_assert!(!r.assigned().intersects(Permissions::RESERVED));
+            }
+        }
+
+        #[test]
+        fn a_valid_file_declares_what_it_says(
+            decls in prop::collection::btree_map(16u32..64, ("[a-z][a-z0-9:_.-]{0,20}", any::<bool>()), 0..10),
+        ) {
+            let mut names = std::collections::BTreeSet::new();
+            let decls: Vec<(u32, String, bool)> = decls
+                .into_iter()
+                .filter(|(_, (n, _))| names.insert(n.clone()) && ScopeRegistry::default().resolve(&[n]).is_err())
+                .map(|(b, (n, a))| (b, n, a))
+                .collect();
+            let mut text = String::new();
+            if let Some((_, first, _)) = decls.first() {
+                text.push_str(&format!("default_scopes = [{first:?}]\n"));
+            }
+            for (bit, name, admin_only) in &decls {
+                text.push_str(&format!("[[scopes]]\nname = {name:?}\nbit = {bit}\nadmin_only = {admin_only}\n"));
+            }
+            if decls.len() >= 2 {
+                text.push_str(&format!("[composites]\n\"all:of:them\" = [{:?}, {:?}]\n", decls[0].1, decls[1].1));
+            }
+            let r = load_text(text.as_bytes()).unwrap();
+            for (bit, name, admin_only) in &decls {
+                let p = Permissions::from_bits(1 << bit);
+                prop_assert_eq!(r.resolve(&[name]).unwrap(), p);
+                prop_assert_eq!(r.admin_only().contains(p), *admin_only);
+            }
+            if let Some((bit, _, _)) = decls.first() {
+                prop_assert_eq!(r.default_scopes().bits(), 1u64 << bit);
+            }
+            if decls.len() >= 2 {
+                let both = (1u64 << decls[0].0) | (1u64 << decls[1].0);
+                prop_assert_eq!(r.resolve(&["all:of:them"]).unwrap().bits(), both);
+            }
+        }
+
+        /// The numeric flags of `serve` become settings without panicking whatever clap lets
+        /// through (the other engineers' range checks included).
+        #[test]
+        fn serve_flags_become_settings_without_panicking(
+            values in prop::collection::vec(prop_oneof![any::<u64>().prop_map(|n| n.to_string()), (0u64..5).prop_map(|n| n.to_string()), "-?[0-9]{1,25}"], 14),
+            public_url in prop_oneof![Just("http://x".to_string()), ".{0,20}"],
+        ) {
+            let flags = [
+                "--cache-capacity", "--cache-ttl-seconds", "--usage-flush-ms", "--max-body-bytes",
+                "--session-idle-minutes", "--session-absolute-hours", "--login-token-max-days",
+                "--rate-limit-refusal-delay-ms", "--header-timeout-seconds", "--request-timeout-seconds",
+                "--max-connections", "--max-in-flight", "--db-max-connections", "--db-acquire-timeout-seconds",
+            ];
+            let mut argv = vec!["latchkey".to_string(), "serve".to_string(), format!("--public-url={public_url}")];
+            for (flag, v) in flags.iter().zip(&values) {
+                argv.push(format!("{flag}={v}"));
+            }
+            if let Ok(cli) = crate::cli::Cli::try_parse_from(&argv)
+                && let crate::cli::Command::Serve(args) = cli.command
+            {
+                let _ = serve_settings(&args);
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_scopes(Some(&dir.path().join("nope.toml"))).is_err());
+        assert!(load_scopes(Some(dir.path())).is_err());
+        assert!(load_scopes(None).is_ok());
+    }
+}

@@ -202,3 +202,181 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests of what is read from request headers: the client-IP rule above all.
+    //! PROPTEST_CASES cases each (256 by default).
+
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use axum::http::{HeaderMap, HeaderValue};
+    use ipnet::IpNet;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn trusted() -> Vec<IpNet> {
+        vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+            "fd00::/8".parse().unwrap(),
+        ]
+    }
+
+    /// Addresses from a small pool (so header entries repeat and hit the trusted ranges) and
+    /// from everywhere.
+    fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            (0u8..4).prop_map(|n| IpAddr::V4(Ipv4Addr::new(10, 0, 0, n))),
+            Just(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            (0u8..4).prop_map(|n| IpAddr::V4(Ipv4Addr::new(203, 0, 113, n))),
+            any::<u16>().prop_map(|n| IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n))),
+            any::<u16>().prop_map(|n| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n))),
+            any::<[u8; 4]>().prop_map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+            any::<[u8; 16]>().prop_map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+        ]
+    }
+
+    /// One `X-Forwarded-For` entry: an address (maybe padded or in brackets), or garbage.
+    fn entry() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => any_ip().prop_map(|ip| ip.to_string()),
+            1 => any_ip().prop_map(|ip| format!("  {ip}\t")),
+            1 => any_ip().prop_map(|ip| format!("[{ip}]")),
+            1 => any_ip().prop_map(|ip| format!("{ip}:443")),
+            1 => "[ -~]{0,12}",
+            1 => Just(String::new()),
+            1 => Just("unknown".to_string()),
+        ]
+    }
+
+    /// Header lines made of entries, or of arbitrary bytes a header value may hold (visible
+    /// ASCII, tab and obs-text; the latter is not UTF-8 and cannot be read as text).
+    fn xff_lines() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let line = prop_oneof![
+            4 => prop::collection::vec(entry(), 0..5).prop_map(|es| es.join(",").into_bytes()),
+            1 => prop::collection::vec(
+                prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff],
+                0..40
+            ),
+        ];
+        prop::collection::vec(line, 0..4)
+    }
+
+    fn header_map(lines: &[Vec<u8>]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for l in lines {
+            h.append("x-forwarded-for", HeaderValue::from_bytes(l).unwrap());
+        }
+        h
+    }
+
+    /// The entries of the readable header lines, right-most first, trimmed.
+    fn readable_entries_right_to_left(h: &HeaderMap) -> Vec<String> {
+        let lines: Vec<&str> = h
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        lines
+            .iter()
+            .rev()
+            .flat_map(|l| l.rsplit(','))
+            .map(|e| e.trim().to_string())
+            .collect()
+    }
+
+    fn trusted_ip() -> impl Strategy<Value = IpAddr> {
+        any_ip().prop_map(|ip| match ip {
+            IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::new(10, v4.octets()[1], 0, v4.octets()[3])),
+            IpAddr::V6(v6) => {
+                let mut s = v6.segments();
+                s[0] = 0xfd00 | (s[0] & 0xff);
+                IpAddr::V6(Ipv6Addr::from(s))
+            }
+        })
+    }
+
+    fn untrusted_ip() -> impl Strategy<Value = IpAddr> {
+        any_ip().prop_map(|ip| {
+            if trusted().iter().any(|n| n.contains(&ip)) {
+                IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1))
+            } else {
+                ip
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn an_untrusted_peer_is_always_the_client(peer in untrusted_ip(), lines in xff_lines()) {
+            let t = trusted();
+            prop_assert_eq!(client_ip(peer, &header_map(&lines), &t), peer);
+            prop_assert_eq!(client_ip(peer, &header_map(&lines), &[]), peer);
+        }
+
+        /// Behind a trusted peer the answer is the peer or an address of the header, reached by
+        /// walking from the right over trusted addresses only: never past an untrusted or
+        /// malformed entry, and it is the first untrusted one when the walk meets one.
+        #[test]
+        fn behind_a_trusted_peer_the_walk_crosses_only_trusted_entries(peer in trusted_ip(), lines in xff_lines()) {
+            let t = trusted();
+            let is_trusted = |ip: &IpAddr| t.iter().any(|n| n.contains(ip));
+            prop_assert!(is_trusted(&peer));
+            let h = header_map(&lines);
+            let got = client_ip(peer, &h, &t);
+            let entries = readable_entries_right_to_left(&h);
+            // The reference walk.
+            let mut want = peer;
+            for e in &entries {
+                match e.parse::<IpAddr>() {
+                    Ok(ip) if is_trusted(&ip) => want = ip,
+                    Ok(ip) => {
+                        want = ip;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            prop_assert_eq!(got, want);
+            prop_assert!(got == peer || entries.iter().any(|e| e.parse::<IpAddr>() == Ok(got)));
+        }
+
+        #[test]
+        fn no_header_means_the_peer(peer in any_ip()) {
+            prop_assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted()), peer);
+        }
+
+        #[test]
+        fn arbitrary_header_bytes_never_panic_the_header_readers(
+            name in prop_oneof![
+                Just("authorization"), Just("cookie"), Just("origin"), Just("host"),
+                Just("sec-fetch-site"), Just("x-forwarded-for"),
+            ],
+            values in prop::collection::vec(
+                prop::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..60),
+                0..3,
+            ),
+            peer in any_ip(),
+        ) {
+            let mut h = HeaderMap::new();
+            for v in &values {
+                h.append(name, HeaderValue::from_bytes(v).unwrap());
+            }
+            let _ = bearer(&h);
+            let _ = session_cookie(&h);
+            let _ = cross_site(&h);
+            let got = client_ip(peer, &h, &trusted());
+            prop_assert!(got == peer || name == "x-forwarded-for");
+        }
+
+        #[test]
+        fn a_bearer_header_gives_back_its_token(scheme in "[bB][eE][aA][rR][eE][rR]", token in "[!-~]{1,80}") {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, format!("{scheme} {token}").parse().unwrap());
+            prop_assert_eq!(bearer(&h), Some(token.as_str()));
+        }
+    }
+}

@@ -585,4 +585,215 @@ mod tests {
             let _ = parse(&lk(), &s);
         }
     }
+
+    // Property tests of the wire format. Each runs PROPTEST_CASES cases (256 by default;
+    // bench/fuzz.sh runs them for minutes).
+
+    fn any_prefix() -> impl Strategy<Value = Prefix> {
+        "[a-z][a-z0-9]{0,15}".prop_map(|s| s.parse::<Prefix>().unwrap())
+    }
+
+    fn any_kind() -> impl Strategy<Value = TokenKind> {
+        prop_oneof![Just(TokenKind::Pat), Just(TokenKind::Svc)]
+    }
+
+    /// Any UUID v7: every timestamp and every random bit.
+    fn any_v7() -> impl Strategy<Value = Uuid> {
+        (0u64..(1u64 << 48), any::<[u8; 10]>())
+            .prop_map(|(ts, rand)| uuid::Builder::from_unix_timestamp_millis(ts, &rand).into_uuid())
+    }
+
+    fn any_token() -> impl Strategy<Value = (Prefix, TokenKind, Uuid, [u8; 32], String)> {
+        (any_prefix(), any_kind(), any_v7(), any::<[u8; 32]>()).prop_map(
+            |(prefix, kind, id, secret)| {
+                let t = format_token(&prefix, kind, id, &secret);
+                (prefix, kind, id, secret, t)
+            },
+        )
+    }
+
+    /// Appends the checksum a well-formed token would carry.
+    fn with_checksum(body: String) -> String {
+        let crc = crc32fast::hash(body.as_bytes());
+        body + &encode_checksum(crc)
+    }
+
+    /// An id part that is sometimes canonical: a v7 id with some characters uppercased, any UUID
+    /// (right version and variant one time in 64), or 36 characters of the id alphabet.
+    fn id_part() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (any_v7(), any::<u64>()).prop_map(|(id, upper)| {
+                id.hyphenated()
+                    .to_string()
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if upper >> (i % 64) & 1 == 1 && i % 7 == 0 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            }),
+            any::<u128>().prop_map(|n| Uuid::from_u128(n).hyphenated().to_string()),
+            "[0-9a-fA-F-]{36}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn format_then_parse_gives_back_the_parts((prefix, kind, id, secret, t) in any_token()) {
+            prop_assert!(t.len() <= MAX_TOKEN_LEN);
+            let p = parse(&prefix, &t).unwrap();
+            prop_assert_eq!(p.kind, kind);
+            prop_assert_eq!(p.id, id);
+            prop_assert_eq!(p.secret.expose(), &secret);
+            // And the parts format back to the very same string.
+            prop_assert_eq!(format_token(&prefix, p.kind, p.id, p.secret.expose()), t);
+        }
+
+        #[test]
+        fn a_one_character_replacement_by_a_token_character_is_rejected(
+            (prefix, _k, _i, _s, t) in any_token(),
+            pos in any::<prop::sample::Index>(),
+            repl in "[0-9A-Za-z_-]",
+        ) {
+            // Replacements from the token's own alphabet keep the grammar and the length, so
+            // most of them reach the checksum.
+            let pos = pos.index(t.len());
+            let repl = repl.as_bytes()[0];
+            prop_assume!(t.as_bytes()[pos] != repl);
+            let mut b = t.into_bytes();
+            b[pos] = repl;
+            let changed = String::from_utf8(b).unwrap();
+            prop_assert_eq!(parse(&prefix, &changed).unwrap_err(), InvalidToken);
+        }
+
+        #[test]
+        fn any_one_character_replacement_insertion_or_deletion_is_rejected(
+            (prefix, _k, _i, _s, t) in any_token(),
+            pos in any::<prop::sample::Index>(),
+            c in proptest::char::any(),
+            edit in 0u8..3,
+        ) {
+            let mut chars: Vec<char> = t.chars().collect();
+            let pos = pos.index(chars.len());
+            match edit {
+                0 => {
+                    prop_assume!(chars[pos] != c);
+                    chars[pos] = c;
+                }
+                1 => chars.insert(pos, c),
+                _ => {
+                    chars.remove(pos);
+                }
+            }
+            let changed: String = chars.into_iter().collect();
+            prop_assert_eq!(parse(&prefix, &changed).unwrap_err(), InvalidToken);
+        }
+
+        #[test]
+        fn swapping_two_adjacent_characters_is_rejected(
+            (prefix, _k, _i, _s, t) in any_token(),
+            pos in any::<prop::sample::Index>(),
+        ) {
+            let mut b = t.into_bytes();
+            let pos = pos.index(b.len() - 1);
+            prop_assume!(b[pos] != b[pos + 1]);
+            b.swap(pos, pos + 1);
+            let changed = String::from_utf8(b).unwrap();
+            prop_assert_eq!(parse(&prefix, &changed).unwrap_err(), InvalidToken);
+        }
+
+        /// A token with a right checksum parses exactly when each part is canonical (kind
+        /// `pat`/`svc`, lowercase hyphenated UUID v7 of the RFC 4122 variant, a base62 secret
+        /// below 2^256), and what parses formats back to the same string: one spelling per token.
+        #[test]
+        fn with_a_right_checksum_only_canonical_parts_parse(
+            kind in prop_oneof![Just("pat".to_string()), Just("svc".to_string()), "[a-zA-Z]{3}"],
+            id in id_part(),
+            secret in prop_oneof![
+                "[0-9A-Za-z]{43}",
+                "[0-9A-Za-z]{0,3}[0-9A-Za-z]{40}",
+                "[0-9A-Z]{43}",
+                "[0-9A-Za-z]{42}[^0-9A-Za-z]",
+            ],
+        ) {
+            let t = with_checksum(format!("lk_{kind}_{id}_{secret}"));
+            let canonical_id = Uuid::try_parse(&id).ok().filter(|u| {
+                u.hyphenated().to_string() == id
+                    && u.get_version_num() == 7
+                    && u.get_variant() == uuid::Variant::RFC4122
+            });
+            let canonical = TokenKind::from_name(&kind).is_some()
+                && canonical_id.is_some()
+                && secret.len() == SECRET_LEN
+                && decode_secret_reference(&secret).is_some();
+            match parse(&lk(), &t) {
+                Ok(p) => {
+                    prop_assert!(canonical, "{t:?} parsed but is not canonical");
+                    prop_assert_eq!(format_token(&lk(), p.kind, p.id, p.secret.expose()), t);
+                }
+                Err(InvalidToken) => prop_assert!(!canonical, "{t:?} is canonical but was rejected"),
+            }
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic_the_parser_with_any_prefix(
+            prefix in any_prefix(),
+            s in prop_oneof![".{0,200}", "[a-z0-9_-]{0,130}", "[\\x00-\\x7f]{60,130}"],
+        ) {
+            let _ = parse(&prefix, &s);
+        }
+
+        #[test]
+        fn prefixes_are_exactly_the_documented_pattern(s in prop_oneof![".{0,20}", "[a-z0-9_A-]{0,18}"]) {
+            let b = s.as_bytes();
+            let expected = (1..=16).contains(&b.len())
+                && b[0].is_ascii_lowercase()
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            match s.parse::<Prefix>() {
+                Ok(p) => {
+                    prop_assert!(expected, "{s:?} accepted");
+                    prop_assert_eq!(p.to_string(), s);
+                }
+                Err(_) => prop_assert!(!expected, "{s:?} refused"),
+            }
+        }
+
+        #[test]
+        fn redact_hides_every_embedded_token(
+            (_p, _k, _i, _s, t) in any_token(),
+            before in "[^_]{0,40}",
+            after in "[^_]{0,40}",
+            sep in prop_oneof![Just(" "), Just("\""), Just("`"), Just(","), Just("\n"), Just("'")],
+        ) {
+            let text = format!("{before}{sep}{t}{sep}{after}");
+            let r = redact(&text);
+            prop_assert!(!r.contains(&t[t.len() - CHECKSUM_LEN - SECRET_LEN..]), "{r:?}");
+            prop_assert!(r.contains("[redacted]"));
+        }
+
+        #[test]
+        fn redact_never_panics_and_keeps_text_without_token_words(s in ".{0,200}") {
+            let r = redact(&s);
+            if !s.contains("_pat_") && !s.contains("_svc_") {
+                prop_assert_eq!(r, s);
+            }
+        }
+
+        #[test]
+        fn base62_secrets_decode_back(secret in any::<[u8; 32]>()) {
+            let s = base62_secret(&secret);
+            prop_assert_eq!(s.len(), SECRET_LEN);
+            prop_assert_eq!(decode_secret(s.as_bytes()), Some(secret));
+        }
+
+        #[test]
+        fn display_hint_never_panics(prefix in any_prefix(), kind in any_kind(), id in any::<u128>()) {
+            let h = display_hint(&prefix, kind, Uuid::from_u128(id));
+            prop_assert!(h.starts_with(prefix.as_str()));
+        }
+    }
 }

@@ -458,3 +458,207 @@ mod tests {
         assert!(check_grant(held.union(Permissions::ORG_ADMIN), billing, billing).is_ok());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests of the scope registry: names and bits convert both ways, and no config or
+    //! request input panics it. PROPTEST_CASES cases each (256 by default).
+
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A valid config: distinct bits of 16-63 with distinct valid names (none a system name), some
+    /// admin-only, composites over them, default scopes among them.
+    fn valid_config() -> impl Strategy<Value = ScopeConfig> {
+        // Names are a random stem and a number, so they are distinct (and none a system name)
+        // without generating and deduplicating dozens of strings per case.
+        let stem = prop_oneof![
+            8 => "[a-z][a-z0-9:_.-]{0,10}",
+            1 => "[a-z][a-z0-9:_.-]{61}",
+        ];
+        (
+            prop::collection::btree_set(16u32..64, 0..48),
+            stem,
+            any::<u64>(),
+        )
+            .prop_map(|(bits, stem, admin_mask)| {
+                let names: Vec<String> =
+                    (0..bits.len() + 4).map(|i| format!("{stem}{i}")).collect();
+                (bits, names, admin_mask)
+            })
+            .prop_flat_map(|(bits, names, admin_mask)| {
+                let names: Vec<String> = names
+                    .into_iter()
+                    .filter(|n| !SYSTEM_NAMES.iter().any(|(s, _)| s == n))
+                    .collect();
+                let scopes: Vec<ScopeDecl> = bits
+                    .into_iter()
+                    .zip(names.iter().cloned())
+                    .map(|(bit, name)| ScopeDecl {
+                        name,
+                        bit,
+                        admin_only: admin_mask >> bit & 1 == 1,
+                    })
+                    .collect();
+                let mut members: Vec<String> = scopes.iter().map(|d| d.name.clone()).collect();
+                members.extend(SYSTEM_NAMES.iter().map(|(n, _)| n.to_string()));
+                let spare: Vec<String> = names.get(scopes.len()..).unwrap_or_default().to_vec();
+                (
+                    Just(scopes),
+                    prop::collection::vec(
+                        prop::sample::subsequence(members.clone(), 0..4),
+                        0..=spare.len(),
+                    ),
+                    prop::sample::subsequence(members, 0..3),
+                    Just(spare),
+                )
+            })
+            .prop_map(
+                |(scopes, composite_members, default_scopes, spare)| ScopeConfig {
+                    default_scopes,
+                    scopes,
+                    composites: spare.into_iter().zip(composite_members).collect(),
+                },
+            )
+    }
+
+    /// Any config at all, valid or not.
+    fn any_config() -> impl Strategy<Value = ScopeConfig> {
+        let name = prop_oneof![
+            "[a-z][a-z0-9:_.-]{0,8}",
+            ".{0,70}",
+            Just("tokens:read".to_string())
+        ];
+        (
+            prop::collection::vec(name.clone(), 0..4),
+            prop::collection::vec(
+                (
+                    name.clone(),
+                    prop_oneof![0u32..80, any::<u32>()],
+                    any::<bool>(),
+                ),
+                0..8,
+            ),
+            prop::collection::btree_map(name.clone(), prop::collection::vec(name, 0..4), 0..4),
+        )
+            .prop_map(|(default_scopes, scopes, composites)| ScopeConfig {
+                default_scopes,
+                scopes: scopes
+                    .into_iter()
+                    .map(|(name, bit, admin_only)| ScopeDecl {
+                        name,
+                        bit,
+                        admin_only,
+                    })
+                    .collect(),
+                composites,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn a_valid_config_builds_and_every_declared_name_means_its_bit(cfg in valid_config()) {
+            let r = ScopeRegistry::new(&cfg).unwrap();
+            for d in &cfg.scopes {
+                let bit = Permissions::from_bits(1 << d.bit);
+                prop_assert_eq!(r.resolve(&[&d.name]).unwrap(), bit);
+                prop_assert_eq!(r.names(bit), vec![d.name.clone()]);
+                prop_assert_eq!(r.admin_only().contains(bit), d.admin_only);
+            }
+            for (name, members) in &cfg.composites {
+                prop_assert_eq!(r.resolve(&[name]).unwrap(), r.resolve(members).unwrap());
+            }
+            prop_assert_eq!(r.default_scopes(), r.resolve(&cfg.default_scopes).unwrap());
+            prop_assert_eq!(r.custom().bits().count_ones() as usize, cfg.scopes.len());
+        }
+
+        /// parse(format(p)) == p: the names of an assigned set resolve back to the set, and never
+        /// name a composite.
+        #[test]
+        fn names_then_resolve_gives_back_every_assigned_set(cfg in valid_config(), bits in any::<u64>()) {
+            let r = ScopeRegistry::new(&cfg).unwrap();
+            let p = Permissions::from_bits(bits & r.assigned().bits());
+            let names = r.names(p);
+            prop_assert_eq!(names.len() as u32, p.bits().count_ones());
+            prop_assert!(names.iter().all(|n| !cfg.composites.contains_key(n)));
+            prop_assert_eq!(r.resolve(&names).unwrap(), p);
+            prop_assert!(r.check_assigned(p).is_ok());
+        }
+
+        #[test]
+        fn unassigned_bits_are_reported_and_their_names_do_not_resolve(cfg in valid_config(), bits in any::<u64>()) {
+            let r = ScopeRegistry::new(&cfg).unwrap();
+            let p = Permissions::from_bits(bits);
+            let unknown = p.minus(r.assigned());
+            match r.check_assigned(p) {
+                Ok(()) => prop_assert!(unknown.is_empty()),
+                Err(ScopeError::UnknownBits(b)) => prop_assert_eq!(b, unknown.bits()),
+                Err(e) => prop_assert!(false, "unexpected {e:?}"),
+            }
+            // `bit:N` names are for display only.
+            prop_assert_eq!(r.resolve(&r.names(p)).is_ok(), unknown.is_empty());
+        }
+
+        #[test]
+        fn resolving_arbitrary_names_never_panics_and_fails_on_the_first_unknown(
+            cfg in valid_config(),
+            names in prop::collection::vec(prop_oneof![".{0,70}", "[a-z:]{1,14}"], 0..6),
+        ) {
+            let r = ScopeRegistry::new(&cfg).unwrap();
+            let known = |n: &String| {
+                SYSTEM_NAMES.iter().any(|(s, _)| s == n)
+                    || cfg.scopes.iter().any(|d| &d.name == n)
+                    || cfg.composites.contains_key(n)
+            };
+            match r.resolve(&names) {
+                Ok(_) => prop_assert!(names.iter().all(known)),
+                Err(ScopeError::UnknownScope(n)) => {
+                    prop_assert_eq!(Some(&n), names.iter().find(|n| !known(n)));
+                }
+                Err(e) => prop_assert!(false, "unexpected {e:?}"),
+            }
+        }
+
+        #[test]
+        fn any_config_is_refused_or_built_without_panicking(cfg in any_config()) {
+            if let Ok(r) = ScopeRegistry::new(&cfg) {
+                let bits: BTreeSet<u32> = cfg.scopes.iter().map(|d| d.bit).collect();
+                prop_assert_eq!(bits.len(), cfg.scopes.len(), "a bit declared twice was accepted");
+                for d in &cfg.scopes {
+                    prop_assert!((16..=63).contains(&d.bit));
+                    prop_assert!(valid_scope_name(&d.name));
+                    prop_assert_eq!(r.resolve(&[&d.name]).unwrap().bits(), 1u64 << d.bit);
+                }
+                for name in cfg.composites.keys() {
+                    prop_assert!(valid_scope_name(name));
+                }
+            }
+        }
+
+        #[test]
+        fn a_grant_succeeds_exactly_within_the_held_bits(held in any::<u64>(), requested in any::<u64>(), admin_only in any::<u64>(), pick in any::<u64>()) {
+            let (held, admin_only) = (Permissions::from_bits(held), Permissions::from_bits(admin_only));
+            // Half the time ask for a subset of what is held.
+            for requested in [Permissions::from_bits(requested), Permissions::from_bits(held.bits() & pick)] {
+                let ok = held.contains(requested)
+                    && (!requested.intersects(admin_only) || held.contains(Permissions::ORG_ADMIN));
+                prop_assert_eq!(check_grant(held, requested, admin_only).is_ok(), ok);
+                if let Err(GrantError::NotHeld(m)) = check_grant(held, requested, admin_only) {
+                    prop_assert_eq!(m, requested.minus(held));
+                }
+            }
+        }
+
+        #[test]
+        fn role_names_convert_both_ways(s in prop_oneof![".{0,10}", Just("admin".to_string()), Just("member".to_string())]) {
+            if let Some(role) = Role::from_name(&s) {
+                prop_assert_eq!(role.as_str(), s);
+            } else {
+                prop_assert!(s != "admin" && s != "member");
+            }
+        }
+    }
+}

@@ -22,6 +22,7 @@ mod multinode;
 mod nginx;
 mod ops;
 mod orgs;
+mod properties;
 mod people;
 mod python_client;
 mod quickstart;
