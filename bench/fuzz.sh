@@ -9,6 +9,7 @@
 # all; this script runs them with many more.
 #
 #   bash bench/fuzz.sh                      # 100,000 cases per property, 2,000 per HTTP one
+#                                           # (about 10 minutes on 2 cores, debug build)
 #   bash bench/fuzz.sh --cases 10000        # a shorter run (about a minute on 2 cores)
 #   bash bench/fuzz.sh --http-cases 20000   # more requests per HTTP property
 #   bash bench/fuzz.sh --release            # optimised build: more cases per minute, but a
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
         --http-cases) http_cases="$2"; shift 2 ;;
         --release) profile=(--release); shift ;;
         --only) only="$2"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
