@@ -27,19 +27,19 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     if !is_trusted(&peer) {
         return peer;
     }
-    // Right to left over every X-Forwarded-For line, without collecting them.
-    let hops = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .rev()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.rsplit(','));
+    // Right to left over every X-Forwarded-For line, without collecting them. A line that is
+    // not text is malformed like any other entry: the walk stops there.
     let mut believed = peer;
-    for hop in hops {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => believed = ip,
-            Ok(ip) => return ip,
-            Err(_) => return believed,
+    for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(line) = line.to_str() else {
+            return believed;
+        };
+        for hop in line.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) if is_trusted(&ip) => believed = ip,
+                Ok(ip) => return ip,
+                Err(_) => return believed,
+            }
         }
     }
     believed
@@ -272,19 +272,17 @@ mod properties {
         h
     }
 
-    /// The entries of the readable header lines, right-most first, trimmed.
+    /// The entries of the header lines, right-most first, trimmed; a line that is not text
+    /// stands as one malformed entry, which ends the walk like any other.
     fn readable_entries_right_to_left(h: &HeaderMap) -> Vec<String> {
-        let lines: Vec<&str> = h
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        lines
-            .iter()
-            .rev()
-            .flat_map(|l| l.rsplit(','))
-            .map(|e| e.trim().to_string())
-            .collect()
+        let mut entries = Vec::new();
+        for line in h.get_all("x-forwarded-for").iter().rev() {
+            match line.to_str() {
+                Ok(l) => entries.extend(l.rsplit(',').map(|e| e.trim().to_string())),
+                Err(_) => entries.push("(not text)".to_string()),
+            }
+        }
+        entries
     }
 
     fn trusted_ip() -> impl Strategy<Value = IpAddr> {
