@@ -515,8 +515,9 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
 
-    /// Failed verifications and bearer authentications per minute per client IP; beyond it the
-    /// client's checks that would cost a database read or a hash answer 429 (0: off).
+    /// Failed Argon2id checks (verifications and bearer authentications) per minute, per client
+    /// IP and per token; beyond it Argon2id checks for that IP or token answer 429 (0: off).
+    /// Nothing else is refused: garbage, unknown ids and SHA-256 tokens cost too little.
     #[arg(
         long,
         env = "LATCHKEY_RATE_LIMIT_FAILED_VERIFY_PER_MINUTE",

@@ -170,14 +170,15 @@ impl Limit {
                 "`latchkey serve --rate-limit-login-per-15m` (and `--rate-limit-mint-per-hour`)",
             ),
             Limit::FailedVerify => (
-                "too many failed verifications from this address (the server's limit on failed \
-                 verifications and bearer authentications per client address per minute)",
+                "too many failed verifications from this address or of this token (the \
+                 server's limit on failed Argon2id checks per client address and per token per \
+                 minute)",
                 "`latchkey serve --rate-limit-failed-verify-per-minute`",
             ),
             Limit::Management => (
                 "too many requests from this address (the server's limit on management requests \
-                 per client address per second, or, after invalid tokens, on failed \
-                 authentications per minute)",
+                 per client address per second, or, after wrong Argon2id secrets, on failed \
+                 checks per minute)",
                 "`latchkey serve --rate-limit-per-second` and `--rate-limit-burst`, or \
                  `--rate-limit-failed-verify-per-minute`",
             ),

@@ -49,7 +49,7 @@ impl Authority {
             let Ok(parsed) = format::parse(&self.config.prefix, presented) else {
                 continue;
             };
-            let Some(entry) = self.matching_entry(&parsed, None).await? else {
+            let Some(entry) = self.matching_entry(&parsed, None, false).await? else {
                 continue;
             };
             let event = audit::event(

@@ -1,5 +1,6 @@
 //! Rate limits (governor): minting per client IP and per calling token, management calls per
-//! client IP, failed verifications per client IP, and leaked-token reports per client IP. Each
+//! client IP, failed Argon2id checks per client IP and per token id, and leaked-token reports
+//! per client IP. Each
 //! answers `rate_limited` with a retry time and counts `latchkey_rate_limited_total{limit}`.
 
 use std::hash::Hash;
@@ -28,7 +29,8 @@ pub struct RateLimitConfig {
     pub management_per_second: u32,
     /// Burst of management requests per client IP.
     pub management_burst: u32,
-    /// Failed verifications and bearer authentications per minute per client IP.
+    /// Failed Argon2id checks (verifications and bearer authentications) per minute, per client
+    /// IP and per token id.
     pub failed_verify_per_minute: u32,
     /// Leaked-token reports per minute per client IP.
     pub leaked_reports_per_minute: u32,
@@ -102,65 +104,69 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiter<K, C> {
     }
 }
 
-/// Failed verifications per client IP. Failures take cells; once a client is out of cells,
-/// its attempts that would cost a database lookup or a hash are refused until the next cell.
-/// Cheap verifications (cache hits) never consult it, so an API behind one shared gateway
-/// address is not locked out by someone else's garbage.
+/// Failed Argon2id checks per key (a client address, or a token id). Failures take cells; once
+/// a key is out of cells, Argon2id checks for it are refused until the next cell. Nothing else
+/// consults it: cache hits, SHA-256 comparisons, malformed tokens and unknown ids (a batched
+/// database read, then remembered as missing) cost too little to be worth refusing, so a client
+/// sending garbage through a shared gateway address denies no one behind it.
 ///
-/// A client that ran out stays on probation for [`PROBATION`] after its block ends: each costly
+/// A key that ran out stays on probation for [`PROBATION`] after its block ends: each costly
 /// attempt then takes a cell before it runs. Otherwise every connection of an attacker would
 /// start an Argon2id check the moment the block ends, before the first failure blocks it again
 /// (32 connections: 32 checks a second instead of one).
-pub struct FailureLimiter<C: Clock = DefaultClock> {
-    limiter: Limiter<IpAddr, C>,
-    blocked: quick_cache::sync::Cache<IpAddr, C::Instant>,
+pub struct FailureLimiter<K: Hash + Eq + Clone = IpAddr, C: Clock = DefaultClock> {
+    limiter: Limiter<K, C>,
+    blocked: quick_cache::sync::Cache<K, C::Instant>,
 }
 
 /// How long a client stays on probation after its block ends: the time a per-minute quota takes
 /// to refill.
 const PROBATION: Duration = Duration::from_secs(60);
 
-impl<C: Clock + Clone> FailureLimiter<C>
+impl<K, C> FailureLimiter<K, C>
 where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    C: Clock + Clone,
     C::Instant: Send + Sync + 'static,
 {
-    pub fn new(per_minute: u32, clock: C) -> Option<Self> {
-        Limiter::new("failed_verify", per_minute_quota(per_minute), clock).map(|limiter| Self {
+    pub fn new(label: &'static str, per_minute: u32, clock: C) -> Option<Self> {
+        Limiter::new(label, per_minute_quota(per_minute), clock).map(|limiter| Self {
             limiter,
             blocked: quick_cache::sync::Cache::new(10_000),
         })
     }
 
-    /// Records a failure from `ip`.
-    pub fn failed(&self, ip: IpAddr) {
-        if let Err(e) = self.limiter.inner.check_key(&ip) {
-            self.blocked.insert(ip, e.earliest_possible());
+    /// Records a failure of `key`.
+    pub fn failed(&self, key: &K) {
+        if let Err(e) = self.limiter.inner.check_key(key) {
+            self.blocked.insert(key.clone(), e.earliest_possible());
         }
     }
 
-    /// Whether `ip` may do costly verification work now.
+    /// Whether `key` may do costly verification work now.
     ///
     /// # Errors
-    /// `Error::RateLimited` while the client is out of cells.
-    pub fn allow_costly(&self, ip: IpAddr) -> Result<(), Error> {
-        let Some(mut until) = self.blocked.get(&ip) else {
+    /// `Error::RateLimited` while the key is out of cells.
+    pub fn allow_costly(&self, key: &K) -> Result<(), Error> {
+        let Some(mut until) = self.blocked.get(key) else {
             return Ok(());
         };
         let now = self.limiter.clock.now();
         if until <= now {
             if Duration::from(now.duration_since(until)) >= PROBATION {
-                self.blocked.remove(&ip);
+                self.blocked.remove(key);
                 return Ok(());
             }
-            match self.limiter.inner.check_key(&ip) {
+            match self.limiter.inner.check_key(key) {
                 Ok(()) => return Ok(()),
                 Err(not_until) => {
                     until = not_until.earliest_possible();
-                    self.blocked.insert(ip, until);
+                    self.blocked.insert(key.clone(), until);
                 }
             }
         }
-        metrics::counter!("latchkey_rate_limited_total", "limit" => "failed_verify").increment(1);
+        metrics::counter!("latchkey_rate_limited_total", "limit" => self.limiter.label)
+            .increment(1);
         let wait: Duration = until.duration_since(now).into();
         Err(Error::RateLimited {
             retry_after: wait.max(MIN_RETRY_AFTER),
@@ -256,7 +262,10 @@ pub struct RateLimits {
     pub mint_per_ip: Option<Limiter<IpAddr>>,
     pub mint_per_token: Option<Limiter<String>>,
     pub management: Option<Limiter<IpAddr>>,
-    pub failed_verify: Option<FailureLimiter>,
+    /// Failed Argon2id checks per client address.
+    pub failed_verify: Option<FailureLimiter<IpAddr>>,
+    /// Failed Argon2id checks per token id: a guesser slows down only the token it guesses at.
+    pub failed_guess: Option<FailureLimiter<uuid::Uuid>>,
     pub leaked: Option<Limiter<IpAddr>>,
     pub refusal_delay: RefusalDelay,
 }
@@ -281,7 +290,16 @@ impl RateLimits {
                 per_second_quota(cfg.management_per_second, cfg.management_burst),
                 clock.clone(),
             ),
-            failed_verify: FailureLimiter::new(cfg.failed_verify_per_minute, clock.clone()),
+            failed_verify: FailureLimiter::new(
+                "failed_verify",
+                cfg.failed_verify_per_minute,
+                clock.clone(),
+            ),
+            failed_guess: FailureLimiter::new(
+                "failed_guess",
+                cfg.failed_verify_per_minute,
+                clock.clone(),
+            ),
             leaked: Limiter::new(
                 "leaked_report",
                 per_minute_quota(cfg.leaked_reports_per_minute),
@@ -309,16 +327,20 @@ impl RateLimits {
         if let Some(l) = &self.failed_verify {
             l.housekeeping();
         }
+        if let Some(l) = &self.failed_guess {
+            l.housekeeping();
+        }
     }
 }
 
 /// The metric labels, so every limit shows in `/metrics` from the start.
-pub const LABELS: [&str; 7] = [
+pub const LABELS: [&str; 8] = [
     "login",
     "mint_ip",
     "mint_token",
     "management",
     "failed_verify",
+    "failed_guess",
     "leaked_report",
     "argon2_queue",
 ];
@@ -371,7 +393,7 @@ mod tests {
             Limiter::<IpAddr, _>::new("x", per_hour_quota(0), FakeRelativeClock::default())
                 .is_none()
         );
-        assert!(FailureLimiter::new(0, FakeRelativeClock::default()).is_none());
+        assert!(FailureLimiter::<IpAddr, _>::new("x", 0, FakeRelativeClock::default()).is_none());
     }
 
     #[test]
@@ -389,37 +411,37 @@ mod tests {
     #[test]
     fn failures_block_costly_work_only_after_the_quota_and_only_until_the_next_cell() {
         let clock = FakeRelativeClock::default();
-        let f = FailureLimiter::new(3, clock.clone()).unwrap();
+        let f = FailureLimiter::new("failed_verify", 3, clock.clone()).unwrap();
         for _ in 0..3 {
-            f.failed(ip(1));
-            assert!(f.allow_costly(ip(1)).is_ok());
+            f.failed(&ip(1));
+            assert!(f.allow_costly(&ip(1)).is_ok());
         }
-        f.failed(ip(1));
-        let Err(Error::RateLimited { retry_after }) = f.allow_costly(ip(1)) else {
+        f.failed(&ip(1));
+        let Err(Error::RateLimited { retry_after }) = f.allow_costly(&ip(1)) else {
             panic!("a client past its failures must be refused costly work");
         };
         assert_eq!(retry_after, Duration::from_secs(20));
-        assert!(f.allow_costly(ip(2)).is_ok());
+        assert!(f.allow_costly(&ip(2)).is_ok());
         clock.advance(Duration::from_secs(20));
-        assert!(f.allow_costly(ip(1)).is_ok());
+        assert!(f.allow_costly(&ip(1)).is_ok());
     }
 
     #[test]
     fn after_a_block_ends_concurrent_costly_attempts_of_that_client_take_a_cell_each() {
         // Arrange: a client out of cells, its block just over.
         let clock = FakeRelativeClock::default();
-        let f = FailureLimiter::new(3, clock.clone()).unwrap();
+        let f = FailureLimiter::new("failed_verify", 3, clock.clone()).unwrap();
         for _ in 0..4 {
-            f.failed(ip(1));
+            f.failed(&ip(1));
         }
         clock.advance(Duration::from_secs(20));
 
         // Act: five attempts at once, before any of them has failed.
-        let allowed = (0..5).filter(|_| f.allow_costly(ip(1)).is_ok()).count();
+        let allowed = (0..5).filter(|_| f.allow_costly(&ip(1)).is_ok()).count();
         clock.advance(Duration::from_secs(20));
-        let next_cell = f.allow_costly(ip(1));
+        let next_cell = f.allow_costly(&ip(1));
         clock.advance(PROBATION * 2);
-        let after_probation = (0..5).filter(|_| f.allow_costly(ip(1)).is_ok()).count();
+        let after_probation = (0..5).filter(|_| f.allow_costly(&ip(1)).is_ok()).count();
 
         // Assert
         assert_eq!(allowed, 1, "one cell came back, so one costly attempt runs");

@@ -483,62 +483,80 @@ impl Authority {
         }
     }
 
-    /// Whether `ip` may start a costly check (a database read, an Argon2id computation). A
-    /// client past its failed-verification limit is refused after the refusal delay, with the
-    /// time left until its next cell.
+    /// Whether an Argon2id check of token `id` for `ip` may start: neither the client address
+    /// nor the token may be past its failed-check limit. A refusal is answered after the refusal
+    /// delay, with the time left until the next cell.
     ///
     /// # Errors
     /// `rate_limited`.
-    async fn allow_costly(&self, ip: Option<IpAddr>) -> Result<()> {
-        let (Some(limit), Some(ip)) = (&self.limits.failed_verify, ip) else {
-            return Ok(());
+    async fn allow_argon2(&self, ip: Option<IpAddr>, id: Uuid) -> Result<()> {
+        let by_address = match (&self.limits.failed_verify, ip) {
+            (Some(limit), Some(ip)) => limit.allow_costly(&ip),
+            _ => Ok(()),
         };
-        match limit.allow_costly(ip) {
+        let allowed = by_address.and_then(|()| match &self.limits.failed_guess {
+            Some(limit) => limit.allow_costly(&id),
+            None => Ok(()),
+        });
+        match allowed {
             Ok(()) => Ok(()),
             // Boxed: its timer would otherwise enlarge every verification's future.
             Err(refused) => Err(Box::pin(self.limits.refusal_delay.refuse(refused)).await),
         }
     }
 
+    /// Counts a failed Argon2id check against the client address and the token.
+    fn argon2_failed(&self, ip: Option<IpAddr>, id: Uuid) {
+        if let (Some(l), Some(ip)) = (&self.limits.failed_verify, ip) {
+            l.failed(&ip);
+        }
+        if let Some(l) = &self.limits.failed_guess {
+            l.failed(&id);
+        }
+    }
+
     /// The cached (or freshly loaded) entry of a parsed token whose secret matches, whatever its
-    /// state; `None` when there is no such token or the secret is wrong. `ip`, when given, is
-    /// held to the failed-verification limit before any costly step (a database read, an
-    /// Argon2id check).
+    /// state; `None` when there is no such token or the secret is wrong. An Argon2id check (a
+    /// token's first since it was loaded) is held to the failed-check limits of `ip` and of the
+    /// token, and counts against both when it fails; nothing else is limited here, so garbage,
+    /// unknown ids and wrong SHA-256 secrets cost no one else a refusal. Without `limited`
+    /// (leaked-token reports, which never reveal a match) no limit applies.
     pub(super) async fn matching_entry(
         &self,
         parsed: &format::ParsedToken,
         ip: Option<IpAddr>,
+        limited: bool,
     ) -> Result<Option<Arc<CachedToken>>> {
         let entry = match self.cache.get(&parsed.id) {
             Some(e) => e,
             None if self.cache.known_missing(&parsed.id) => return Ok(None),
-            None => {
-                self.allow_costly(ip).await?;
-                match self.load(parsed.id).await? {
-                    Some(e) => e,
-                    None => return Ok(None),
-                }
-            }
+            None => match self.load(parsed.id).await? {
+                Some(e) => e,
+                None => return Ok(None),
+            },
         };
         if entry.token.kind != parsed.kind {
             return Ok(None);
         }
-        if matches!(entry.verifier, Verifier::Argon2id(_)) && entry.fast.get().is_none() {
-            self.allow_costly(ip).await?;
+        let cold_argon2 = limited
+            && matches!(entry.verifier, Verifier::Argon2id(_))
+            && entry.fast.get().is_none();
+        if cold_argon2 {
+            self.allow_argon2(ip, parsed.id).await?;
         }
-        Ok(self
-            .secret_matches(&entry, &parsed.secret)
-            .await?
-            .then_some(entry))
+        let matched = self.secret_matches(&entry, &parsed.secret).await?;
+        if cold_argon2 && !matched {
+            self.argon2_failed(ip, parsed.id);
+        }
+        Ok(matched.then_some(entry))
     }
 
     /// Checks a presented token string. `None` for every kind of invalid: malformed, unknown,
-    /// wrong secret, revoked, disabled, expired at `now`. Counts usage on success and failures
-    /// against the client's failed-verification limit.
+    /// wrong secret, revoked, disabled, expired at `now`. Counts usage on success.
     ///
     /// # Errors
-    /// `rate_limited` when the client is past its failed-verification limit and the check would
-    /// cost a database read or a hash (answered after the refusal delay,
+    /// `rate_limited` when the check needs an Argon2id computation and the client address or
+    /// the token is past its failed-check limit (answered after the refusal delay,
     /// `RateLimitConfig::refusal_delay`), or the Argon2id queue is full; `internal` (database
     /// unreachable, corrupt row).
     pub async fn check_token(
@@ -561,7 +579,7 @@ impl Authority {
         now: DateTime<Utc>,
     ) -> Result<Option<Arc<CachedToken>>> {
         let found = match format::parse(&self.config.prefix, presented) {
-            Ok(parsed) => self.matching_entry(&parsed, ip).await?,
+            Ok(parsed) => self.matching_entry(&parsed, ip, true).await?,
             Err(_) => None,
         };
         match found {
@@ -569,12 +587,7 @@ impl Authority {
                 self.usage.record(e.token.id, ip, now);
                 Ok(Some(e))
             }
-            _ => {
-                if let (Some(l), Some(ip)) = (&self.limits.failed_verify, ip) {
-                    l.failed(ip);
-                }
-                Ok(None)
-            }
+            _ => Ok(None),
         }
     }
 

@@ -70,72 +70,191 @@ async fn management_calls_beyond_the_per_second_limit_are_429_but_verification_i
     );
 }
 
-#[tokio::test]
-async fn past_its_failure_limit_a_client_gets_rate_limited_for_costly_checks_only() {
-    // Arrange: a valid token verified once (cached), another never verified.
-    let app = spawn_app_with(&["--rate-limit-failed-verify-per-minute", "3"]).await;
-    let (cached, _) = app.token_with(&app.admin_token, "cached", &[]).await;
-    let (cold, _) = app.token_with(&app.admin_token, "cold", &[]).await;
-    assert_eq!(app.verify(&cached, &[]).await["code"], "VALID");
-    let unknown = |n: u8| forge(&cached, None, Some([n; 32]));
+/// A verification from `xff` (the test client is a trusted proxy in these apps).
+async fn verify_as(app: &crate::helpers::TestApp, xff: &str, token: &str) -> Value {
+    app.client
+        .post(format!("{}/v1/tokens/verify", app.address))
+        .header("x-forwarded-for", xff)
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
 
-    // Act: four wrong secrets for an existing id.
-    for n in 0..4 {
-        assert_eq!(app.verify(&unknown(n), &[]).await["code"], "INVALID");
-    }
-    let fresh_id = latchkey::token::format::format_token(
+/// A well-formed token with a never-seen id: one database read, then remembered as missing.
+fn unknown_id(secret: u8) -> String {
+    latchkey::token::format::format_token(
         &Default::default(),
         latchkey::token::TokenKind::Pat,
         uuid::Uuid::now_v7(),
-        &[1u8; 32],
+        &[secret; 32],
+    )
+}
+
+#[tokio::test]
+async fn past_its_failed_argon2id_checks_a_client_and_the_guessed_token_are_refused_those_checks_only()
+ {
+    // Arrange: Argon2id tokens: one warm (verified once), one guessed at, one never verified.
+    let app = spawn_app_with(&[
+        "--hash",
+        "argon2id",
+        "--trusted-proxies",
+        "127.0.0.1/32",
+        "--rate-limit-failed-verify-per-minute",
+        "3",
+    ])
+    .await;
+    let (warm, _) = app.token_with(&app.admin_token, "warm", &[]).await;
+    let (guessed, _) = app.token_with(&app.admin_token, "guessed", &[]).await;
+    let (cold, _) = app.token_with(&app.admin_token, "cold", &[]).await;
+    assert_eq!(
+        verify_as(&app, "198.51.100.1", &warm).await["code"],
+        "VALID"
     );
-    let limited = app
-        .request(
-            Method::POST,
-            "/v1/tokens/verify",
-            None,
-            Some(json!({"token": fresh_id})),
-        )
+    let attacker = "203.0.113.66";
+
+    // Act: four wrong secrets for one id, each an Argon2id check that fails.
+    for n in 0..4 {
+        let wrong = forge(&guessed, None, Some([n; 32]));
+        assert_eq!(verify_as(&app, attacker, &wrong).await["code"], "INVALID");
+    }
+    let fifth = verify_as(&app, attacker, &forge(&guessed, None, Some([9; 32]))).await;
+    let guessed_elsewhere = verify_as(&app, "198.51.100.2", &guessed).await;
+    // Before it verifies anywhere else: after that it is warm, a SHA-256 comparison.
+    let cold_from_attacker = verify_as(&app, attacker, &cold).await;
+    let cold_elsewhere = verify_as(&app, "198.51.100.2", &cold).await;
+    let warm_from_attacker = verify_as(&app, attacker, &warm).await;
+    let unknown_from_attacker = verify_as(&app, attacker, &unknown_id(1)).await;
+    let garbage_from_attacker = verify_as(&app, attacker, "garbage").await;
+    let bearer = app
+        .get("/v1/tokens", &forge(&guessed, None, Some([8; 32])))
         .await;
-    let limited_wait = retry_after(&limited);
-    let limited: Value = limited.json().await.unwrap();
 
     // Assert
-    assert_eq!(limited["code"], "RATE_LIMITED");
-    assert_eq!(limited["valid"], false);
-    assert!(limited_wait >= 1);
+    assert_eq!(fifth["code"], "RATE_LIMITED");
+    assert!(fifth["retry_after_seconds"].as_u64().unwrap() >= 1);
     assert_eq!(
-        app.verify(&cached, &[]).await["code"],
-        "VALID",
-        "cache hits stay at full speed"
+        guessed_elsewhere["code"], "RATE_LIMITED",
+        "the token guessed at is held for a while, from any address"
     );
     assert_eq!(
-        app.verify(&cold, &[]).await["code"],
-        "RATE_LIMITED",
-        "a database read is costly"
+        cold_elsewhere["code"], "VALID",
+        "other tokens, other clients: untouched"
     );
     assert_eq!(
-        app.verify("garbage", &[]).await["code"],
-        "INVALID",
-        "malformed input is cheap"
+        cold_from_attacker["code"], "RATE_LIMITED",
+        "an Argon2id check from the guessing address waits"
     );
-    let bearer = app.get("/v1/tokens", &fresh_id).await;
+    assert_eq!(
+        warm_from_attacker["code"], "VALID",
+        "a verified token is a SHA-256 comparison"
+    );
+    assert_eq!(
+        unknown_from_attacker["code"], "INVALID",
+        "an unknown id is never refused"
+    );
+    assert_eq!(garbage_from_attacker["code"], "INVALID");
     assert_eq!(bearer.status(), StatusCode::TOO_MANY_REQUESTS);
-    let gate = app
-        .request(Method::GET, "/v1/auth/check", Some(&fresh_id), None)
-        .await;
-    assert_eq!(gate.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(
-        app.metric("latchkey_verify_total{result=\"rate_limited\"}")
+        app.metric("latchkey_rate_limited_total{limit=\"failed_guess\"}")
             .await
-            >= 2.0
+            >= 1.0
+    );
+    assert!(
+        app.metric("latchkey_rate_limited_total{limit=\"failed_verify\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn garbage_unknown_ids_and_wrong_secrets_at_200_a_second_deny_no_genuine_token_behind_the_same_address()
+ {
+    // Arrange: the default failure limit (the test apps turn limits off unless asked); forty
+    // genuine tokens, none cached (the server restarted).
+    let limit = ["--rate-limit-failed-verify-per-minute", "60"];
+    let first = spawn_app_with(&limit).await;
+    let mut genuine = Vec::new();
+    for n in 0..40 {
+        let (t, _) = first
+            .token_with(&first.admin_token, &format!("genuine {n}"), &[])
+            .await;
+        genuine.push(t);
+    }
+    let (known, _) = first.token_with(&first.admin_token, "known", &[]).await;
+    let mut first = first;
+    assert!(first.stop_gracefully());
+    let app = first.restart(&limit).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let attack = {
+        let (client, url) = (app.client.clone(), app.address.clone());
+        let (stop, sent, known) = (stop.clone(), sent.clone(), known.clone());
+        tokio::spawn(async move {
+            // 200 a second: a third garbage, a third unknown ids, a third wrong secrets of a real
+            // token; all from 127.0.0.1, like the genuine client.
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let n = sent.load(std::sync::atomic::Ordering::Relaxed);
+                let bad = match n % 3 {
+                    0 => format!("lk_pat_garbage{n}"),
+                    1 => unknown_id((n % 250) as u8),
+                    _ => forge(&known, None, Some([(n % 250) as u8; 32])),
+                };
+                let v: Value = client
+                    .post(format!("{url}/v1/tokens/verify"))
+                    .json(&json!({ "token": bad }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(v["code"], "INVALID", "a bad token is simply invalid");
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    // Well past the limit of 60 failures a minute before the first genuine verification.
+    let mut wait = tokio::time::interval(Duration::from_millis(5));
+    while sent.load(std::sync::atomic::Ordering::Relaxed) < 100 {
+        wait.tick().await;
+    }
+
+    // Act: each genuine token verified for the first time since the restart, among the attack.
+    let mut answers = Vec::new();
+    let mut pace = tokio::time::interval(Duration::from_millis(10));
+    for t in &genuine {
+        pace.tick().await;
+        answers.push(app.verify(t, &[]).await["code"].clone());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    attack.await.unwrap();
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+
+    // Assert
+    assert!(sent >= 100, "the attack ran first ({sent} requests)");
+    assert!(
+        answers.iter().all(|c| c == "VALID"),
+        "every genuine token verifies: {answers:?}"
+    );
+    assert_eq!(
+        app.metric("latchkey_rate_limited_total{limit=\"failed_verify\"}")
+            .await,
+        0.0
     );
 }
 
 #[tokio::test]
 async fn a_refused_verification_is_answered_after_the_refusal_delay_and_a_cache_hit_is_not() {
-    // Arrange: a cached valid token, and a client past its limit of one failure a minute.
+    // Arrange: an Argon2id token guessed at past a limit of one failure a minute, and a warm one.
     let app = spawn_app_with(&[
+        "--hash",
+        "argon2id",
         "--rate-limit-failed-verify-per-minute",
         "1",
         "--rate-limit-refusal-delay-ms",
@@ -144,23 +263,18 @@ async fn a_refused_verification_is_answered_after_the_refusal_delay_and_a_cache_
     .await;
     let (cached, _) = app.token_with(&app.admin_token, "cached", &[]).await;
     assert_eq!(app.verify(&cached, &[]).await["code"], "VALID");
-    let wrong = |n: u8| forge(&cached, None, Some([n; 32]));
+    let (guessed, _) = app.token_with(&app.admin_token, "guessed", &[]).await;
+    let wrong = |n: u8| forge(&guessed, None, Some([n; 32]));
     for n in 0..2 {
-        app.verify(&wrong(n), &[]).await;
+        assert_eq!(app.verify(&wrong(n), &[]).await["code"], "INVALID");
     }
-    let cold = latchkey::token::format::format_token(
-        &Default::default(),
-        latchkey::token::TokenKind::Pat,
-        uuid::Uuid::now_v7(),
-        &[3u8; 32],
-    );
 
     // Act
     let started = std::time::Instant::now();
-    let refused = app.verify(&cold, &[]).await;
+    let refused = app.verify(&wrong(3), &[]).await;
     let refused_after = started.elapsed();
     let bearer_started = std::time::Instant::now();
-    let bearer = app.get("/v1/tokens", &cold).await;
+    let bearer = app.get("/v1/tokens", &wrong(4)).await;
     let bearer_after = bearer_started.elapsed();
     let hit_started = std::time::Instant::now();
     let hit = app.verify(&cached, &[]).await;
@@ -188,8 +302,10 @@ async fn a_refused_verification_is_answered_after_the_refusal_delay_and_a_cache_
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_forwarded_client_is_audited_and_limited() {
-    // Arrange: the test client (127.0.0.1) is a trusted proxy.
+    // Arrange: the test client (127.0.0.1) is a trusted proxy; Argon2id tokens.
     let app = spawn_app_with(&[
+        "--hash",
+        "argon2id",
         "--trusted-proxies",
         "127.0.0.1/32",
         "--rate-limit-failed-verify-per-minute",
@@ -219,43 +335,19 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_audited_and_limited() {
         .json()
         .await
         .unwrap();
-    // Failures from one forwarded client do not limit another.
-    let verify_from = |xff: &'static str, token: String| {
-        app.client
-            .post(format!("{}/v1/tokens/verify", app.address))
-            .header("x-forwarded-for", xff)
-            .json(&json!({ "token": token }))
-            .send()
-    };
-    // Each a well-formed token with a never-seen id: a database read, so a costly check.
-    let unknown = || {
-        latchkey::token::format::format_token(
-            &Default::default(),
-            latchkey::token::TokenKind::Pat,
-            uuid::Uuid::now_v7(),
-            &[2u8; 32],
-        )
-    };
-    for _ in 0..2 {
-        verify_from("203.0.113.1", unknown()).await.unwrap();
+    // Failed Argon2id checks from one forwarded client do not limit another.
+    let (first, _) = app.token_with(&app.admin_token, "first", &[]).await;
+    let (second, _) = app.token_with(&app.admin_token, "second", &[]).await;
+    for n in 0..2 {
+        verify_as(&app, "203.0.113.1", &forge(&first, None, Some([n; 32]))).await;
     }
-    let a: Value = verify_from("203.0.113.1", unknown())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b: Value = verify_from("203.0.113.2", unknown())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a = verify_as(&app, "203.0.113.1", &second).await;
+    let b = verify_as(&app, "203.0.113.2", &second).await;
 
     // Assert
     assert_eq!(events["events"][0]["ip"], "198.51.100.7");
     assert_eq!(a["code"], "RATE_LIMITED");
-    assert_eq!(b["code"], "INVALID");
+    assert_eq!(b["code"], "VALID");
 }
 
 #[tokio::test]

@@ -648,30 +648,26 @@ async fn a_mint_past_the_per_token_limit_names_the_limit_the_wait_and_the_flag()
 
 #[tokio::test]
 async fn a_verify_past_the_failed_verification_limit_names_the_limit_and_the_flag() {
-    // Arrange: one failed verification per minute per address; a second failure blocks the
-    // address.
+    // Arrange: one failed Argon2id check per minute; a second failure blocks the address and
+    // the token guessed at.
     let app = crate::helpers::spawn_app_with(&[
+        "--hash",
+        "argon2id",
         "--rate-limit-failed-verify-per-minute",
         "1",
         "--rate-limit-refusal-delay-ms",
         "0",
     ])
     .await;
-    let unknown = |secret: u8| {
-        latchkey::token::format::format_token(
-            &Default::default(),
-            latchkey::token::TokenKind::Pat,
-            uuid::Uuid::now_v7(),
-            &[secret; 32],
-        )
-    };
+    let (guessed, _) = app.token_with(&app.admin_token, "guessed", &[]).await;
+    let wrong = |secret: u8| crate::helpers::forge(&guessed, None, Some([secret; 32]));
     for secret in [1, 2] {
-        let failed = client(&app, None, &["token", "verify", &unknown(secret)]);
+        let failed = client(&app, None, &["token", "verify", &wrong(secret)]);
         assert_eq!(stdout(&failed), "INVALID\n");
     }
 
     // Act
-    let refused = client(&app, None, &["token", "verify", &unknown(3)]);
+    let refused = client(&app, None, &["token", "verify", &wrong(3)]);
 
     // Assert
     assert_eq!(refused.status.code(), Some(1));
