@@ -16,20 +16,28 @@ fn shell_block(page: &str, heading: &str) -> String {
     after[start..start + len].to_string()
 }
 
-/// Runs a docs block with bash (`-euo pipefail`), `latchkey` on the PATH, the server's database
-/// and address in place of the defaults.
-fn run_block(script: &str, database_url: &str, address: &str) -> (bool, String, String) {
+/// Runs a docs block with bash (`-euo pipefail`), `latchkey` (and `extra_path`) on the PATH, the
+/// server's database and address in place of the defaults (`127.0.0.1:8080`, with or without
+/// `http://`).
+fn run_block_with(
+    script: &str,
+    database_url: &str,
+    address: &str,
+    extra_path: Option<&Path>,
+) -> (bool, String, String) {
     let bin_dir = Path::new(BIN).parent().unwrap();
+    let mut path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    if let Some(extra) = extra_path {
+        path = format!("{}:{path}", extra.display());
+    }
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c"])
-        .arg(script.replace("http://127.0.0.1:8080", address))
-        .env(
-            "PATH",
-            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
-        )
+        .arg(script.replace("127.0.0.1:8080", address.trim_start_matches("http://")))
+        .env("PATH", path)
         .env("LATCHKEY_DATABASE_URL", database_url)
         .env("RUST_BACKTRACE", "0")
         .env_remove("LATCHKEY_TOKEN")
+        .env_remove("LATCHKEY_URL")
         .output()
         .expect("bash");
     (
@@ -37,6 +45,10 @@ fn run_block(script: &str, database_url: &str, address: &str) -> (bool, String, 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn run_block(script: &str, database_url: &str, address: &str) -> (bool, String, String) {
+    run_block_with(script, database_url, address, None)
 }
 
 #[tokio::test]
@@ -55,22 +67,272 @@ async fn the_people_quick_start_runs_as_written() {
     assert!(stdout.contains("bo@example.com"), "{stdout}");
 }
 
-#[tokio::test]
-async fn the_readme_people_commands_run_as_written() {
-    // Arrange
-    let app = spawn_app().await;
-    let script = shell_block("README.md", "## People");
+// ---- The README's quick starts ----
 
-    // Act
-    let (ok, stdout, stderr) = run_block(
-        &format!("{script}\nlatchkey token list --json"),
-        &app.database_url,
-        &app.address,
+/// The README's sections whose ```sh block runs against a real server, in the README's order.
+const README_RUN: [&str; 4] = [
+    "## Quick start (curl)",
+    "## Quick start (CLI)",
+    "## People",
+    "## Quick start (gRPC)",
+];
+/// The one block that is not run: it starts the server and the test suite themselves.
+const README_NOT_RUN: &str = "## Run it, test it";
+/// The placeholder of the curl quick start for the bootstrap token the server printed.
+const ADMIN_PLACEHOLDER: &str = "ADMIN=lk_pat_...";
+
+/// The README's blocks of `sections`, joined in order, with the app's admin token in place of
+/// the placeholder (which must be there once).
+fn readme_script(sections: &[&str], admin_token: &str) -> String {
+    let script = sections
+        .iter()
+        .map(|s| shell_block("README.md", s))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        script.matches(ADMIN_PLACEHOLDER).count(),
+        1,
+        "the README's quick start sets the bootstrap token with `{ADMIN_PLACEHOLDER}` once"
     );
+    script.replace(ADMIN_PLACEHOLDER, &format!("ADMIN={admin_token}"))
+}
+
+/// A tool the README's blocks use, or a failed test saying how to get it: a test that did not
+/// run is never reported as passed.
+fn require(tool: &str, how: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "the README's commands need {tool}: {how}");
+}
+
+#[test]
+fn every_sh_block_of_the_readme_is_run_by_a_test() {
+    // Arrange
+    let readme = page_text("README.md");
+
+    // Act: the heading above each ```sh block.
+    let mut heading = "";
+    let mut blocks = Vec::new();
+    for line in readme.lines() {
+        if line.starts_with("## ") {
+            heading = line;
+        } else if line == "```sh" {
+            blocks.push(heading);
+        }
+    }
 
     // Assert
-    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let mut expected = vec![README_NOT_RUN];
+    expected.extend(README_RUN);
+    assert_eq!(
+        blocks, expected,
+        "every ```sh block of the README is run (README_RUN) or named as not run, one per section"
+    );
+}
+
+#[tokio::test]
+async fn the_readme_curl_cli_and_people_quick_starts_run_as_written() {
+    // Arrange: the blocks in the README's order, as a reader runs them in one terminal.
+    require("jq", "apt-get install jq");
+    let app = spawn_app().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let script = readme_script(&README_RUN[..3], &app.admin_token);
+
+    // Act: exit status and every `# -> ` output checked.
+    let stdout = run_walkthrough(
+        &format!("{script}\nlatchkey token list --json"),
+        &app,
+        dir.path(),
+    );
+
+    // Assert: the person's token, from the People block, works.
     assert!(stdout.contains("\"tokens\""), "{stdout}");
+    let listed: serde_json::Value = app
+        .get("/v1/tokens?page_size=50", &app.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let state_of = |name: &str| {
+        listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {listed}"))["state"]
+            .clone()
+    };
+    assert_eq!(state_of("ci deploy"), "revoked");
+    assert_eq!(state_of("cli-demo"), "revoked");
+}
+
+/// The Python that has grpcio and grpcio-reflection: `LATCHKEY_TEST_PYTHON`, else the venv
+/// `.ci/run` makes, else `python3` (as tests/api/python_client.rs).
+fn python_with_grpc() -> Option<String> {
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ci-venv/bin/python");
+    let candidates = match std::env::var("LATCHKEY_TEST_PYTHON") {
+        Ok(p) if !p.is_empty() => vec![p],
+        _ => vec![venv.to_string(), "python3".to_string()],
+    };
+    candidates.into_iter().find(|python| {
+        Command::new(python)
+            .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Where grpcurl is not installed (Debian has no package), a stand-in for it on the official
+/// Python grpcio client: the flags the README uses, parsed as strictly as grpcurl's (a header
+/// split into two words is a stray argument), the response printed as grpcurl prints it (JSON,
+/// lowerCamelCase names, default values left out, two-space indent), an RPC error as its `ERROR:`
+/// block on stderr with exit status 64 + the code. It learns the API by server reflection only.
+const GRPCURL_STAND_IN: &str = r#"
+import json
+import sys
+
+USAGE = "usage: grpcurl -plaintext [-H 'name: value']... [-d JSON] HOST:PORT SERVICE/METHOD"
+
+
+def fail(message):
+    print(message, file=sys.stderr)
+    print(USAGE, file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+    headers, data, plaintext, positional = [], None, False, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if positional or not arg.startswith("-"):
+            positional.append(arg)
+        elif arg.lstrip("-") == "plaintext":
+            plaintext = True
+        else:
+            name, eq, value = arg.lstrip("-").partition("=")
+            if name not in ("H", "d"):
+                fail(f"this stand-in knows no flag {arg}")
+            if not eq:
+                i += 1
+                if i == len(argv):
+                    fail(f"flag needs an argument: -{name}")
+                value = argv[i]
+            if name == "H":
+                headers.append(value)
+            else:
+                data = value
+        i += 1
+    if not plaintext:
+        fail("this stand-in speaks no TLS: pass -plaintext")
+    if len(positional) != 2 or "/" not in positional[1]:
+        fail(f"want HOST:PORT SERVICE/METHOD, got {positional}")
+    address = positional[0]
+    service_name, method_name = positional[1].split("/", 1)
+    metadata = []
+    for header in headers:
+        key, _, value = header.partition(":")
+        metadata.append((key.strip().lower(), value.strip()))
+
+    import grpc
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(address) as channel:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        method = pool.FindServiceByName(service_name).FindMethodByName(method_name)
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        request = json_format.Parse(data or "{}", request_class())
+        call = channel.unary_unary(
+            f"/{service_name}/{method_name}",
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        try:
+            response = call(request, metadata=metadata, timeout=30)
+        except grpc.RpcError as e:
+            code = e.code()
+            words = "".join(w.capitalize() for w in code.name.split("_"))
+            print(f"ERROR:\n  Code: {words}\n  Message: {e.details()}", file=sys.stderr)
+            sys.exit(64 + code.value[0])
+        print(json.dumps(json_format.MessageToDict(response), indent=2, ensure_ascii=False))
+
+
+main(sys.argv[1:])
+"#;
+
+/// A folder to put first on the PATH so that `grpcurl` runs: empty when grpcurl is installed,
+/// else holding the stand-in; or a failed test saying how to get either.
+fn grpcurl_dir() -> tempfile::TempDir {
+    let dir = tempfile::TempDir::new().unwrap();
+    let installed = Command::new("sh")
+        .args(["-c", "command -v grpcurl"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        eprintln!("the gRPC quick start runs with the installed grpcurl");
+        return dir;
+    }
+    let python = python_with_grpc().unwrap_or_else(|| {
+        panic!(
+            "the README's gRPC quick start needs grpcurl, or (as a stand-in) a Python with grpcio \
+             and grpcio-reflection: `python3 -m venv target/ci-venv && target/ci-venv/bin/pip \
+             install grpcio grpcio-reflection protobuf`, or LATCHKEY_TEST_PYTHON set to one; or \
+             leave this test out: `cargo test -- --skip python_client`."
+        )
+    });
+    eprintln!("grpcurl is not installed: the gRPC quick start runs with a stand-in on {python}");
+    let stand_in = dir.path().join("grpcurl");
+    std::fs::write(&stand_in, format!("#!{python}\n{GRPCURL_STAND_IN}")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn the_readme_grpc_quick_start_runs_as_written_with_grpcurl_or_the_python_client() {
+    // Arrange: the curl quick start first, as the reader did (it sets ADMIN), then the gRPC one.
+    require("jq", "apt-get install jq");
+    let grpcurl = grpcurl_dir();
+    let app = spawn_app().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let script = readme_script(&[README_RUN[0], README_RUN[3]], &app.admin_token);
+    let script = format!("cd {}\n{script}", dir.path().display());
+
+    // Act
+    let (ok, stdout, stderr) = run_block_with(
+        &script,
+        &app.database_url,
+        &app.address,
+        Some(grpcurl.path()),
+    );
+
+    // Assert: exit status, every `# -> ` output, and the token the gRPC block made and revoked.
+    assert!(
+        ok,
+        "script:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    check_promised_output(&script, &stdout);
+    let listed: serde_json::Value = app
+        .get("/v1/tokens?page_size=50", &app.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let grpc_dev = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "grpc-dev")
+        .unwrap_or_else(|| panic!("grpc-dev in {listed}"))
+        .clone();
+    assert_eq!(grpc_dev["state"], "revoked", "{grpc_dev}");
+    assert_eq!(grpc_dev["type"], "pat", "{grpc_dev}");
 }
 
 // ---- The walk-throughs of the user's guide, and the files it ships ----
@@ -125,6 +387,59 @@ fn have(tool: &str) -> bool {
         eprintln!("skipping: {tool} is not installed");
     }
     found
+}
+
+#[tokio::test]
+async fn the_python_example_of_clients_md_answers_as_documented() {
+    // Arrange: a token with the scope, one without, a revoked one; no server on port 1.
+    let app = spawn_app().await;
+    let page = page_text("docs/clients.md");
+    let after = &page[page.find("## An example").expect("## An example")..];
+    let start = after.find("```python\n").expect("a python block") + "```python\n".len();
+    let example = &after[start..start + after[start..].find("```").expect("its end")];
+    let (reader, _) = app
+        .token_with(&app.admin_token, "reader", &["tokens:read"])
+        .await;
+    let (auditor, _) = app
+        .token_with(&app.admin_token, "auditor", &["audit:read"])
+        .await;
+    let (gone, view) = app
+        .token_with(&app.admin_token, "gone", &["tokens:read"])
+        .await;
+    let path = format!("/v1/tokens/{}", view["id"].as_str().unwrap());
+    assert!(
+        app.delete(&path, &app.admin_token)
+            .await
+            .status()
+            .is_success()
+    );
+    let script = format!(
+        "{example}\nLATCHKEY = {address:?}\n\
+         for header in ['Bearer {reader}', 'Bearer {auditor}', 'Bearer {gone}', 'Basic x', None]:\n\
+         \x20   print(authorize(header, ['tokens:read'])[0])\n\
+         print(authorize('Bearer {reader}', ['tokens:read'])[1]['scopes'])\n\
+         LATCHKEY = 'http://127.0.0.1:1'\n\
+         print(authorize('Bearer {reader}', ['tokens:read'])[0])\n",
+        address = app.address
+    );
+
+    // Act
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["200", "403", "401", "401", "401", "['tokens:read']", "503"]
+    );
 }
 
 #[tokio::test]
