@@ -319,8 +319,9 @@ measure_grpc() { # url file
 # at the same time. The valid stream is measured; the attack's figures are added to its JSON.
 VALID_XFF=-
 [ "$XFF_SUPPORTED" = 0 ] || VALID_XFF=198.51.100.10
-measure_attack() { # url [attack-mode attack-file attacker-address]
+measure_attack() { # url [attack-mode attack-file attacker-address valid-file valid-address]
   local url=$1 mode=${2:-verify} file=${3:-$TMP/argon-attack.txt} apid xa=- attack valid status=0
+  local vfile=${5:-$TMP/argon-warm.txt} vxff=${6:-$VALID_XFF}
   [ "$XFF_SUPPORTED" = 0 ] || xa=${4:-203.0.113.66}
   timeout $(( WARMUP + DURATION + 60 )) "${CLIENT_PIN[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$(( WARMUP + DURATION + 2 ))s" \
     --timeout 10s -s "$ROOT/bench/wrk.lua" "$url" -- "$mode" "$file" "$THREADS" - \
@@ -328,7 +329,7 @@ measure_attack() { # url [attack-mode attack-file attacker-address]
   apid=$!
   PIDS+=("$apid")
   sleep 1
-  measure_wrk "$url" verify "$TMP/argon-warm.txt" - "$VALID_XFF" check || status=1
+  measure_wrk "$url" verify "$vfile" - "$vxff" check || status=1
   valid=$J
   wait "$apid" || status=1
   forget_pid "$apid"
@@ -475,6 +476,12 @@ fi
 stop_pid "$LK_PID"
 
 # --- Phase 2: cycling through every token, the cache a tenth of the set -----------------------
+# For phase 2b, bad tokens of three kinds: garbage, unknown ids with valid checksums (tokens of
+# another database), and wrong secrets of real tokens (1,000 more in this one), interleaved.
+seed "$TMP/elsewhere.db" 1000 sha256 "$TMP/unknown.txt"
+seed "$DB1" 1000 sha256 "$TMP/extra.txt" "$TMP/wrong.txt"
+for i in $(seq 1000); do echo "lk_pat_garbage$i"; done >"$TMP/garbage.txt"
+paste -d'\n' "$TMP/garbage.txt" "$TMP/unknown.txt" "$TMP/wrong.txt" >"$TMP/shared-attack.txt"
 start_latchkey cycling "$DB1" sha256 "$CYCLE_CACHE"
 b_cycle() { measure_wrk "$BASE_URL" verify "$TMP/tokens.txt"; }
 l_cycle() { measure_wrk "$LK_URL" verify "$TMP/tokens.txt"; }
@@ -490,6 +497,24 @@ if alternate b_cycle l_cycle; then
   fi
 else
   fail rest_verify_cycling "$ALT_ERR"
+fi
+
+# --- Phase 2b: a shared address under attack -----------------------------------------------------
+# The cycling client again, and beside it, from the same address (no X-Forwarded-For, as behind
+# one gateway), a client sending the bad tokens above as fast as it can; the failure limit at its
+# default. Target: no genuine verification fails (an INVALID or RATE_LIMITED answer to a genuine
+# token). The base columns are the cycling client alone, measured alternately.
+b_shared() { measure_wrk "$LK_URL" verify "$TMP/tokens.txt" - - check; }
+l_shared() { measure_attack "$LK_URL" verify "$TMP/shared-attack.txt" - "$TMP/tokens.txt" -; }
+before=$(counters)
+if alternate b_shared l_shared 1; then
+  now=($(counters)); was=($before)
+  vbad=$(( $(num invalid "$LK_J") + $(num invalid "$BASE_J") ))
+  met=no; [ "$vbad" = 0 ] && met=yes
+  record shared_address_attack "$LK_J" "$BASE_J" "$(rss_mib "$LK_PID")" "no genuine verification fails" "$met" \
+    "{\"genuine_answered_not_valid\":$vbad,\"attack_rps\":$(num attack_rps "$LK_J"),\"attack_p99_ms\":$(ms "$(num attack_p99_us "$LK_J")"),\"server_answered_rate_limited\":$(( now[1] - was[1] )),\"compared_with\":\"the cycling client alone (the base columns)\"}"
+else
+  fail shared_address_attack "$ALT_ERR"
 fi
 stop_pid "$LK_PID"
 
