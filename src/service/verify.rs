@@ -117,6 +117,8 @@ pub(super) struct VerifyMetrics {
     rate_limited: metrics::Counter,
     duration: metrics::Histogram,
     argon2_checks: metrics::Counter,
+    cache_hits: metrics::Counter,
+    cache_misses: metrics::Counter,
 }
 
 impl VerifyMetrics {
@@ -129,6 +131,8 @@ impl VerifyMetrics {
             rate_limited: result("rate_limited"),
             duration: metrics::histogram!("latchkey_verify_duration_seconds"),
             argon2_checks: metrics::counter!("latchkey_argon2_checks_total"),
+            cache_hits: metrics::counter!("latchkey_token_cache_total", "result" => "hit"),
+            cache_misses: metrics::counter!("latchkey_token_cache_total", "result" => "miss"),
         }
     }
 }
@@ -527,13 +531,23 @@ impl Authority {
         ip: Option<IpAddr>,
         limited: bool,
     ) -> Result<Option<Arc<CachedToken>>> {
+        let m = &self.verify_metrics;
         let entry = match self.cache.get(&parsed.id) {
-            Some(e) => e,
-            None if self.cache.known_missing(&parsed.id) => return Ok(None),
-            None => match self.load(parsed.id).await? {
-                Some(e) => e,
-                None => return Ok(None),
-            },
+            Some(e) => {
+                m.cache_hits.increment(1);
+                e
+            }
+            None if self.cache.known_missing(&parsed.id) => {
+                m.cache_hits.increment(1);
+                return Ok(None);
+            }
+            None => {
+                m.cache_misses.increment(1);
+                match self.load(parsed.id).await? {
+                    Some(e) => e,
+                    None => return Ok(None),
+                }
+            }
         };
         if entry.token.kind != parsed.kind {
             return Ok(None);

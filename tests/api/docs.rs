@@ -377,16 +377,19 @@ fn run_walkthrough(script: &str, app: &crate::helpers::TestApp, dir: &Path) -> S
 }
 
 /// Whether a tool the walk-through needs is installed; outside CI a missing one skips the test.
-fn have(tool: &str) -> bool {
+/// Asserts that `tool` is installed: a test that needs it fails without it (never passes unrun),
+/// saying how to install it or how to leave the test out.
+fn have(tool: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(std::env::var_os("CI").is_none(), "CI must install {tool}");
-        eprintln!("skipping: {tool} is not installed");
-    }
-    found
+    assert!(
+        found,
+        "{tool} is not installed: `apt-get install -y --no-install-recommends {package}` (bash \
+         .ci/run does), or leave this test out with `cargo test -- --skip docs::`",
+        package = if tool == "promtool" { "prometheus" } else { tool }
+    );
 }
 
 #[tokio::test]
@@ -497,15 +500,9 @@ async fn the_health_commands_in_operations_md_run_as_written() {
 
 #[tokio::test]
 async fn the_sqlite_backup_and_restore_in_operations_md_work_as_written() {
-    if std::env::var("LATCHKEY_TEST_BACKEND").as_deref() == Ok("postgres") {
-        eprintln!("skipping: the SQLite backup runs in the SQLite pass of the suite");
-        return;
-    }
-    if !have("sqlite3") {
-        return;
-    }
-    // Arrange: a token before the backup, another after it.
-    let mut app = spawn_app().await;
+    have("sqlite3");
+    // Arrange: a token before the backup, another after it; SQLite whatever the suite's backend.
+    let mut app = crate::helpers::spawn_sqlite_app().await;
     let dir = tempfile::TempDir::new().unwrap();
     let page = page_text("docs/operations.md");
     let backup = shell_block("docs/operations.md", "## Backup and restore");
@@ -636,9 +633,7 @@ fn the_dashboard_alerts_and_metrics_table_name_only_metrics_the_server_exports()
 
 #[test]
 fn promtool_accepts_the_alert_rules_and_the_dashboard_queries() {
-    if !have("promtool") {
-        return;
-    }
+    have("promtool");
     // Arrange: the dashboard's queries as recording rules, Grafana's variables filled in.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dashboard: serde_json::Value =
