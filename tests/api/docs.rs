@@ -388,7 +388,11 @@ fn have(tool: &str) {
         found,
         "{tool} is not installed: `apt-get install -y --no-install-recommends {package}` (bash \
          .ci/run does), or leave this test out with `cargo test -- --skip docs::`",
-        package = if tool == "promtool" { "prometheus" } else { tool }
+        package = if tool == "promtool" {
+            "prometheus"
+        } else {
+            tool
+        }
     );
 }
 

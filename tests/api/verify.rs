@@ -319,8 +319,12 @@ async fn token_checks_are_counted_as_cache_hits_and_misses() {
     // Arrange
     let app = spawn_app().await;
     let (t, _) = app.token_with(&app.admin_token, "counted", &[]).await;
-    let misses = app.metric("latchkey_token_cache_total{result=\"miss\"}").await;
-    let hits = app.metric("latchkey_token_cache_total{result=\"hit\"}").await;
+    let misses = app
+        .metric("latchkey_token_cache_total{result=\"miss\"}")
+        .await;
+    let hits = app
+        .metric("latchkey_token_cache_total{result=\"hit\"}")
+        .await;
 
     // Act: the first check reads the database, the next two are answered from the cache.
     for _ in 0..3 {
@@ -329,11 +333,15 @@ async fn token_checks_are_counted_as_cache_hits_and_misses() {
 
     // Assert
     assert_eq!(
-        app.metric("latchkey_token_cache_total{result=\"miss\"}").await - misses,
+        app.metric("latchkey_token_cache_total{result=\"miss\"}")
+            .await
+            - misses,
         1.0
     );
     assert_eq!(
-        app.metric("latchkey_token_cache_total{result=\"hit\"}").await - hits,
+        app.metric("latchkey_token_cache_total{result=\"hit\"}")
+            .await
+            - hits,
         2.0
     );
 }
