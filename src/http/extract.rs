@@ -62,22 +62,60 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (ci_prefix("application/") && ci_suffix("+json"))
 }
 
-/// Parses a JSON body. Only when that fails is it parsed again, to name the field that was
-/// wrong in the message (the verify path does not pay for the path tracking).
+/// Parses a JSON body, which must be an object: every body of the API is one, and serde would
+/// otherwise take an array as the fields in order (`["lk_..."]` as a verify request). Only when
+/// parsing fails is it parsed again, to name the field that was wrong in the message (the verify
+/// path does not pay for the path tracking).
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| {
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(Error::invalid("the request body must be a JSON object"));
+    }
+    serde_json::from_slice(body).or_else(|e| {
+        // JSON has one number type: `3600.0` is the integer 3600 to JSON Schema (and to the
+        // document), so a whole number written with a fraction or an exponent is taken where an
+        // integer field is expected. Tried only after a failure: the common path parses once.
+        if e.classify() == serde_json::error::Category::Data
+            && let Some(v) = whole_numbers_as_integers(body)
+            && let Ok(t) = serde_json::from_value(v)
+        {
+            return Ok(t);
+        }
         let mut de = serde_json::Deserializer::from_slice(body);
         let detail = match serde_path_to_error::deserialize::<_, T>(&mut de) {
             Err(with_path) => with_path.to_string(),
             Ok(_) => e.to_string(),
         };
-        Error::invalid(match e.classify() {
+        Err(Error::invalid(match e.classify() {
             serde_json::error::Category::Data => {
                 format!("Failed to deserialize the JSON body into the target type: {detail}")
             }
             _ => format!("Failed to parse the request body as JSON: {detail}"),
-        })
+        }))
     })
+}
+
+/// The body with each top-level field that is a whole number written as a float (`3600.0`,
+/// `3.6e3`) turned into that integer; `None` when there is none. Only top-level fields: every
+/// integer of the API's bodies is one, and free-form values (`metadata`) are kept as given.
+fn whole_numbers_as_integers(body: &[u8]) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut changed = false;
+    for field in v.as_object_mut()?.values_mut() {
+        if let Some(f) = field.as_f64().filter(|_| field.is_f64())
+            && f.fract() == 0.0
+            && (-9.0e18..9.0e18).contains(&f)
+        {
+            // Exact: a whole f64 below 2^63 in magnitude converts to i64 without loss.
+            #[allow(clippy::cast_possible_truncation)]
+            let n = f as i64;
+            *field = serde_json::Value::from(n);
+            changed = true;
+        }
+    }
+    changed.then_some(v)
 }
 
 /// Query string with strict parsing.

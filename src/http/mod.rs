@@ -8,6 +8,7 @@ mod error;
 mod extract;
 mod gateway;
 mod leaked;
+mod openapi;
 mod ops;
 mod orgs;
 mod tokens;
@@ -125,10 +126,21 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::openapi))
 }
 
-/// The OpenAPI 3.1 document of the REST API, as JSON.
+/// The OpenAPI 3.1 document of the REST API, as JSON, for a deployment with the system scopes
+/// only.
 pub fn openapi_json() -> String {
+    openapi_json_for(&crate::token::ScopeRegistry::default())
+}
+
+/// The OpenAPI 3.1 document of the REST API, as JSON: the route annotations, completed with
+/// the answers every route shares and the scope names of this deployment (`scopes`).
+pub fn openapi_json_for(scopes: &crate::token::ScopeRegistry) -> String {
     let (_, doc) = api().split_for_parts();
-    doc.to_pretty_json().unwrap_or_default()
+    let Ok(mut doc) = serde_json::to_value(&doc) else {
+        return String::new();
+    };
+    openapi::complete(&mut doc, scopes);
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
 
 async fn no_route() -> Error {
@@ -155,11 +167,12 @@ pub fn router(
     secure_cookies: bool,
 ) -> Router {
     let (router, _) = api().split_for_parts();
+    let openapi = openapi_json_for(&authority.config().scopes);
     let state = AppState(Arc::new(Shared {
         authority,
         clock,
         metrics,
-        openapi: openapi_json(),
+        openapi,
         max_body_bytes,
         secure_cookies,
     }));

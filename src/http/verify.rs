@@ -3,6 +3,10 @@
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::AppState;
 use super::error::ErrorBody;
@@ -10,12 +14,84 @@ use super::extract::{ApiJson, ClientAddr};
 use crate::error::Error;
 use crate::service::model::{VerifyRequest, VerifyResponse};
 
+/// The answer to every well-formed verification: one of three shapes. (The document's view of
+/// [`VerifyResponse`], whose flattened optional token serde writes as no fields at all.)
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = VerifyResponse)]
+#[allow(dead_code)]
+enum VerifyAnswer {
+    Token(TokenVerdict),
+    Invalid(InvalidVerdict),
+    RateLimited(RateLimitedVerdict),
+}
+
+/// A genuine, live token: `VALID` (`valid` true), or `INSUFFICIENT_PERMISSIONS` (`valid` false)
+/// when it lacks a required scope (an unknown scope name is lacked by every token).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct TokenVerdict {
+    valid: bool,
+    code: TokenVerdictCode,
+    token_id: Uuid,
+    org_id: Uuid,
+    permissions: u64,
+    scopes: Vec<String>,
+    /// `null` for a token that does not expire.
+    #[schema(required = true)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(dead_code)]
+enum TokenVerdictCode {
+    Valid,
+    InsufficientPermissions,
+}
+
+/// Malformed, unknown, expired, revoked or disabled: one body for every kind, `valid` false.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct InvalidVerdict {
+    valid: bool,
+    code: InvalidVerdictCode,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(dead_code)]
+enum InvalidVerdictCode {
+    Invalid,
+}
+
+/// The client is past its failed-verification limit; `valid` false, with `Retry-After`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RateLimitedVerdict {
+    valid: bool,
+    code: RateLimitedVerdictCode,
+    /// Seconds until the client may try again (also in `Retry-After`).
+    #[schema(minimum = 1)]
+    retry_after_seconds: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(dead_code)]
+enum RateLimitedVerdictCode {
+    RateLimited,
+}
+
 /// Verify a token, optionally requiring scopes. Every kind of invalid token gets the same body.
 #[utoipa::path(post, path = "/v1/tokens/verify", tag = "verify",
     request_body = VerifyRequest,
     responses(
-        (status = 200, description = "The verdict (with `Retry-After` when RATE_LIMITED)", body = VerifyResponse),
-        (status = 400, description = "No token string, or an unknown required scope", body = ErrorBody),
+        (status = 200, description = "The verdict (with `Retry-After` when RATE_LIMITED)", body = VerifyAnswer),
+        (status = 400, description = "Malformed body: not a JSON object, no `token` string, or an unknown field", body = ErrorBody),
     ))]
 pub async fn verify_token(
     State(s): State<AppState>,

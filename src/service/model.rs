@@ -65,6 +65,27 @@ impl<'de> Deserialize<'de> for TokenType {
     }
 }
 
+/// The schema of a token type in a request: `"pat"` / `"svc"`, or the gRPC numbers 1 / 2.
+fn token_type_input() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["pat", "svc"])),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .enum_values(Some([1, 2])),
+        )
+        .description(Some(
+            "`pat` (default) or `svc`; the numbers 1 and 2 are accepted too.",
+        ))
+        .build();
+    Schema::OneOf(one_of)
+}
+
 impl From<TokenKind> for TokenType {
     fn from(k: TokenKind) -> Self {
         match k {
@@ -103,19 +124,31 @@ pub struct CreateTokenRequest {
     /// The org to create the token in; defaults to the caller's own.
     pub org_id: Option<Uuid>,
     /// 1-100 characters of `[A-Za-z0-9 ._:-]`, unique among the org's live tokens.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9 ._:-]{1,100}$"
+    )]
     pub name: String,
     /// `pat` (default) or `svc`; the numbers 1 and 2 are accepted too.
     #[serde(rename = "type", default)]
+    #[schema(schema_with = token_type_input)]
     pub kind: TokenType,
-    /// The permission bitmap.
+    /// The permission bitmap: only bits this deployment assigns to a scope (the document
+    /// served by a running server gives the largest such value as `maximum`).
+    #[schema(minimum = 0)]
     pub permissions: Option<u64>,
-    /// Scope or composite names.
+    /// Scope or composite names (the document served by a running server lists them).
     pub scopes: Option<Vec<String>>,
-    /// When the token stops working (RFC 3339, in the future).
+    /// When the token stops working (RFC 3339): in the future, at most 10 years (of 366 days)
+    /// away. Not together with `ttl_seconds`.
     pub expires_at: Option<DateTime<Utc>>,
-    /// Lifetime in seconds from now (1 to 10 years' worth).
+    /// Lifetime in seconds from now: 1 to 10 years (of 366 days). Not together with
+    /// `expires_at`.
+    #[schema(minimum = 1, maximum = 316_224_000)]
     pub ttl_seconds: Option<i64>,
-    /// Free-form JSON object of at most 4 KiB, returned with the token.
+    /// Free-form JSON object of at most 4096 bytes as JSON, without the character U+0000,
+    /// returned with the token.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
@@ -167,6 +200,7 @@ pub struct RotateTokenRequest {
     pub org_id: Option<Uuid>,
     /// Seconds the old token keeps working: default 3600, 0 = at once (the emergency path),
     /// at most 30 days.
+    #[schema(minimum = 0, maximum = 2_592_000)]
     pub grace_seconds: Option<i64>,
 }
 
@@ -196,8 +230,13 @@ pub struct ListAuditRequest {
     pub since: Option<DateTime<Utc>>,
     /// Events before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
-    /// 1-500, default 50; larger values are treated as 500.
+    /// 1-500, default 50; 0 is the default, larger values are treated as 500.
+    #[param(minimum = 0, maximum = 4_294_967_295_u64)]
     pub page_size: Option<u32>,
+    /// `next_page_token` of the previous page: an opaque cursor (today a token or user id).
+    #[param(
+        pattern = r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{32}|\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}|urn:uuid:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$"
+    )]
     pub page_token: Option<String>,
 }
 
@@ -230,13 +269,14 @@ pub struct AuditPage {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrgRequest {
-    /// The longest lifetime a new token may get, in seconds.
+    /// The longest lifetime a new token may get, in seconds: 1 to 10 years (of 366 days).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 316_224_000)]
     pub max_ttl_seconds: Option<Option<i64>>,
-    /// The lifetime of tokens created without one, in seconds (at most the maximum).
+    /// The lifetime of tokens created without one, in seconds: 1 to 10 years (of 366 days),
+    /// and at most the maximum.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 316_224_000)]
     pub default_ttl_seconds: Option<Option<i64>>,
 }
 
@@ -262,13 +302,20 @@ pub struct CreatedToken {
 pub struct ListTokensRequest {
     /// Defaults to the caller's org.
     pub org_id: Option<Uuid>,
-    /// 1-500, default 50; larger values are treated as 500.
+    /// 1-500, default 50; 0 is the default, larger values are treated as 500.
+    #[param(minimum = 0, maximum = 4_294_967_295_u64)]
     pub page_size: Option<u32>,
-    /// `next_page_token` of the previous page.
+    /// `next_page_token` of the previous page: an opaque cursor (today a token or user id).
+    #[param(
+        pattern = r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{32}|\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}|urn:uuid:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$"
+    )]
     pub page_token: Option<String>,
     /// `active`, `expired`, `revoked` or `disabled`.
     pub state: Option<TokenState>,
     /// `me` (the signed-in user, or the user owning the calling token) or a user id.
+    #[param(
+        pattern = r"^(me|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{32}|\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}|urn:uuid:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$"
+    )]
     pub owner: Option<String>,
     /// Only tokens whose name contains this text (ignoring ASCII case).
     pub name_contains: Option<String>,
@@ -299,6 +346,7 @@ pub struct UsageQuery {
     /// Defaults to the caller's org.
     pub org_id: Option<Uuid>,
     /// Days to show, 1 to 7 (the hours kept); default 7.
+    #[param(minimum = 1, maximum = 7)]
     pub days: Option<i64>,
 }
 
@@ -462,6 +510,11 @@ impl VerifyResponse {
 #[serde(deny_unknown_fields)]
 pub struct CreateOrgRequest {
     /// 1-100 characters of `[A-Za-z0-9 ._:-]`, unique.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9 ._:-]{1,100}$"
+    )]
     pub name: String,
 }
 
@@ -482,8 +535,10 @@ pub struct OrgView {
 #[serde(deny_unknown_fields)]
 pub struct LeakedReport {
     /// At most 100 token strings.
+    #[schema(max_items = 100)]
     pub tokens: Vec<String>,
     /// Where they were found, e.g. a URL (at most 200 characters).
+    #[schema(max_length = 200)]
     pub source: Option<String>,
 }
 
@@ -595,9 +650,19 @@ pub struct CreateUserRequest {
     /// The org to create the user in; defaults to the caller's own (another needs
     /// `platform:admin`).
     pub org_id: Option<Uuid>,
-    /// Unique in the deployment, compared case-insensitively.
+    /// At most 254 characters, exactly one `@` with text on both sides, no spaces or control
+    /// characters; unique in the deployment, compared case-insensitively.
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^@\x00-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+@[^@\x00-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$"
+    )]
     pub email: String,
     /// 1-100 characters of `[A-Za-z0-9 ._:-]`.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9 ._:-]{1,100}$"
+    )]
     pub name: String,
     /// `member` (default) or `admin`.
     #[serde(default)]
@@ -623,8 +688,13 @@ pub struct CreatedUser {
 pub struct ListUsersRequest {
     /// Defaults to the caller's org.
     pub org_id: Option<Uuid>,
-    /// 1-500, default 50; larger values are treated as 500.
+    /// 1-500, default 50; 0 is the default, larger values are treated as 500.
+    #[param(minimum = 0, maximum = 4_294_967_295_u64)]
     pub page_size: Option<u32>,
+    /// `next_page_token` of the previous page: an opaque cursor (today a token or user id).
+    #[param(
+        pattern = r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{32}|\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}|urn:uuid:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$"
+    )]
     pub page_token: Option<String>,
 }
 
@@ -640,6 +710,12 @@ pub struct UserPage {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
+    /// 1-100 characters of `[A-Za-z0-9 ._:-]`.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9 ._:-]{1,100}$"
+    )]
     pub name: Option<String>,
     /// A demotion revokes the user's live tokens that hold more than the new role allows.
     pub role: Option<UserRole>,
@@ -652,7 +728,7 @@ pub struct ChangePasswordRequest {
     #[schema(value_type = String)]
     pub current_password: Secret<String>,
     /// 8-128 characters, not one of the 20,000 most common passwords.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 8, max_length = 128)]
     pub new_password: Secret<String>,
 }
 
@@ -663,7 +739,7 @@ pub struct SetupPasswordRequest {
     #[schema(value_type = String)]
     pub setup_token: Secret<String>,
     /// 8-128 characters, not one of the 20,000 most common passwords.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 8, max_length = 128)]
     pub password: Secret<String>,
 }
 
@@ -676,16 +752,30 @@ pub struct ExchangePasswordRequest {
     pub email: String,
     #[schema(value_type = String)]
     pub password: Secret<String>,
-    /// The new token's name, unique among the org's live tokens.
+    /// The new token's name: 1-100 characters of `[A-Za-z0-9 ._:-]`, unique among the org's
+    /// live tokens.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9 ._:-]{1,100}$"
+    )]
     pub name: String,
     /// Scope or composite names; with neither this nor `permissions`, the deployment's
     /// `default_scopes`.
     pub scopes: Option<Vec<String>>,
+    /// The permission bitmap: only bits this deployment assigns to a scope.
+    #[schema(minimum = 0)]
     pub permissions: Option<u64>,
+    /// Lifetime in seconds: at least 1, at most the login maximum (`--login-token-max-days`).
+    /// Not together with `expires_in_days`.
+    #[schema(minimum = 1, maximum = 316_224_000)]
     pub ttl_seconds: Option<i64>,
+    /// Lifetime in days, at most the login maximum. Not together with `ttl_seconds`.
+    #[schema(minimum = 1, maximum = 3660)]
     pub expires_in_days: Option<i64>,
-    /// `pat` (default) or `svc`.
+    /// `pat` (default) or `svc`; the numbers 1 and 2 are accepted too.
     #[serde(rename = "type", default)]
+    #[schema(schema_with = token_type_input)]
     pub kind: TokenType,
 }
 

@@ -20,6 +20,7 @@ mod lifecycle;
 mod logs;
 mod multinode;
 mod nginx;
+mod openapi;
 mod ops;
 mod orgs;
 mod properties;
