@@ -29,6 +29,7 @@ mod python_client;
 mod quickstart;
 mod read;
 mod revoke;
+mod security_doc;
 mod store_conformance;
 mod usage;
 mod verify;
