@@ -36,6 +36,14 @@ pub enum Error {
     /// A rate limit was hit; retry after the given time.
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
+    /// The database cannot be reached or written right now (down, restarting, out of
+    /// connections, locked, read-only or full). Logged with its cause; the client is told to
+    /// retry after `retry_after`.
+    #[error("the database is unavailable; try again shortly")]
+    Unavailable {
+        retry_after: Duration,
+        cause: anyhow::Error,
+    },
     /// Anything unexpected. Logged with its cause chain, shown to the client as `internal error`.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -54,6 +62,7 @@ impl Error {
             Error::FailedPrecondition(_) => "failed_precondition",
             Error::PayloadTooLarge => "payload_too_large",
             Error::RateLimited { .. } => "rate_limited",
+            Error::Unavailable { .. } => "unavailable",
             Error::Internal(_) => "internal",
         }
     }
@@ -69,6 +78,9 @@ impl Error {
     }
 }
 
+/// The retry time an `unavailable` answer names: a database restart or failover takes seconds.
+pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
@@ -76,6 +88,10 @@ impl From<crate::store::StoreError> for Error {
             crate::store::StoreError::OwnerDisabled => {
                 Error::PermissionDenied("the user owning this token is disabled".into())
             }
+            crate::store::StoreError::Unavailable(cause) => Error::Unavailable {
+                retry_after: UNAVAILABLE_RETRY_AFTER,
+                cause,
+            },
             crate::store::StoreError::Other(e) => Error::Internal(e),
         }
     }

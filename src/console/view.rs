@@ -83,8 +83,12 @@ impl ErrorPage {
 /// An error's status, heading and sentence; an internal error's cause is logged here, once.
 fn described(e: &Error) -> (StatusCode, &'static str, String) {
     let (status, title) = status_of(e);
-    if let Error::Internal(cause) = e {
-        tracing::error!(error = format!("{cause:#}"), "internal error");
+    match e {
+        Error::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "internal error"),
+        Error::Unavailable { cause, .. } => {
+            tracing::warn!(error = format!("{cause:#}"), "database unavailable");
+        }
+        _ => {}
     }
     (status, title, sentence(&e.public_message()))
 }
@@ -115,6 +119,7 @@ pub fn status_of(e: &Error) -> (StatusCode, &'static str) {
         }
         Error::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Too much"),
         Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too many attempts"),
+        Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Try again shortly"),
         Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong"),
     }
 }

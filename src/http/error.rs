@@ -18,6 +18,10 @@ impl IntoResponse for Error {
             Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unavailable { cause, .. } => {
+                tracing::warn!(error = format!("{cause:#}"), "database unavailable");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -35,7 +39,7 @@ impl IntoResponse for Error {
                 res.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Error::RateLimited { retry_after } => {
+            Error::RateLimited { retry_after } | Error::Unavailable { retry_after, .. } => {
                 let secs = retry_after.as_secs().max(1);
                 if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                     res.headers_mut().insert(header::RETRY_AFTER, v);

@@ -17,8 +17,8 @@ use super::model::{VerifiedToken, VerifyCode, VerifyRequest, VerifyResponse};
 use super::{Authority, Principal, PrincipalKind, off_request_threads};
 use crate::error::{Error, Result};
 use crate::store::{
-    ClientIp, HourCount, Invalidation, MAX_CLIENT_IPS, Store, UsageDelta, VerifyRecord, hour_start,
-    merge_client_ips, merge_hours,
+    ClientIp, HourCount, Invalidation, MAX_CLIENT_IPS, Store, StoreError, UsageDelta, VerifyRecord,
+    hour_start, merge_client_ips, merge_hours,
 };
 use crate::token::{Permissions, TokenKind, Verifier, format, hash};
 
@@ -359,10 +359,21 @@ async fn load_batch(store: &dyn Store, cache: &TokenCache, misses: Vec<Miss>) {
     let rows = match store.get_tokens_for_verify(&ids).await {
         Ok(rows) => rows,
         Err(e) => {
+            // Every waiting miss gets the same answer: unavailable (503, retry) when the
+            // database cannot be reached, internal otherwise.
+            let unavailable = matches!(e, StoreError::Unavailable(_));
             let cause = format!("{:#}", anyhow::Error::new(e));
             for m in misses {
                 let err = anyhow::anyhow!("{cause}").context("reading tokens to verify");
-                let _ = m.reply.send(Err(Error::Internal(err)));
+                let answer = if unavailable {
+                    Error::Unavailable {
+                        retry_after: crate::error::UNAVAILABLE_RETRY_AFTER,
+                        cause: err,
+                    }
+                } else {
+                    Error::Internal(err)
+                };
+                let _ = m.reply.send(Err(answer));
             }
             return;
         }

@@ -28,8 +28,62 @@ pub enum StoreError {
     /// while the user is being disabled is either revoked by the disable or refused here.
     #[error("the user owning this token is disabled")]
     OwnerDisabled,
+    /// The database cannot be reached or written right now: down, restarting, out of
+    /// connections, locked past the busy timeout, read-only or full. Worth retrying.
+    #[error("database unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+impl StoreError {
+    /// A sqlx error as a store error: [`StoreError::Unavailable`] when it says the database
+    /// cannot be reached or written now, [`StoreError::Other`] otherwise.
+    pub fn from_sqlx(e: sqlx::Error) -> Self {
+        if sqlx_unavailable(&e) {
+            StoreError::Unavailable(e.into())
+        } else {
+            StoreError::Other(e.into())
+        }
+    }
+}
+
+/// Whether `e` means "the database is not available now" rather than a bug or bad data.
+fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => match db.code() {
+            // PostgreSQL: connection exceptions (08), operator intervention (57P01-57P03:
+            // shutdown, crash, cannot connect now), too many connections (53300), disk full
+            // (53100), read-only transaction (25006, a standby after a failover).
+            Some(code)
+                if db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some() =>
+            {
+                code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || matches!(code.as_ref(), "53300" | "53100" | "25006")
+            }
+            // SQLite primary result codes (extended codes keep them in the low byte): BUSY,
+            // LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+            Some(code) => code
+                .parse::<i32>()
+                .is_ok_and(|c| sqlite_unavailable_code(c & 0xff)),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// SQLite's primary result codes that mean "not now": BUSY, LOCKED, READONLY, IOERR, FULL,
+/// CANTOPEN.
+pub(crate) fn sqlite_unavailable_code(primary: i32) -> bool {
+    matches!(primary, 5 | 6 | 8 | 10 | 13 | 14)
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -52,7 +52,7 @@ pub struct PostgresStore {
 }
 
 fn other(e: sqlx::Error) -> StoreError {
-    StoreError::Other(anyhow::Error::new(e))
+    StoreError::from_sqlx(e)
 }
 
 /// Cuts a time to whole microseconds (toward the past), the precision every backend stores.

@@ -62,7 +62,7 @@ fn parse_uuid(s: &str) -> anyhow::Result<Uuid> {
 }
 
 fn other(e: sqlx::Error) -> StoreError {
-    StoreError::Other(anyhow::Error::new(e))
+    StoreError::from_sqlx(e)
 }
 
 /// A token's columns, selected `FROM` [`TOKEN_ROWS`]: usage comes from `token_usage`.

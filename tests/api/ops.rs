@@ -129,6 +129,7 @@ async fn the_openapi_document_describes_every_route_and_each_one_exists() {
         "POST /v1/orgs",
         "GET /v1/orgs/{id}",
         "POST /v1/tokens/{id}/rotate",
+        "GET /v1/tokens/{id}/usage",
         "POST /v1/tokens/{id}/disable",
         "POST /v1/tokens/{id}/enable",
         "GET /v1/audit",
