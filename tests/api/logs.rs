@@ -139,3 +139,141 @@ async fn no_plaintext_token_or_verifier_reaches_the_logs_audit_or_metrics() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_database_file_holds_no_plaintext_token_password_session_id_or_setup_token() {
+    // Arrange: a SQLite server, a person with a password, a session and a token of theirs.
+    let app = crate::helpers::spawn_sqlite_app().await;
+    let password = "a long and unusual passphrase 4711";
+    let created: serde_json::Value = app
+        .post(
+            "/v1/users",
+            &app.admin_token,
+            json!({"email": "vera@example.com", "name": "Vera", "role": "member"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let setup = created["setup_token"].as_str().unwrap().to_string();
+    let res = app
+        .request(
+            Method::POST,
+            "/v1/auth/setup",
+            None,
+            Some(json!({"setup_token": setup, "password": password})),
+        )
+        .await;
+    assert!(res.status().is_success());
+    let signed_in = app
+        .request(
+            Method::POST,
+            "/v1/auth/session",
+            None,
+            Some(json!({"email": "vera@example.com", "password": password})),
+        )
+        .await;
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let session_id = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    let exchanged: serde_json::Value = app
+        .request(
+            Method::POST,
+            "/v1/auth/token",
+            None,
+            Some(json!({"email": "vera@example.com", "password": password, "name": "vera cli"})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = exchanged["plaintext"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{exchanged}"))
+        .to_string();
+    let (machine, _) = app.token_with(&app.admin_token, "machine", &[]).await;
+    let mut app = app;
+    assert!(app.stop_gracefully(), "a clean stop checkpoints the WAL");
+
+    // Act: every byte of the database and its WAL.
+    let path = app.database_url.trim_start_matches("sqlite://").to_string();
+    let mut bytes = std::fs::read(&path).unwrap();
+    for extra in ["-wal", "-shm"] {
+        if let Ok(more) = std::fs::read(format!("{path}{extra}")) {
+            bytes.extend(more);
+        }
+    }
+    let contains = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+
+    // Assert
+    assert!(contains("vera@example.com"), "the scan reads the data");
+    for (what, secret) in [
+        ("the password", password),
+        ("the setup token", setup.as_str()),
+        ("the session id", session_id.as_str()),
+        ("a person's token", token.as_str()),
+        ("a machine's token", machine.as_str()),
+        ("the bootstrap token", app.admin_token.as_str()),
+    ] {
+        assert!(!secret.is_empty(), "{what} was read");
+        assert!(!contains(secret), "{what} is in the database file");
+    }
+    // Nor the secret part alone (the id part of a token is not secret).
+    let secret_part = token.rsplit('_').next().unwrap();
+    assert!(secret_part.len() >= 20);
+    assert!(
+        !contains(secret_part),
+        "a token's secret is in the database file"
+    );
+}
+
+#[tokio::test]
+async fn every_answer_that_carries_a_plaintext_or_setup_token_is_marked_no_store() {
+    // Arrange
+    let app = crate::helpers::spawn_app().await;
+    let (_, view) = app.token_with(&app.admin_token, "rotating", &[]).await;
+    let id = view["id"].as_str().unwrap();
+
+    // Act
+    let created = app
+        .post("/v1/tokens", &app.admin_token, json!({"name": "fresh"}))
+        .await;
+    let rotated = app
+        .post(
+            &format!("/v1/tokens/{id}/rotate"),
+            &app.admin_token,
+            json!({}),
+        )
+        .await;
+    let invited = app
+        .post(
+            "/v1/users",
+            &app.admin_token,
+            json!({"email": "nina@example.com", "name": "Nina", "role": "member"}),
+        )
+        .await;
+    let listed = app.get("/v1/tokens", &app.admin_token).await;
+
+    // Assert
+    for (what, res) in [
+        ("create", &created),
+        ("rotate", &rotated),
+        ("invite", &invited),
+    ] {
+        assert_eq!(res.status(), reqwest::StatusCode::CREATED, "{what}");
+        assert_eq!(res.headers()["cache-control"], "no-store", "{what}");
+    }
+    assert!(
+        listed.headers().get("cache-control").is_none(),
+        "only the answers with a secret need it"
+    );
+}
