@@ -82,7 +82,7 @@ async fn malformed_create_bodies_are_400_with_a_reason() {
         (json!({"name": "a", "metadata": [1, 2]}), "object"),
         (json!({"name": "a", "metadata": {"k": big}}), "4096"),
         (json!({"name": "a", "org_id": "not-a-uuid"}), "org_id"),
-        (json!(["name"]), "Failed to deserialize"),
+        (json!(["name"]), "must be a JSON object"),
     ];
     for (body, want) in cases {
         let res = app.post("/v1/tokens", &app.admin_token, body.clone()).await;
