@@ -21,7 +21,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 if [ "$("$venv/bin/schemathesis" --version 2>/dev/null | awk '{print $NF}')" != "$version" ]; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$version"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$version"
 fi
 [ -x "$bin" ] || { echo "no server binary at $bin (run cargo build first)" >&2; exit 1; }
 
