@@ -6,8 +6,10 @@
 #
 #   bash bench/ab.sh OLD_DIR NEW_DIR [--tokens N] [--rounds R] [--duration S] [--scenario S]
 #
-# --scenario cycling (the default, above) or mint: tokens created over REST with the bootstrap
-# token of a fresh database per round, the mint limits off (as in bench/run.sh's mint scenario).
+# --scenario cycling (the default, above); warm: one token verified over and over, the cache
+# holding every token (the hot path of a cache hit); or mint: tokens created over REST with the
+# bootstrap token of a fresh database per round, the mint limits off (as in bench/run.sh's mint
+# scenario).
 #
 # OLD_DIR and NEW_DIR each hold a `latchkey` binary; OLD_DIR also an `examples/seed` or `seed`
 # binary of the same build (the database is seeded once, with the older schema, and each server
@@ -55,6 +57,8 @@ trap cleanup EXIT
 cp "$TMP/seed.db" "$TMP/old.db"
 cp "$TMP/seed.db" "$TMP/new.db"
 CACHE=$(( TOKENS / 10 ))
+if [ "$SCENARIO" = warm ]; then CACHE=$TOKENS; fi
+head -n1 "$TMP/tokens.txt" >"$TMP/warm.txt"
 
 run_side() { # name -> JSON of one measurement
   local name=$1 bin port url db mode=verify file="$TMP/tokens.txt" bearer=-
@@ -65,6 +69,8 @@ run_side() { # name -> JSON of one measurement
   if [ "$SCENARIO" = mint ]; then
     db="$TMP/$name-mint-$RANDOM.db"
     mode=mint file=-
+  elif [ "$SCENARIO" = warm ]; then
+    file="$TMP/warm.txt"
   fi
   LATCHKEY_LOG=warn "$bin" serve --database-url "sqlite://$db" --hash sha256 \
     --cache-capacity "$CACHE" --rate-limit-mint-per-hour 0 \
