@@ -85,6 +85,9 @@ export LATCHKEY_PROTECTED_TOKEN_ID="$token_id"
 
 # The rules no schema can state (the clock, one field against another, stored state) are
 # listed, with the message of their 400, in .ci/schemathesis_hooks.py.
+# use_after_free is left out: DELETE /v1/tokens/{id} revokes a token, it does not delete it (the
+# token stays readable, state "revoked", for its audit trail and the console), which that check
+# takes for a deleted resource still served; tests/api cover revocation.
 # DELETE /v1/tokens/current revokes the calling token: run with the bootstrap bearer it would
 # lock the rest of the run out, so that one operation is left out (tests/api cover it).
 # Run from the temp dir: schemathesis keeps its example database in `.schemathesis/` there.
@@ -96,6 +99,7 @@ run_schemathesis() { # -> its exit status; its output on stdout and in $dir/run.
   SCHEMATHESIS_HOOKS="$hooks" \
     "$st" run "http://$address/v1/openapi.json" \
     --checks all \
+    --exclude-checks use_after_free \
     --header "Authorization: Bearer $token" \
     --max-examples "$max_examples" \
     --exclude-operation-id revoke_current_token \
