@@ -334,9 +334,20 @@ impl Authority {
             return Err(Error::invalid("days must be between 1 and 7"));
         }
         let t = self.reachable_token(caller, q.org_id, id).await?;
+        self.usage_window(t.id, days, now).await
+    }
+
+    /// The hourly counts of `token_id` for the `days` ending with the hour that holds `now`,
+    /// every hour listed.
+    async fn usage_window(
+        &self,
+        token_id: Uuid,
+        days: i64,
+        now: DateTime<Utc>,
+    ) -> Result<TokenUsage> {
         let hours = days * 24;
         let from = hour_start(now) - TimeDelta::hours(hours - 1);
-        let stored = self.store.usage_hours(t.id, from).await?;
+        let stored = self.store.usage_hours(token_id, from).await?;
         let mut stored = stored.into_iter().peekable();
         let hours: Vec<UsageHour> = (0..hours)
             .map(|i| {
@@ -346,7 +357,7 @@ impl Authority {
             })
             .collect();
         Ok(TokenUsage {
-            token_id: t.id,
+            token_id,
             from,
             to: hour_start(now) + TimeDelta::hours(1),
             total: hours.iter().map(|h| h.count).sum(),
@@ -367,14 +378,18 @@ impl Authority {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<KeyDetails> {
-        let token = self.get_token(caller, OrgScope::default(), id, now).await?;
+        caller
+            .principal
+            .require(Permissions::TOKENS_READ, "tokens:read")?;
+        // One read of the token for the view, the usage and the family.
+        let record = self.reachable_token(caller, None, id).await?;
+        let token = self.view(&record, now);
         let usage = self
-            .token_usage(caller, id, UsageQuery::default(), now)
+            .usage_window(record.id, USAGE_HOURS_KEPT.num_days(), now)
             .await?;
-        let family_id = self.reachable_token(caller, None, id).await?.family_id;
         let family = self
             .store
-            .list_family(family_id)
+            .list_family(record.family_id)
             .await?
             .iter()
             .filter(|t| t.org_id == token.org_id && caller.principal.reaches(t))
