@@ -60,6 +60,15 @@ pub enum Command {
     /// file must not exist. Restoring it brings back tokens revoked after the backup: see
     /// docs/operations.md for revoking them again from the audit log.
     Backup(BackupArgs),
+    /// Import keys another system stored (their hashes, never plaintexts), all or nothing.
+    ///
+    /// FILE is JSON Lines, one key per line (`-` reads stdin); docs/migrating.md has the format
+    /// and an export for each system. Writes to the database directly, like `bootstrap`, in one
+    /// transaction; keys already present are left alone, so a second run changes nothing.
+    /// Prints a summary on stderr (imported, already present, refused lines and why) and exits
+    /// with status 1, writing nothing, if any line is refused. A running server recognises keys
+    /// of a scheme it had not seen within a minute (at once for `POST /v1/tokens/import`).
+    Import(ImportArgs),
     /// Sign in to a running server with an email and password; prints a new token on stdout.
     ///
     /// Trades the email and password for a token owned by the user (`POST /v1/auth/token`) and
@@ -241,6 +250,32 @@ pub struct BackupArgs {
     /// The file to write; must not exist.
     #[arg(long)]
     pub to: PathBuf,
+}
+
+/// `latchkey import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// JSON Lines file of keys; `-` reads stdin.
+    pub file: PathBuf,
+
+    /// Org of the keys without an `org_id` of their own.
+    #[arg(long, env = "LATCHKEY_IMPORT_ORG_ID", conflicts_with = "org_name")]
+    pub org_id: Option<uuid::Uuid>,
+
+    /// Org of the keys without an `org_id` of their own, by name (it must exist).
+    #[arg(long, env = "LATCHKEY_IMPORT_ORG_NAME")]
+    pub org_name: Option<String>,
+
+    /// Validate and report only; nothing is written.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the report as JSON on stdout (each key's line and token id too).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `latchkey user ...`.

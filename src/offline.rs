@@ -1,10 +1,13 @@
 //! The commands that reach the database directly, with no server: `latchkey bootstrap`,
 //! `latchkey user create` and `latchkey backup`. Whoever reaches the database is trusted.
 
-use crate::cli::{BackupArgs, BootstrapArgs, CommonArgs, RoleArg, UserCreateArgs};
+use crate::cli::{BackupArgs, BootstrapArgs, CommonArgs, ImportArgs, RoleArg, UserCreateArgs};
 use crate::clock::{Clock, SystemClock};
 use crate::service::model::UserRole;
-use crate::service::{Authority, NewUser, validate_password};
+use crate::service::{
+    Authority, Caller, ImportInput, ImportOptions, NewUser, Principal, RequestMeta,
+    validate_password,
+};
 use crate::{client, config, store, telemetry};
 
 /// Opens (and migrates) the database of `common` and builds the service on it.
@@ -46,6 +49,71 @@ pub async fn backup(args: &BackupArgs) -> anyhow::Result<()> {
         args.database_url,
         args.to.display()
     );
+    Ok(())
+}
+
+/// Runs `latchkey import`: keys from a JSON Lines file (or stdin) into the database, all or
+/// nothing, as the system (audit actor `import`).
+///
+/// # Errors
+/// The file cannot be read, the database cannot be opened, the org does not exist, or a line
+/// was refused (each is listed on stderr first; nothing is written).
+pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading keys from stdin")?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
+    };
+    let authority = open(&args.common).await?;
+    let org_id = match (&args.org_id, &args.org_name) {
+        (Some(id), _) => Some(*id),
+        (None, Some(name)) => Some(authority.org_id_by_name(name).await.map_err(|_| {
+            anyhow::anyhow!(
+                "no org named {name:?} (create it with `latchkey bootstrap --org-name`)"
+            )
+        })?),
+        (None, None) => None,
+    };
+    let caller = Caller::new(Principal::system(), RequestMeta::default());
+    let opts = ImportOptions {
+        org_id,
+        dry_run: args.dry_run,
+    };
+    let report = authority
+        .import_tokens(
+            &caller,
+            ImportInput::JsonLines(text),
+            opts,
+            SystemClock.now(),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::error::Error::NotFound => anyhow::anyhow!("no such org: {org_id:?}"),
+            e => anyhow::anyhow!(e.public_message()),
+        })?;
+    for r in &report.refused {
+        eprintln!("line {}: refused: {}", r.line, r.reason);
+    }
+    eprintln!(
+        "{}{} imported, {} already present, {} refused{}",
+        if report.dry_run { "dry run: " } else { "" },
+        report.imported,
+        report.already_present,
+        report.refused.len(),
+        if report.refused.is_empty() {
+            ""
+        } else {
+            "; nothing was written"
+        },
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if !report.refused.is_empty() {
+        anyhow::bail!("{} line(s) refused", report.refused.len());
+    }
     Ok(())
 }
 

@@ -57,6 +57,7 @@ impl Application {
         let store = store::connect_with(&settings.database_url, &settings.db_pool).await?;
         let authority = Arc::new(Authority::new(store, settings.authority));
         authority.spawn_invalidation_listener().await?;
+        authority.refresh_legacy_schemes().await?;
         if let Some(out) = authority.bootstrap_if_empty(clock.now()).await? {
             print_bootstrap(&out);
         }
@@ -152,6 +153,9 @@ impl Application {
                         }
                         if let Err(e) = authority.clean_usage_hours(clock.now()).await {
                             tracing::warn!(error = %e, "deleting old hourly usage counts failed");
+                        }
+                        if let Err(e) = authority.refresh_legacy_schemes().await {
+                            tracing::warn!(error = %e, "reading the schemes of imported keys failed");
                         }
                     }
                     ticks += 1;

@@ -11,9 +11,9 @@ use crate::error::Error;
 use crate::service::model::{
     AuditPage, ChangePasswordRequest, CreateTokenRequest, CreateUserRequest, CreatedToken,
     CreatedUser, ExchangePasswordRequest, ListAuditRequest, ListTokensRequest, ListUsersRequest,
-    RotateTokenRequest, RotatedToken, SetupPasswordRequest, TokenPage, TokenState, TokenType,
-    TokenUsage, TokenView, UpdateUserRequest, UserPage, UserRole, UserState, UserView, VerifyCode,
-    VerifyResponse,
+    RotateTokenRequest, RotatedToken, SetupPasswordRequest, TokenFormat, TokenPage, TokenState,
+    TokenType, TokenUsage, TokenView, UpdateUserRequest, UserPage, UserRole, UserState, UserView,
+    VerifyCode, VerifyResponse,
 };
 use crate::token::Secret;
 
@@ -138,6 +138,7 @@ pub fn token(v: TokenView) -> pb::Token {
             })
             .collect(),
         owner: v.owner.map(|u| u.to_string()).unwrap_or_default(),
+        format: v.format.as_str().to_string(),
     }
 }
 
@@ -264,6 +265,14 @@ pub fn list_request(r: pb::ListTokensRequest) -> Result<ListTokensRequest, Error
         state,
         owner: opt_str(r.owner),
         name_contains: opt_str(r.name_contains),
+        format: match opt_str(r.format) {
+            None => None,
+            Some(f) => Some(TokenFormat::from_name(&f).ok_or_else(|| {
+                Error::invalid(
+                    "format must be native, argon2id-embedded-uuid, sha256, sha512 or sanctum",
+                )
+            })?),
+        },
     })
 }
 

@@ -32,6 +32,56 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
+/// The body of `POST /v1/tokens/import`: JSON Lines (`application/x-ndjson`, `application/jsonl`
+/// or `text/plain`) or a JSON array (`application/json`), at most [`MAX_IMPORT_BODY_BYTES`].
+pub struct ImportBody(pub crate::service::ImportInput);
+
+/// Largest import body over REST, 16 MiB (about 50,000 keys); larger files go through
+/// `latchkey import` or are split.
+pub const MAX_IMPORT_BODY_BYTES: usize = 16 << 20;
+
+impl FromRequest<AppState> for ImportBody {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, _state: &AppState) -> Result<Self, Self::Rejection> {
+        use crate::service::ImportInput;
+        let essence = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            });
+        let lines = matches!(
+            essence.as_deref(),
+            Some(
+                "application/x-ndjson"
+                    | "application/jsonl"
+                    | "application/jsonlines"
+                    | "text/plain"
+            )
+        );
+        if !lines && !is_json(req.headers()) {
+            return Err(Error::invalid(
+                "expected JSON Lines (Content-Type: application/x-ndjson) or a JSON array \
+                 (Content-Type: application/json)",
+            ));
+        }
+        let body = read_body(req.into_body(), MAX_IMPORT_BODY_BYTES).await?;
+        let text = String::from_utf8(body.to_vec())
+            .map_err(|_| Error::invalid("the request body must be UTF-8 text"))?;
+        Ok(ImportBody(if lines {
+            ImportInput::JsonLines(text)
+        } else {
+            ImportInput::Array(text)
+        }))
+    }
+}
+
 /// The whole body, at most `limit` bytes (a body of one frame is handed over without a copy).
 async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Error> {
     match Limited::new(body, limit).collect().await {

@@ -98,6 +98,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(tokens::create_token, tokens::list_tokens))
         .routes(routes!(tokens::revoke_current_token))
+        .routes(routes!(tokens::import_tokens))
         .routes(routes!(verify::verify_token))
         .routes(routes!(tokens::get_token, tokens::revoke_token))
         .routes(routes!(orgs::create_org))

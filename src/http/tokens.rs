@@ -9,11 +9,11 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::ErrorBody;
-use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated, ImportBody};
 use crate::error::Error;
 use crate::service::model::{
-    CreateTokenRequest, CreatedToken, ListTokensRequest, OrgScope, RotateTokenRequest,
-    RotatedToken, TokenPage, TokenUsage, TokenView, UsageQuery,
+    CreateTokenRequest, CreatedToken, ImportLine, ImportQuery, ImportReport, ListTokensRequest,
+    OrgScope, RotateTokenRequest, RotatedToken, TokenPage, TokenUsage, TokenView, UsageQuery,
 };
 
 /// Create a token; its plaintext is in this response only.
@@ -45,6 +45,40 @@ pub async fn create_token(
         .create_token(&caller, req, s.clock.now())
         .await?;
     Ok((StatusCode::CREATED, NO_STORE, Json(created)))
+}
+
+/// Import keys another system stored (their hashes) as tokens, all or nothing: JSON Lines or a
+/// JSON array of keys (docs/migrating.md). A re-import of the same hashes changes nothing.
+#[utoipa::path(post, path = "/v1/tokens/import", tag = "tokens", security(("bearer" = [])),
+    params(ImportQuery),
+    request_body(content(
+        (String = "application/x-ndjson"),
+        (Vec<ImportLine> = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "Imported (or, with dry_run, validated)", body = ImportReport),
+        (status = 400, description = "Malformed body, or refused lines (each named; nothing written)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid bearer", body = ErrorBody),
+        (status = 403, description = "Lacks org:admin", body = ErrorBody),
+        (status = 404, description = "Org outside reach", body = ErrorBody),
+        (status = 409, description = "A concurrent change took a name or hash; run it again", body = ErrorBody),
+        (status = 413, description = "Body over 16 MiB", body = ErrorBody),
+    ))]
+pub async fn import_tokens(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiQuery(q): ApiQuery<ImportQuery>,
+    ImportBody(input): ImportBody,
+) -> Result<Json<ImportReport>, Error> {
+    let opts = crate::service::ImportOptions {
+        org_id: q.org_id,
+        dry_run: q.dry_run.unwrap_or(false),
+    };
+    let report = s
+        .authority
+        .import_tokens(&caller, input, opts, s.clock.now())
+        .await?;
+    Ok(Json(report.refusal()?))
 }
 
 /// List tokens (metadata only), newest first, with cursor paging.

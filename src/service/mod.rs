@@ -3,6 +3,7 @@
 
 mod argon2_pool;
 mod audit;
+mod import;
 mod leaked;
 mod lifecycle;
 pub mod model;
@@ -24,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::store::{Store, TokenRecord};
 use crate::token::{HashAlgorithm, Permissions, Prefix, ScopeRegistry, Secret};
 
+pub use import::{ImportInput, ImportOptions, MAX_IMPORT_KEYS};
 pub use orgs::BootstrapOutcome;
 pub use passwords::validate_password;
 pub use sessions::{Csrf, NewSession, SESSION_COOKIE};
@@ -52,6 +54,17 @@ pub enum PrincipalKind {
 }
 
 impl Principal {
+    /// The system itself, acting for a command run against the database (`latchkey import`):
+    /// every permission, in no org of its own.
+    pub fn system() -> Self {
+        Principal {
+            kind: PrincipalKind::System,
+            org_id: Uuid::nil(),
+            permissions: Permissions::from_bits(u64::MAX),
+            user_id: None,
+        }
+    }
+
     /// The audit `actor` and `created_by` string: `token:<uuid>`, `user:<uuid>`, `bootstrap`,
     /// `system`.
     pub fn actor(&self) -> String {
@@ -226,6 +239,9 @@ pub struct Authority {
     argon2: argon2_pool::Argon2Pool,
     limits: ratelimit::RateLimits,
     verify_metrics: verify::VerifyMetrics,
+    /// The import schemes with keys in the database (`token::legacy::Schemes`), which the
+    /// verify path tries for a string that is not a native token.
+    legacy_schemes: std::sync::atomic::AtomicU8,
 }
 
 impl Authority {
@@ -243,6 +259,7 @@ impl Authority {
             argon2: argon2_pool::Argon2Pool::new(cpus.saturating_sub(1).max(1), 64),
             limits: ratelimit::RateLimits::new(&config.rate_limits),
             verify_metrics: verify::VerifyMetrics::new(),
+            legacy_schemes: std::sync::atomic::AtomicU8::new(0),
             store,
             config,
         }

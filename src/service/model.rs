@@ -115,6 +115,145 @@ pub enum TokenState {
     Disabled,
 }
 
+/// How a token's secret is stored and checked: `native` (Latchkey's own format), or the scheme
+/// of a key imported from another system (`latchkey import`, docs/migrating.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenFormat {
+    Native,
+    /// An Argon2id hash of the whole token, found by the UUID inside it.
+    Argon2idEmbeddedUuid,
+    /// A SHA-256 digest of the whole token.
+    Sha256,
+    /// A SHA-512 digest of the whole token (djangorestframework-api-key).
+    Sha512,
+    /// Laravel Sanctum's `<id>|<token>`, a SHA-256 digest of the token.
+    Sanctum,
+}
+
+impl TokenFormat {
+    /// The format of a token with this `lookup` column.
+    pub fn of(lookup: Option<&str>) -> Self {
+        use crate::token::legacy::Scheme;
+        match lookup
+            .map(|l| crate::token::legacy::format_of(Some(l)))
+            .and_then(Scheme::from_name)
+        {
+            None => TokenFormat::Native,
+            Some(Scheme::Argon2idEmbeddedUuid) => TokenFormat::Argon2idEmbeddedUuid,
+            Some(Scheme::Sha256) => TokenFormat::Sha256,
+            Some(Scheme::Sha512) => TokenFormat::Sha512,
+            Some(Scheme::Sanctum) => TokenFormat::Sanctum,
+        }
+    }
+
+    /// The import scheme of this format; `None` for native.
+    pub fn scheme(self) -> Option<crate::token::legacy::Scheme> {
+        use crate::token::legacy::Scheme;
+        match self {
+            TokenFormat::Native => None,
+            TokenFormat::Argon2idEmbeddedUuid => Some(Scheme::Argon2idEmbeddedUuid),
+            TokenFormat::Sha256 => Some(Scheme::Sha256),
+            TokenFormat::Sha512 => Some(Scheme::Sha512),
+            TokenFormat::Sanctum => Some(Scheme::Sanctum),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.scheme().map_or("native", |s| s.name())
+    }
+
+    /// The format named `s` (`native` or a scheme's name).
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "native" => Some(TokenFormat::Native),
+            _ => crate::token::legacy::Scheme::from_name(s).map(|k| Self::of(Some(k.name()))),
+        }
+    }
+}
+
+/// One key of an import file (`latchkey import`, `POST /v1/tokens/import`): the hash another
+/// system stored, never a plaintext. Strict: an unknown field refuses the line.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportLine {
+    /// `argon2id-embedded-uuid`, `sha256`, `sha512` or `sanctum`.
+    pub scheme: String,
+    /// As the source stored it: a PHC string, or hex (`sha512` also as `sha512$$<hex>`).
+    pub hash: String,
+    pub name: String,
+    /// Kept as the token id; required for `argon2id-embedded-uuid` (the UUID in the token).
+    pub id: Option<Uuid>,
+    /// Sanctum's `personal_access_tokens.id`, the number before `|`.
+    pub sanctum_id: Option<u64>,
+    /// Defaults to the import's org.
+    pub org_id: Option<Uuid>,
+    pub scopes: Option<Vec<String>>,
+    pub permissions: Option<u64>,
+    #[serde(rename = "type")]
+    pub kind: Option<TokenType>,
+    /// A user of the org who owns the key.
+    pub owner_email: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Set: the key is imported revoked, and refused at verify.
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub request_count: Option<i64>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `POST /v1/tokens/import` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    /// The org of keys without an `org_id`; defaults to the caller's org.
+    pub org_id: Option<Uuid>,
+    /// Validate and report only; nothing is written. Default false.
+    pub dry_run: Option<bool>,
+}
+
+/// What an import did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ImportReport {
+    pub dry_run: bool,
+    /// Whether anything was written (false for a dry run, or when a line was refused).
+    pub written: bool,
+    /// Keys imported now (with `dry_run`: that would be).
+    pub imported: usize,
+    /// Keys whose hash or id was already present: left unchanged.
+    pub already_present: usize,
+    /// Lines refused, with why; when there are any, nothing is written.
+    pub refused: Vec<RefusedLine>,
+    /// Every key that was not refused, with its token id.
+    pub keys: Vec<ImportedKey>,
+}
+
+/// A refused line of an import.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct RefusedLine {
+    /// The line number in a JSON Lines file, or the position (from 1) in a JSON array.
+    pub line: usize,
+    pub reason: String,
+}
+
+/// A key of an import that was not refused.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ImportedKey {
+    pub line: usize,
+    pub id: Uuid,
+    pub status: ImportedStatus,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportedStatus {
+    Imported,
+    AlreadyPresent,
+}
+
 /// `POST /v1/tokens`: create a token. Give `permissions` (the bitmap), `scopes` (names and
 /// composites), or both (their union); neither makes a token that grants nothing. Give at most one
 /// of `expires_at` and `ttl_seconds`; neither makes a token that does not expire.
@@ -183,6 +322,8 @@ pub struct TokenView {
     pub client_ips: Vec<ClientIpView>,
     /// The user who owns the token; `null` for tokens of machines.
     pub owner: Option<Uuid>,
+    /// `native`, or the scheme of a key imported from another system.
+    pub format: TokenFormat,
 }
 
 /// A client address that used a token.
@@ -319,6 +460,8 @@ pub struct ListTokensRequest {
     pub owner: Option<String>,
     /// Only tokens whose name contains this text (ignoring ASCII case).
     pub name_contains: Option<String>,
+    /// Only native tokens, or only keys imported with one scheme.
+    pub format: Option<TokenFormat>,
 }
 
 /// One page of tokens, newest first.

@@ -87,6 +87,17 @@ impl Authority {
     ///
     /// # Errors
     /// `invalid_argument` for a bad org name; `internal` for store failures.
+    /// The id of the org named `name`, for commands run against the database.
+    ///
+    /// # Errors
+    /// `not_found` when there is no such org.
+    pub async fn org_id_by_name(&self, name: &str) -> Result<Uuid> {
+        match self.store.find_org_by_name(name).await? {
+            Some(org) => Ok(org.id),
+            None => Err(Error::NotFound),
+        }
+    }
+
     pub async fn bootstrap(&self, org_name: &str, now: DateTime<Utc>) -> Result<BootstrapOutcome> {
         let name = Name::parse("org name", org_name.to_string())?.into_inner();
         match self.store.find_org_by_name(&name).await? {

@@ -6,13 +6,14 @@ use uuid::Uuid;
 
 use super::model::{
     AuditEventView, ClientIpView, CreateTokenRequest, CreatedToken, ListAuditRequest,
-    ListTokensRequest, Name, OrgScope, TokenPage, TokenState, TokenUsage, TokenView, UsageHour,
-    UsageQuery,
+    ListTokensRequest, Name, OrgScope, TokenFormat, TokenPage, TokenState, TokenUsage, TokenView,
+    UsageHour, UsageQuery,
 };
 use super::{Authority, Caller, PrincipalKind, audit, off_request_threads};
 use crate::error::{Error, Result};
 use crate::store::{
-    StateFilter, TokenListQuery, TokenRecord, USAGE_HOURS_KEPT, Visibility, hour_start,
+    FormatFilter, StateFilter, TokenListQuery, TokenRecord, USAGE_HOURS_KEPT, Visibility,
+    hour_start,
 };
 use crate::token::permissions::{GrantError, check_grant};
 use crate::token::{Permissions, Secret, TokenKind, Verifier, format};
@@ -69,7 +70,15 @@ impl Authority {
             org_id: t.org_id,
             name: t.name.clone(),
             kind: t.kind.into(),
-            display_hint: format::display_hint(&self.config.prefix, t.kind, t.id),
+            display_hint: match &t.lookup {
+                None => format::display_hint(&self.config.prefix, t.kind, t.id),
+                // The plaintext of an imported key is unknown: the hint names its scheme and id.
+                Some(l) => format!(
+                    "{} key {}…",
+                    crate::token::legacy::format_of(Some(l)),
+                    &t.id.simple().to_string()[..8]
+                ),
+            },
             permissions: t.permissions.bits(),
             scopes: self.config.scopes.names(t.permissions),
             state,
@@ -91,6 +100,7 @@ impl Authority {
                 })
                 .collect(),
             owner: t.user_id,
+            format: TokenFormat::of(t.lookup.as_deref()),
         }
     }
 
@@ -277,6 +287,7 @@ impl Authority {
             disabled_at: None,
             client_ips: Vec::new(),
             user_id: None,
+            lookup: None,
         };
         Ok((record, generated.plaintext))
     }
@@ -476,6 +487,13 @@ impl Authority {
                     TokenState::Revoked => StateFilter::Revoked,
                     TokenState::Disabled => StateFilter::Disabled,
                 }),
+                format: req.format.map(|f| match f.scheme() {
+                    None => FormatFilter::Native,
+                    Some(s) => {
+                        let (start, end) = s.lookup_range();
+                        FormatFilter::Lookup { start, end }
+                    }
+                }),
                 before_id,
                 limit: limit + 1,
                 now,
@@ -631,7 +649,7 @@ fn expiry(
     }
 }
 
-fn check_metadata(m: Option<serde_json::Value>) -> Result<Option<serde_json::Value>> {
+pub(super) fn check_metadata(m: Option<serde_json::Value>) -> Result<Option<serde_json::Value>> {
     match m {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v @ serde_json::Value::Object(_)) => {

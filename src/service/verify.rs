@@ -20,6 +20,7 @@ use crate::store::{
     ClientIp, HourCount, Invalidation, MAX_CLIENT_IPS, Store, StoreError, UsageDelta, VerifyRecord,
     hour_start, merge_client_ips, merge_hours,
 };
+use crate::token::legacy::{self, Key, LegacyVerifier, Schemes};
 use crate::token::{Permissions, TokenKind, Verifier, format, hash};
 
 /// What a successful verification knows about the token.
@@ -49,13 +50,46 @@ pub(super) struct CachedToken {
     pub(super) token: AuthenticatedToken,
     /// Revoked or disabled when loaded: never valid until reloaded.
     blocked: bool,
-    verifier: Verifier,
-    /// For Argon2id verifiers: SHA-256 of the secret once it has matched, so later checks of
-    /// the same token skip Argon2id.
+    verifier: StoredVerifier,
+    /// For Argon2id verifiers: SHA-256 of the secret (of the whole presented string, for an
+    /// imported key) once it has matched, so later checks of the same token skip Argon2id.
     fast: OnceLock<[u8; 32]>,
     /// What verify answers about this token, built on the first answer.
     verified: OnceLock<Arc<VerifiedToken>>,
     loaded: Instant,
+}
+
+/// A token's verifier: native, or the stored hash of a key imported from another system.
+#[derive(Debug, PartialEq, Eq)]
+enum StoredVerifier {
+    Native(Verifier),
+    Legacy(LegacyVerifier),
+}
+
+impl StoredVerifier {
+    fn is_argon2(&self) -> bool {
+        matches!(
+            self,
+            StoredVerifier::Native(Verifier::Argon2id(_))
+                | StoredVerifier::Legacy(LegacyVerifier::Argon2id(_))
+        )
+    }
+}
+
+impl std::str::FromStr for StoredVerifier {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.starts_with("legacy:") {
+            s.parse()
+                .map(StoredVerifier::Legacy)
+                .map_err(|e| e.to_string())
+        } else {
+            s.parse()
+                .map(StoredVerifier::Native)
+                .map_err(|e: hash::BadVerifier| e.to_string())
+        }
+    }
 }
 
 /// Bounded cache of tokens by id.
@@ -64,6 +98,9 @@ pub(super) struct TokenCache {
     /// Ids recently looked up and not found, so that well-formed garbage (ids are public and the
     /// checksum is no secret) does not cost a database read every time.
     missing: quick_cache::sync::Cache<Uuid, Instant>,
+    /// Imported keys found by a digest: the digest's scheme and first 32 bytes -> the token id
+    /// (a row's digest never changes), or `None` when no row had it at that instant.
+    legacy_ids: quick_cache::sync::Cache<(u8, [u8; 32]), (Option<Uuid>, Instant)>,
     ttl: Duration,
     /// Bumped on every invalidation. A load during which the epoch moved may have read a row older
     /// than the invalidation, so it is used once and not cached.
@@ -75,6 +112,7 @@ impl TokenCache {
         Self {
             entries: quick_cache::sync::Cache::new(capacity.max(1)),
             missing: quick_cache::sync::Cache::new((capacity / 10).max(1)),
+            legacy_ids: quick_cache::sync::Cache::new(capacity.max(1)),
             ttl,
             epoch: AtomicU64::new(0),
         }
@@ -97,10 +135,16 @@ impl TokenCache {
         self.missing.remove(&id);
     }
 
+    /// Forgets which digests were found missing (keys have just been imported on this node).
+    pub(super) fn imported(&self) {
+        self.legacy_ids.clear();
+    }
+
     fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.clear();
         self.missing.clear();
+        self.legacy_ids.clear();
     }
 
     pub(super) fn invalidate(&self, id: Uuid) {
@@ -420,7 +464,7 @@ impl TokenCache {
         row: VerifyRecord,
         loaded_at: Instant,
     ) -> std::result::Result<Arc<CachedToken>, String> {
-        let verifier: Verifier = row
+        let verifier: StoredVerifier = row
             .verifier
             .parse()
             .map_err(|e| format!("token {}: {e}", row.id))?;
@@ -472,8 +516,12 @@ impl Authority {
         secret: &crate::token::Secret<[u8; 32]>,
     ) -> Result<bool> {
         match &entry.verifier {
-            Verifier::Sha256(d) => Ok(hash::digest_eq(d, &hash::sha256(secret.expose()))),
-            Verifier::Argon2id(phc) => {
+            // An imported key is never matched by a native token string.
+            StoredVerifier::Legacy(_) => Ok(false),
+            StoredVerifier::Native(Verifier::Sha256(d)) => {
+                Ok(hash::digest_eq(d, &hash::sha256(secret.expose())))
+            }
+            StoredVerifier::Native(Verifier::Argon2id(phc)) => {
                 let digest = hash::sha256(secret.expose());
                 if let Some(known) = entry.fast.get() {
                     return Ok(hash::digest_eq(known, &digest));
@@ -542,30 +590,13 @@ impl Authority {
         ip: Option<IpAddr>,
         limited: bool,
     ) -> Result<Option<Arc<CachedToken>>> {
-        let m = &self.verify_metrics;
-        let entry = match self.cache.get(&parsed.id) {
-            Some(e) => {
-                m.cache_hits.increment(1);
-                e
-            }
-            None if self.cache.known_missing(&parsed.id) => {
-                m.cache_hits.increment(1);
-                return Ok(None);
-            }
-            None => {
-                m.cache_misses.increment(1);
-                match self.load(parsed.id).await? {
-                    Some(e) => e,
-                    None => return Ok(None),
-                }
-            }
+        let Some(entry) = self.cached_or_loaded(parsed.id).await? else {
+            return Ok(None);
         };
         if entry.token.kind != parsed.kind {
             return Ok(None);
         }
-        let cold_argon2 = limited
-            && matches!(entry.verifier, Verifier::Argon2id(_))
-            && entry.fast.get().is_none();
+        let cold_argon2 = limited && entry.verifier.is_argon2() && entry.fast.get().is_none();
         if cold_argon2 {
             self.allow_argon2(ip, parsed.id).await?;
         }
@@ -574,6 +605,136 @@ impl Authority {
             self.argon2_failed(ip, parsed.id);
         }
         Ok(matched.then_some(entry))
+    }
+
+    /// The entry of token `id`: from the cache, or read through the batch loader; `None` when
+    /// there is no such token.
+    async fn cached_or_loaded(&self, id: Uuid) -> Result<Option<Arc<CachedToken>>> {
+        let m = &self.verify_metrics;
+        match self.cache.get(&id) {
+            Some(e) => {
+                m.cache_hits.increment(1);
+                Ok(Some(e))
+            }
+            None if self.cache.known_missing(&id) => {
+                m.cache_hits.increment(1);
+                Ok(None)
+            }
+            None => {
+                m.cache_misses.increment(1);
+                self.load(id).await
+            }
+        }
+    }
+
+    /// The schemes of imported keys present in the database, which the verify path tries.
+    fn legacy_schemes(&self) -> Schemes {
+        Schemes(self.legacy_schemes.load(Ordering::Relaxed))
+    }
+
+    /// Learns which import schemes have keys in the database. Run at start, by the
+    /// housekeeping tick (so that a key imported through another node is recognised within a
+    /// minute) and after an import.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn refresh_legacy_schemes(&self) -> Result<()> {
+        let mut found = Schemes::default();
+        for scheme in legacy::Scheme::ALL {
+            let (start, end) = scheme.lookup_range();
+            if self.store.any_lookup_in(&start, &end).await? {
+                found = found.with(scheme);
+            }
+        }
+        self.legacy_schemes.fetch_or(found.0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes the verify path try `scheme` (keys of it have just been imported).
+    pub(super) fn enable_scheme(&self, scheme: legacy::Scheme) {
+        self.legacy_schemes
+            .fetch_or(Schemes::default().with(scheme).0, Ordering::Relaxed);
+    }
+
+    /// The id of the imported key whose digest `p` carries, through the digest cache.
+    async fn legacy_id(&self, p: &legacy::Presented<'_>) -> Result<Option<Uuid>> {
+        let key = p.cache_key();
+        if let Some((id, at)) = self.cache.legacy_ids.get(&key)
+            && (id.is_some() || at.elapsed() < self.cache.ttl)
+        {
+            self.verify_metrics.cache_hits.increment(1);
+            return Ok(id);
+        }
+        self.verify_metrics.cache_misses.increment(1);
+        let id = self.store.find_lookup(&p.lookup()).await?;
+        self.cache.legacy_ids.insert(key, (id, Instant::now()));
+        Ok(id)
+    }
+
+    /// The entry of an imported key matching `presented`, whatever its state; `None` when the
+    /// string has no enabled scheme's shape (no read), no row has it, or it does not match.
+    /// Argon2id checks are held to the same failed-check limits as native ones.
+    async fn matching_legacy(
+        &self,
+        presented: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Option<Arc<CachedToken>>> {
+        let enabled = self.legacy_schemes();
+        if enabled.is_empty() {
+            return Ok(None);
+        }
+        for p in legacy::recognise(enabled, presented) {
+            let id = match p.key {
+                Key::Id(id) => id,
+                Key::Digest { .. } => match self.legacy_id(&p).await? {
+                    Some(id) => id,
+                    None => continue,
+                },
+            };
+            let Some(entry) = self.cached_or_loaded(id).await? else {
+                continue;
+            };
+            let StoredVerifier::Legacy(v) = &entry.verifier else {
+                continue;
+            };
+            if v.scheme() != p.scheme {
+                continue;
+            }
+            let matched = match (v.matches_digest(&p), v) {
+                (Some(m), _) => m,
+                (None, LegacyVerifier::Argon2id(phc)) => {
+                    if let Some(known) = entry.fast.get() {
+                        hash::digest_eq(known, &p.sha256)
+                    } else {
+                        self.allow_argon2(ip, id).await?;
+                        self.verify_metrics.argon2_checks.increment(1);
+                        let whole = crate::token::Secret::new(p.text.to_string());
+                        let ok = self
+                            .argon2
+                            .password_matches(phc.clone(), whole)
+                            .await
+                            .map_err(|_| {
+                                metrics::counter!("latchkey_rate_limited_total", "limit" => "argon2_queue")
+                                    .increment(1);
+                                Error::RateLimited {
+                                    retry_after: std::time::Duration::from_secs(1),
+                                }
+                            })?;
+                        if ok {
+                            let _ = entry.fast.set(p.sha256);
+                        } else {
+                            self.argon2_failed(ip, id);
+                        }
+                        ok
+                    }
+                }
+                (None, _) => false,
+            };
+            if matched {
+                return Ok(Some(entry));
+            }
+        }
+        Ok(None)
     }
 
     /// Checks a presented token string. `None` for every kind of invalid: malformed, unknown,
@@ -605,7 +766,7 @@ impl Authority {
     ) -> Result<Option<Arc<CachedToken>>> {
         let found = match format::parse(&self.config.prefix, presented) {
             Ok(parsed) => self.matching_entry(&parsed, ip, true).await?,
-            Err(_) => None,
+            Err(_) => self.matching_legacy(presented, ip).await?,
         };
         match found {
             Some(e) if !e.blocked && e.token.expires_at.is_none_or(|x| x > now) => {

@@ -173,6 +173,9 @@ pub struct TokenRecord {
     /// The user who owns the token (minted it, or owns the token that minted it); `None` for
     /// tokens of machines.
     pub user_id: Option<Uuid>,
+    /// `<scheme>:<key>` for a key imported from another system (see `token::legacy`), by which
+    /// the verify path finds it; `None` for native tokens.
+    pub lookup: Option<String>,
 }
 
 /// What the verify path needs of a token: read in batches on cache misses, without the columns
@@ -327,10 +330,40 @@ pub struct TokenListQuery {
     /// Only tokens whose name contains this text, ignoring ASCII case.
     pub name_contains: Option<String>,
     pub state: Option<StateFilter>,
+    /// Only native tokens, or only keys imported with one scheme.
+    pub format: Option<FormatFilter>,
     /// Only tokens with an id below this one (the cursor).
     pub before_id: Option<Uuid>,
     pub limit: u32,
     pub now: DateTime<Utc>,
+}
+
+/// The format filter of a token list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatFilter {
+    /// `lookup IS NULL`.
+    Native,
+    /// `lookup` in `[start, end)`: the keys of one import scheme.
+    Lookup { start: String, end: String },
+}
+
+/// A key to import, with its `token_imported` event (written only if the key is).
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    pub token: TokenRecord,
+    pub event: AuditRecord,
+}
+
+/// What [`Store::import_tokens`] did, or would do, with one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportStatus {
+    Imported,
+    /// A token with this id and lookup, or this lookup, exists: nothing to do.
+    AlreadyPresent,
+    /// A live token of the org has this name.
+    NameTaken,
+    /// A token with this id exists, and it is not this key.
+    IdTaken,
 }
 
 /// The tokens a caller without `org:admin` sees.
@@ -446,6 +479,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// The verify columns of those of `ids` that exist, in any order, in one round trip.
     async fn get_tokens_for_verify(&self, ids: &[Uuid]) -> StoreResult<Vec<VerifyRecord>>;
+
+    /// The id of the token whose `lookup` column is `lookup`, if any (one index seek).
+    async fn find_lookup(&self, lookup: &str) -> StoreResult<Option<Uuid>>;
+
+    /// Whether any token's `lookup` is in `[start, end)`: whether keys of an import scheme exist.
+    async fn any_lookup_in(&self, start: &str, end: &str) -> StoreResult<bool>;
+
+    /// Imports keys in one transaction. For each row, in order: `AlreadyPresent` when its id
+    /// (with the same lookup) or its lookup exists, `IdTaken` when its id belongs to another
+    /// token, `NameTaken` when it is live and a live token of its org has its name (expired
+    /// holders are released first), otherwise inserted with its event (`Imported`). The
+    /// transaction commits only when `commit` is set and no row was `NameTaken` or `IdTaken`;
+    /// otherwise nothing is written and the statuses say what would have happened.
+    /// `OwnerDisabled` as for [`Store::insert_token`].
+    async fn import_tokens(
+        &self,
+        rows: &[ImportRow],
+        commit: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<ImportStatus>>;
 
     /// Up to `limit` tokens, newest first.
     async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>>;

@@ -31,10 +31,10 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{
-    AuditListQuery, AuditRecord, ClientIp, EndSessions, HourCount, Invalidation, OrgRecord,
-    PoolOptions, RevokeOwned, SessionRecord, StateFilter, Store, StoreError, StoreResult,
-    TokenListQuery, TokenRecord, UsageDelta, UserChange, UserListQuery, UserRecord, VerifyRecord,
-    combine_usage, merge_client_ips, per_item_event,
+    AuditListQuery, AuditRecord, ClientIp, EndSessions, FormatFilter, HourCount, ImportRow,
+    ImportStatus, Invalidation, OrgRecord, PoolOptions, RevokeOwned, SessionRecord, StateFilter,
+    Store, StoreError, StoreResult, TokenListQuery, TokenRecord, UsageDelta, UserChange,
+    UserListQuery, UserRecord, VerifyRecord, combine_usage, merge_client_ips, per_item_event,
 };
 use crate::token::{Permissions, Role, TokenKind};
 
@@ -62,7 +62,7 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
 
 const TOKEN_COLUMNS: &str = "id, org_id, name, kind, verifier, permissions, created_at, created_by, \
      expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, family_id, \
-     disabled_at, client_ips, user_id";
+     disabled_at, client_ips, user_id, lookup";
 
 const ORG_COLUMNS: &str = "id, name, created_at, max_ttl_seconds, default_ttl_seconds";
 
@@ -114,6 +114,7 @@ fn token_from_row(row: &PgRow) -> anyhow::Result<TokenRecord> {
         disabled_at: row.try_get("disabled_at")?,
         client_ips: ips_from_json(row.try_get("client_ips")?)?,
         user_id: row.try_get("user_id")?,
+        lookup: row.try_get("lookup")?,
     })
 }
 
@@ -352,13 +353,14 @@ async fn insert_token_row(
     .execute(&mut **tx)
     .await
     .map_err(other)?;
-    let live = t.revoked_at.is_none() && t.replaced_by.is_none();
+    let live =
+        t.revoked_at.is_none() && t.replaced_by.is_none() && t.expires_at.is_none_or(|x| x > now);
     let res = sqlx::query(
         "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
          created_by, expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, \
-         family_id, disabled_at, client_ips, user_id) \
+         family_id, disabled_at, client_ips, user_id, lookup) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19)",
+         $19, $20)",
     )
     .bind(t.id)
     .bind(t.org_id)
@@ -379,6 +381,7 @@ async fn insert_token_row(
     .bind(t.disabled_at.map(micros))
     .bind(ips_to_json(&t.client_ips))
     .bind(t.user_id)
+    .bind(&t.lookup)
     .execute(&mut **tx)
     .await;
     match res {
@@ -608,6 +611,98 @@ impl Store for PostgresStore {
             .map_err(StoreError::Other)
     }
 
+    async fn find_lookup(&self, lookup: &str) -> StoreResult<Option<Uuid>> {
+        let row = sqlx::query("SELECT id FROM tokens WHERE lookup = $1")
+            .bind(lookup)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(other)?;
+        row.map(|r| r.try_get::<Uuid, _>(0))
+            .transpose()
+            .map_err(other)
+    }
+
+    async fn any_lookup_in(&self, start: &str, end: &str) -> StoreResult<bool> {
+        let row =
+            sqlx::query("SELECT EXISTS (SELECT 1 FROM tokens WHERE lookup >= $1 AND lookup < $2)")
+                .bind(start)
+                .bind(end)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(other)?;
+        row.try_get::<bool, _>(0).map_err(other)
+    }
+
+    async fn import_tokens(
+        &self,
+        rows: &[ImportRow],
+        commit: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<ImportStatus>> {
+        let mut tx = self.begin().await?;
+        let mut statuses = Vec::with_capacity(rows.len());
+        for row in rows {
+            let t = &row.token;
+            let by_id = sqlx::query("SELECT lookup FROM tokens WHERE id = $1")
+                .bind(t.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(other)?;
+            if let Some(existing) = by_id {
+                let lookup: Option<String> = existing.try_get(0).map_err(other)?;
+                statuses.push(if lookup == t.lookup {
+                    ImportStatus::AlreadyPresent
+                } else {
+                    ImportStatus::IdTaken
+                });
+                continue;
+            }
+            let by_lookup = sqlx::query("SELECT 1 FROM tokens WHERE lookup = $1")
+                .bind(&t.lookup)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(other)?;
+            if by_lookup.is_some() {
+                statuses.push(ImportStatus::AlreadyPresent);
+                continue;
+            }
+            let live = t.revoked_at.is_none() && t.expires_at.is_none_or(|x| x > now);
+            if live {
+                sqlx::query(
+                    "UPDATE tokens SET live_name = NULL WHERE org_id = $1 AND live_name = $2 \
+                     AND expires_at IS NOT NULL AND expires_at <= $3",
+                )
+                .bind(t.org_id)
+                .bind(&t.name)
+                .bind(micros(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                let taken =
+                    sqlx::query("SELECT 1 FROM tokens WHERE org_id = $1 AND live_name = $2")
+                        .bind(t.org_id)
+                        .bind(&t.name)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                if taken.is_some() {
+                    statuses.push(ImportStatus::NameTaken);
+                    continue;
+                }
+            }
+            insert_token_row(&mut tx, t, now).await?;
+            insert_events(&mut tx, std::slice::from_ref(&row.event)).await?;
+            statuses.push(ImportStatus::Imported);
+        }
+        let refused = statuses
+            .iter()
+            .any(|s| matches!(s, ImportStatus::NameTaken | ImportStatus::IdTaken));
+        if commit && !refused {
+            tx.commit().await.map_err(other)?;
+        }
+        Ok(statuses)
+    }
+
     async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>> {
         // Only the filters that are present go into the SQL, so the planner can pick
         // tokens_org_creator, tokens_org_user or tokens_org_id and walk it backwards from the
@@ -641,6 +736,18 @@ impl Store for PostgresStore {
         }
         if let Some(before) = q.before_id {
             qb.push(" AND id < ").push_bind(before);
+        }
+        match &q.format {
+            None => {}
+            Some(FormatFilter::Native) => {
+                qb.push(" AND lookup IS NULL");
+            }
+            Some(FormatFilter::Lookup { start, end }) => {
+                qb.push(" AND lookup >= ")
+                    .push_bind(start.clone())
+                    .push(" AND lookup < ")
+                    .push_bind(end.clone());
+            }
         }
         let now = micros(q.now);
         match q.state {

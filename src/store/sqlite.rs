@@ -19,9 +19,10 @@ use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    AuditListQuery, AuditRecord, ClientIp, EndSessions, HourCount, OrgRecord, RevokeOwned,
-    SessionRecord, StateFilter, Store, StoreError, StoreResult, TokenListQuery, TokenRecord,
-    UsageDelta, UserChange, UserListQuery, UserRecord, VerifyRecord, merge_client_ips,
+    AuditListQuery, AuditRecord, ClientIp, EndSessions, FormatFilter, HourCount, ImportRow,
+    ImportStatus, OrgRecord, RevokeOwned, SessionRecord, StateFilter, Store, StoreError,
+    StoreResult, TokenListQuery, TokenRecord, UsageDelta, UserChange, UserListQuery, UserRecord,
+    VerifyRecord, merge_client_ips,
 };
 use crate::token::{Permissions, Role, TokenKind};
 
@@ -69,7 +70,7 @@ fn other(e: sqlx::Error) -> StoreError {
 const TOKEN_COLUMNS: &str = "id, org_id, name, kind, verifier, permissions, created_at, created_by, \
      expires_at, revoked_at, u.last_used_at, COALESCE(u.request_count, 0) AS request_count, \
      replaced_by, metadata, family_id, disabled_at, COALESCE(u.client_ips, '[]') AS client_ips, \
-     user_id";
+     user_id, lookup";
 
 const TOKEN_ROWS: &str = "tokens LEFT JOIN token_usage u ON u.token_id = tokens.id";
 
@@ -138,6 +139,7 @@ fn token_from_row(row: &SqliteRow) -> anyhow::Result<TokenRecord> {
         disabled_at: opt_from_micros(row.try_get("disabled_at")?)?,
         client_ips: ips_from_json(&row.try_get::<String, _>("client_ips")?)?,
         user_id: opt_uuid(row.try_get("user_id")?)?,
+        lookup: row.try_get("lookup")?,
     })
 }
 
@@ -434,18 +436,22 @@ async fn check_owners(
 /// [`check_owners`]); expired holders of a name are not released here (see
 /// [`insert_token_row`]). Usage fields go to `token_usage`, for the rare record that carries any
 /// (a new token has none).
+/// Inserts tokens; a token is live (holds its name) unless revoked, replaced or expired at `now`.
 async fn insert_token_rows(
     tx: &mut Transaction<'_, Sqlite>,
     tokens: &[&TokenRecord],
+    now: DateTime<Utc>,
 ) -> StoreResult<()> {
     check_owners(tx, tokens).await?;
     let mut q = QueryBuilder::<Sqlite>::new(
         "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
          created_by, expires_at, revoked_at, replaced_by, metadata, family_id, disabled_at, \
-         user_id) ",
+         user_id, lookup) ",
     );
     q.push_values(tokens, |mut b, t| {
-        let live = t.revoked_at.is_none() && t.replaced_by.is_none();
+        let live = t.revoked_at.is_none()
+            && t.replaced_by.is_none()
+            && t.expires_at.is_none_or(|x| x > now);
         b.push_bind(t.id.to_string())
             .push_bind(t.org_id.to_string())
             .push_bind(t.name.clone())
@@ -461,7 +467,8 @@ async fn insert_token_rows(
             .push_bind(t.metadata.as_ref().map(|m| m.to_string()))
             .push_bind(t.family_id.to_string())
             .push_bind(opt_micros(t.disabled_at))
-            .push_bind(t.user_id.map(|u| u.to_string()));
+            .push_bind(t.user_id.map(|u| u.to_string()))
+            .push_bind(t.lookup.clone());
     });
     match q.build().execute(&mut **tx).await {
         Ok(_) => {}
@@ -511,7 +518,7 @@ async fn insert_token_row(
     .execute(&mut **tx)
     .await
     .map_err(other)?;
-    insert_token_rows(tx, &[t]).await
+    insert_token_rows(tx, &[t], now).await
 }
 
 impl SqliteStore {
@@ -703,7 +710,8 @@ async fn group_commit(
 async fn insert_batch(pool: &SqlitePool, batch: &[PendingInsert]) -> StoreResult<()> {
     let mut tx = begin_immediate(pool).await?;
     let tokens: Vec<&TokenRecord> = batch.iter().map(|p| &p.token).collect();
-    insert_token_rows(&mut tx, &tokens).await?;
+    let now = batch.iter().map(|p| p.now).min().unwrap_or_else(Utc::now);
+    insert_token_rows(&mut tx, &tokens, now).await?;
     let events: Vec<AuditRecord> = batch
         .iter()
         .flat_map(|p| p.events.iter().cloned())
@@ -860,6 +868,97 @@ impl Store for SqliteStore {
             .map_err(StoreError::Other)
     }
 
+    async fn find_lookup(&self, lookup: &str) -> StoreResult<Option<Uuid>> {
+        let row = sqlx::query("SELECT id FROM tokens WHERE lookup = ?")
+            .bind(lookup)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(other)?;
+        Ok(row
+            .map(|r| parse_uuid(&r.try_get::<String, _>(0).map_err(other)?))
+            .transpose()?)
+    }
+
+    async fn any_lookup_in(&self, start: &str, end: &str) -> StoreResult<bool> {
+        let row =
+            sqlx::query("SELECT EXISTS (SELECT 1 FROM tokens WHERE lookup >= ? AND lookup < ?)")
+                .bind(start)
+                .bind(end)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(other)?;
+        row.try_get::<bool, _>(0).map_err(other)
+    }
+
+    async fn import_tokens(
+        &self,
+        rows: &[ImportRow],
+        commit: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<ImportStatus>> {
+        let (_writer, mut tx) = self.write_tx().await?;
+        let mut statuses = Vec::with_capacity(rows.len());
+        for row in rows {
+            let t = &row.token;
+            let by_id = sqlx::query("SELECT lookup FROM tokens WHERE id = ?")
+                .bind(t.id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(other)?;
+            if let Some(existing) = by_id {
+                let lookup: Option<String> = existing.try_get(0).map_err(other)?;
+                statuses.push(if lookup == t.lookup {
+                    ImportStatus::AlreadyPresent
+                } else {
+                    ImportStatus::IdTaken
+                });
+                continue;
+            }
+            let by_lookup = sqlx::query("SELECT 1 FROM tokens WHERE lookup = ?")
+                .bind(&t.lookup)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(other)?;
+            if by_lookup.is_some() {
+                statuses.push(ImportStatus::AlreadyPresent);
+                continue;
+            }
+            let live = t.revoked_at.is_none() && t.expires_at.is_none_or(|x| x > now);
+            if live {
+                sqlx::query(
+                    "UPDATE tokens SET live_name = NULL WHERE org_id = ? AND live_name = ? \
+                     AND expires_at IS NOT NULL AND expires_at <= ?",
+                )
+                .bind(t.org_id.to_string())
+                .bind(&t.name)
+                .bind(micros(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                let taken = sqlx::query("SELECT 1 FROM tokens WHERE org_id = ? AND live_name = ?")
+                    .bind(t.org_id.to_string())
+                    .bind(&t.name)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                if taken.is_some() {
+                    statuses.push(ImportStatus::NameTaken);
+                    continue;
+                }
+            }
+            insert_token_rows(&mut tx, &[t], now).await?;
+            insert_events(&mut tx, std::slice::from_ref(&row.event)).await?;
+            statuses.push(ImportStatus::Imported);
+        }
+        let refused = statuses
+            .iter()
+            .any(|s| matches!(s, ImportStatus::NameTaken | ImportStatus::IdTaken));
+        if commit && !refused {
+            tx.commit().await.map_err(other)?;
+        }
+        Ok(statuses)
+    }
+
     async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>> {
         // Only the filters that are present go into the SQL, so SQLite can pick
         // tokens_org_creator or tokens_org_id and seek straight to the cursor.
@@ -892,6 +991,18 @@ impl Store for SqliteStore {
         }
         if let Some(before) = q.before_id {
             qb.push(" AND id < ").push_bind(before.to_string());
+        }
+        match &q.format {
+            None => {}
+            Some(FormatFilter::Native) => {
+                qb.push(" AND lookup IS NULL");
+            }
+            Some(FormatFilter::Lookup { start, end }) => {
+                qb.push(" AND lookup >= ")
+                    .push_bind(start.clone())
+                    .push(" AND lookup < ")
+                    .push_bind(end.clone());
+            }
         }
         let now = micros(q.now);
         match q.state {

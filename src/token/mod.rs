@@ -3,6 +3,7 @@
 
 pub mod format;
 pub mod hash;
+pub mod legacy;
 pub mod permissions;
 pub mod secret;
 

@@ -1,0 +1,7 @@
+-- Keys imported from another system (`latchkey import`). `lookup` is `<scheme>:<key>`, the key
+-- being the digest the verify path finds the row by (lowercase hex) or the UUID embedded in the
+-- token; NULL for native tokens. Unique, so a re-import of the same hash is recognised, and
+-- partial, so native tokens cost the index nothing.
+ALTER TABLE tokens ADD COLUMN lookup TEXT;
+
+CREATE UNIQUE INDEX tokens_lookup ON tokens (lookup) WHERE lookup IS NOT NULL;
