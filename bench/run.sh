@@ -475,6 +475,28 @@ else
 fi
 stop_pid "$LK_PID"
 
+# --- Phase 1b: a key imported from another system against a native token, both warm ----------
+# A database of its own, so that no later scenario runs with an import scheme enabled. The key
+# is a Laravel-style `tok_` + 64 hex, imported as its SHA-256 through POST /v1/tokens/import.
+DB3="$TMP/lk-imported.db"
+start_latchkey imported "$DB3" sha256 100000
+ADMIN3=$(bootstrap_token)
+[ -n "$ADMIN3" ] || die "no bootstrap token in the server's stderr"
+seed "$DB3" 1 sha256 "$TMP/native3.txt"
+IMPORTED_KEY="tok_$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+printf '%s\n' "$IMPORTED_KEY" >"$TMP/imported-warm.txt"
+IMPORTED_HASH=$(printf '%s' "$IMPORTED_KEY" | sha256sum | cut -d' ' -f1)
+curl -fsS --max-time 10 -X POST "$LK_URL/v1/tokens/import" -H "Authorization: Bearer $ADMIN3" \
+  -H 'Content-Type: application/x-ndjson' \
+  --data-binary "{\"scheme\":\"sha256\",\"hash\":\"$IMPORTED_HASH\",\"name\":\"bench imported\",\"permissions\":4}" \
+  >"$TMP/import.out" || { cat "$TMP/import.out" >&2; die "importing the key failed"; }
+check_valid "$LK_URL" "$(cat "$TMP/native3.txt")" || die "a seeded token does not verify"
+check_valid "$LK_URL" "$IMPORTED_KEY" || die "the imported key does not verify"
+n_native_warm() { measure_wrk "$LK_URL" verify "$TMP/native3.txt"; }
+n_imported_warm() { measure_wrk "$LK_URL" verify "$TMP/imported-warm.txt"; }
+warm_scenario imported_sha256_verify_warm n_native_warm n_imported_warm ">= 0.90x native warm" 0.90 0 || true
+stop_pid "$LK_PID"
+
 # --- Phase 2: cycling through every token, the cache a tenth of the set -----------------------
 # For phase 2b, bad tokens of three kinds: garbage, unknown ids with valid checksums (tokens of
 # another database), and wrong secrets of real tokens (1,000 more in this one), interleaved.

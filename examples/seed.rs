@@ -187,6 +187,7 @@ fn rows(
         disabled_at: None,
         client_ips: Vec::new(),
         user_id: None,
+        lookup: None,
     };
     let event = AuditRecord {
         id: Uuid::now_v7(),

@@ -69,6 +69,16 @@ pub enum Command {
     /// with status 1, writing nothing, if any line is refused. A running server recognises keys
     /// of a scheme it had not seen within a minute (at once for `POST /v1/tokens/import`).
     Import(ImportArgs),
+    /// Seed a development database with fixed ids and a fixed, local-only admin token.
+    ///
+    /// Org `00000000-0000-0000-0000-000000000001` ("dev"), admin user `...0002`
+    /// (dev-admin@latchkey.localhost, password `local-development-only`) and token `...0004`
+    /// (`<prefix>_pat_00000000-0000-0000-0000-000000000004_LOCALDEVELOPMENTONLY`, an admin's
+    /// permissions), each created only if missing: a second run changes nothing. Prints
+    /// `export LATCHKEY_DEV_...=` lines on stdout, for `eval "$(latchkey dev-seed)"`. Refuses to
+    /// run when LATCHKEY_ENV is `production` or the PostgreSQL host is not loopback (or a local
+    /// socket): anyone can read this token.
+    DevSeed(DevSeedArgs),
     /// Sign in to a running server with an email and password; prints a new token on stdout.
     ///
     /// Trades the email and password for a token owned by the user (`POST /v1/auth/token`) and
@@ -139,6 +149,10 @@ pub enum TokenCommand {
         /// every state].
         #[arg(long)]
         state: Option<String>,
+        /// Only tokens of this format: `native`, or the scheme of imported keys
+        /// (`argon2id-embedded-uuid`, `sha256`, `sha512`, `sanctum`) [default: every format].
+        #[arg(long)]
+        format: Option<String>,
         /// Tokens per page, 1-500 [default: 50].
         #[arg(long)]
         page_size: Option<u32>,
@@ -250,6 +264,17 @@ pub struct BackupArgs {
     /// The file to write; must not exist.
     #[arg(long)]
     pub to: PathBuf,
+}
+
+/// `latchkey dev-seed`.
+#[derive(Debug, Args)]
+pub struct DevSeedArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The environment this runs in; `production` makes dev-seed refuse.
+    #[arg(long, env = "LATCHKEY_ENV", default_value = "development")]
+    pub env: String,
 }
 
 /// `latchkey import`.

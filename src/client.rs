@@ -401,6 +401,7 @@ pub async fn token(args: &ClientArgs, cmd: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::List {
             org_id,
             state,
+            format,
             page_size,
             page_token,
         } => {
@@ -408,6 +409,7 @@ pub async fn token(args: &ClientArgs, cmd: TokenCommand) -> anyhow::Result<()> {
             let q = query(&[
                 ("org_id", org_id),
                 ("state", state),
+                ("format", format),
                 ("page_size", page_size.map(|p| p.to_string())),
                 ("page_token", page_token),
             ]);

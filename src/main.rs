@@ -44,6 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bootstrap(args) => offline::bootstrap(&args).await,
         Command::Backup(args) => offline::backup(&args).await,
         Command::Import(args) => offline::import(&args).await,
+        Command::DevSeed(args) => offline::dev_seed(&args).await,
         Command::User {
             command: UserCommand::Create(args),
         } => offline::create_user(args).await,

@@ -1,7 +1,9 @@
 //! The commands that reach the database directly, with no server: `latchkey bootstrap`,
 //! `latchkey user create` and `latchkey backup`. Whoever reaches the database is trusted.
 
-use crate::cli::{BackupArgs, BootstrapArgs, CommonArgs, ImportArgs, RoleArg, UserCreateArgs};
+use crate::cli::{
+    BackupArgs, BootstrapArgs, CommonArgs, DevSeedArgs, ImportArgs, RoleArg, UserCreateArgs,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::service::model::UserRole;
 use crate::service::{
@@ -117,6 +119,69 @@ pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `latchkey dev-seed`, after [`dev_seed_allowed`].
+///
+/// # Errors
+/// Refused by [`dev_seed_allowed`]; the database cannot be opened; the name `dev` or the dev
+/// email is taken by something else.
+pub async fn dev_seed(args: &DevSeedArgs) -> anyhow::Result<()> {
+    dev_seed_allowed(&args.common.database_url, &args.env)?;
+    let authority = open(&args.common).await?;
+    let seed = authority
+        .dev_seed(SystemClock.now())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.public_message()))?;
+    eprintln!(
+        "{}: dev org, admin user and token (local development only)",
+        if seed.created == 0 {
+            "already seeded"
+        } else {
+            "seeded"
+        }
+    );
+    println!("export LATCHKEY_DEV_TOKEN={}", seed.token.expose());
+    println!("export LATCHKEY_DEV_ORG_ID={}", seed.org_id);
+    println!("export LATCHKEY_DEV_USER_ID={}", seed.user_id);
+    println!("export LATCHKEY_DEV_TOKEN_ID={}", seed.token_id);
+    println!("export LATCHKEY_DEV_EMAIL={}", seed.email);
+    println!("export LATCHKEY_DEV_PASSWORD={}", seed.password.expose());
+    Ok(())
+}
+
+/// Whether `dev-seed` may write to `database_url` in environment `env`: never in `production`,
+/// and on PostgreSQL only on a loopback host or a local socket. A SQLite file is local.
+///
+/// # Errors
+/// The refusal, saying why.
+pub fn dev_seed_allowed(database_url: &str, env: &str) -> anyhow::Result<()> {
+    if env.trim().eq_ignore_ascii_case("production") {
+        anyhow::bail!(
+            "dev-seed refuses to run with LATCHKEY_ENV=production: its token is public knowledge"
+        );
+    }
+    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        return Ok(());
+    }
+    let opts: sqlx::postgres::PgConnectOptions = database_url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the database URL is not valid: {e}"))?;
+    let host = opts.get_host();
+    let loopback = host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        anyhow::bail!(
+            "dev-seed refuses a PostgreSQL host that is not loopback ({host}): its token is public \
+             knowledge and must never reach a shared database"
+        );
+    }
+    Ok(())
+}
+
 /// Runs `latchkey user create`: creates the user with the password read from stdin
 /// (`--password-stdin`), or prints its one-time setup link alone on stdout.
 ///
@@ -179,4 +244,34 @@ pub async fn create_user(args: UserCreateArgs) -> anyhow::Result<()> {
         None => eprintln!("{who}. The password is set: they can sign in now."),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dev_seed_allowed;
+
+    #[test]
+    fn dev_seed_runs_on_sqlite_and_loopback_postgres_only_outside_production() {
+        for ok in [
+            "sqlite://latchkey-data/latchkey.db",
+            "postgres://u:p@localhost/db",
+            "postgres://u:p@127.0.0.1:5432/db",
+            "postgresql://u@[::1]:5432/db",
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/db",
+        ] {
+            assert!(dev_seed_allowed(ok, "development").is_ok(), "{ok}");
+        }
+        for refused in [
+            "postgres://u:p@db.internal/db",
+            "postgres://u:p@10.0.0.5/db",
+            "postgresql://u@[2001:db8::1]/db",
+        ] {
+            assert!(
+                dev_seed_allowed(refused, "development").is_err(),
+                "{refused}"
+            );
+        }
+        assert!(dev_seed_allowed("sqlite://x.db", "production").is_err());
+        assert!(dev_seed_allowed("sqlite://x.db", " Production ").is_err());
+    }
 }

@@ -99,17 +99,13 @@ impl Authority {
             let t = &v.token;
             let lookup = t.lookup.clone().unwrap_or_default();
             let live = t.revoked_at.is_none() && t.expires_at.is_none_or(|x| x > now);
+            let same_name = seen_name.get(&(t.org_id, t.name.clone())).filter(|_| live);
             let dup = if let Some(first) = seen_lookup.get(&lookup) {
                 Some(format!("the same hash as line {first}"))
             } else if let Some(first) = seen_id.get(&t.id) {
                 Some(format!("the same id as line {first}"))
-            } else if let Some(first) = live
-                .then(|| seen_name.get(&(t.org_id, t.name.clone())))
-                .flatten()
-            {
-                Some(format!("the same live name as line {first}"))
             } else {
-                None
+                same_name.map(|first| format!("the same live name as line {first}"))
             };
             if let Some(why) = dup {
                 refused.push(RefusedLine {

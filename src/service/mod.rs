@@ -3,6 +3,7 @@
 
 mod argon2_pool;
 mod audit;
+mod dev_seed;
 mod import;
 mod leaked;
 mod lifecycle;
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::store::{Store, TokenRecord};
 use crate::token::{HashAlgorithm, Permissions, Prefix, ScopeRegistry, Secret};
 
+pub use dev_seed::{DEV_ORG_ID, DEV_TOKEN_ID, DEV_USER_ID, DevSeed};
 pub use import::{ImportInput, ImportOptions, MAX_IMPORT_KEYS};
 pub use orgs::BootstrapOutcome;
 pub use passwords::validate_password;

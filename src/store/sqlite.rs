@@ -1583,6 +1583,7 @@ mod tests {
             disabled_at: None,
             client_ips: Vec::new(),
             user_id: None,
+            lookup: None,
         };
         store.create_org(&org, Some(&token), &[]).await.unwrap();
         let held: Vec<_> = store.readers.iter().map(|m| m.lock().unwrap()).collect();
@@ -1693,6 +1694,7 @@ mod tests {
                 disabled_at: None,
                 client_ips: Vec::new(),
                 user_id: owner,
+                lookup: None,
             }
         };
         let spawn_insert = |t: TokenRecord| {

@@ -73,6 +73,20 @@ impl Store for SpyStore {
         }
         row
     }
+    async fn find_lookup(&self, lookup: &str) -> StoreResult<Option<Uuid>> {
+        self.inner.find_lookup(lookup).await
+    }
+    async fn any_lookup_in(&self, start: &str, end: &str) -> StoreResult<bool> {
+        self.inner.any_lookup_in(start, end).await
+    }
+    async fn import_tokens(
+        &self,
+        rows: &[latchkey::store::ImportRow],
+        commit: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<latchkey::store::ImportStatus>> {
+        self.inner.import_tokens(rows, commit, now).await
+    }
     async fn list_tokens(&self, q: &TokenListQuery) -> StoreResult<Vec<TokenRecord>> {
         self.inner.list_tokens(q).await
     }

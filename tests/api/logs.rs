@@ -84,6 +84,7 @@ async fn no_plaintext_token_or_verifier_reaches_the_logs_audit_or_metrics() {
             owner: None,
             name_contains: None,
             state: None,
+            format: None,
             before_id: None,
             limit: 1000,
             now: chrono::Utc::now(),

@@ -135,6 +135,7 @@ async fn the_openapi_document_describes_every_route_and_each_one_exists() {
         "GET /v1/audit",
         "GET /v1/auth/check",
         "POST /v1/tokens/leaked",
+        "POST /v1/tokens/import",
         "PATCH /v1/orgs/{id}",
         "GET /healthz",
         "GET /readyz",

@@ -184,6 +184,7 @@ fn new_token_with_id(org: &OrgRecord, name: &str, id: Uuid) -> TokenRecord {
         disabled_at: None,
         client_ips: Vec::new(),
         user_id: None,
+        lookup: None,
     }
 }
 
@@ -260,6 +261,7 @@ fn tokens_of(org: &OrgRecord) -> TokenListQuery {
         owner: None,
         name_contains: None,
         state: None,
+        format: None,
         before_id: None,
         limit: 100,
         now: at(100),
@@ -735,6 +737,7 @@ async fn concurrent_creations_each_get_their_own_answer_and_audit_event(store: A
     let live = store
         .list_tokens(&TokenListQuery {
             state: Some(StateFilter::Active),
+            format: None,
             ..tokens_of(&org)
         })
         .await
