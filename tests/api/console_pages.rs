@@ -624,3 +624,43 @@ async fn a_keys_page_charts_its_verifications_per_hour_and_lists_its_rotation_fa
         assert!(html.contains(&format!("href=\"/ui/keys/{other}\"")));
     }
 }
+
+#[tokio::test]
+async fn an_imported_keys_page_names_its_format_and_a_native_keys_page_does_not() {
+    // Arrange: a key imported as a SHA-256 digest, and a native one.
+    let app = spawn_app().await;
+    person(&app, "ada@example.com", "Ada", "admin").await;
+    let digest = "ab".repeat(32);
+    let res = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/tokens/import",
+            Some(&app.admin_token),
+            Some(json!([{ "scheme": "sha256", "hash": digest, "name": "from laravel" }])),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let report: Value = res.json().await.unwrap();
+    let imported = report["keys"][0]["id"].as_str().unwrap().to_string();
+    let (_, native) = app.token_with(&app.admin_token, "native", &[]).await;
+    let ada = sign_in(&app, "ada@example.com").await;
+
+    // Act
+    let (imported_status, imported_page) =
+        page(ada.get(&format!("/ui/keys/{imported}")).await).await;
+    let (native_status, native_page) = page(
+        ada.get(&format!("/ui/keys/{}", native["id"].as_str().unwrap()))
+            .await,
+    )
+    .await;
+
+    // Assert
+    assert_eq!(imported_status, StatusCode::OK);
+    assert!(
+        imported_page.contains("<code>sha256</code>"),
+        "{imported_page}"
+    );
+    assert!(!imported_page.contains(&digest));
+    assert_eq!(native_status, StatusCode::OK);
+    assert!(!native_page.contains("<dt>Format</dt>"));
+}
