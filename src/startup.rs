@@ -162,6 +162,11 @@ impl Application {
                 }
             })
         };
+        let authority = self.authority.clone();
+        let shutdown = async move {
+            shutdown.await;
+            authority.stop_watches();
+        };
         let served = server::serve(
             self.listener,
             self.router,

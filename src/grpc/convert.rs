@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::pb;
 use crate::error::Error;
+use crate::service::changes::{ReportedUse, WatchEvent, WatchRequest};
 use crate::service::model::{
     AuditPage, ChangePasswordRequest, CreateTokenRequest, CreateUserRequest, CreatedToken,
     CreatedUser, ExchangePasswordRequest, ListAuditRequest, ListTokensRequest, ListUsersRequest,
@@ -442,6 +443,56 @@ pub fn exchange_password_request(
         expires_in_days: r.expires_in_days,
         kind: from_token_type(r.r#type)?,
     })
+}
+
+pub fn watch_request(r: pb::WatchChangesRequest) -> Result<WatchRequest, Error> {
+    Ok(WatchRequest {
+        cursor: opt_str(r.cursor),
+        org_id: opt_uuid("org_id", &r.org_id)?,
+    })
+}
+
+pub fn watch_message(cursor: String, event: WatchEvent) -> pb::WatchChangesResponse {
+    use pb::watch_changes_response::Event;
+    let event = match event {
+        WatchEvent::Changes(changes) => Event::Changes(pb::TokenChanges {
+            changes: changes
+                .into_iter()
+                .map(|c| pb::TokenChange {
+                    token_id: c.token_id.to_string(),
+                    org_id: c.org_id.to_string(),
+                    kind: c.kind,
+                    at: Some(timestamp(c.at)),
+                })
+                .collect(),
+        }),
+        WatchEvent::Heartbeat(at) => Event::Heartbeat(pb::Heartbeat {
+            at: Some(timestamp(at)),
+        }),
+        WatchEvent::Reset(at) => Event::Reset(pb::Reset {
+            at: Some(timestamp(at)),
+        }),
+    };
+    pb::WatchChangesResponse {
+        cursor,
+        event: Some(event),
+    }
+}
+
+pub fn reported_uses(r: pb::ReportUsageRequest) -> Result<Vec<ReportedUse>, Error> {
+    r.uses
+        .into_iter()
+        .map(|u| {
+            Ok(ReportedUse {
+                token_id: uuid_field("token_id", &u.token_id)?,
+                count: u.count,
+                last_used_at: match &u.last_used_at {
+                    Some(t) => from_timestamp("last_used_at", t)?,
+                    None => return Err(Error::invalid("last_used_at is required")),
+                },
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -306,6 +306,75 @@ impl AuthService for AuthGrpc {
             .await
     }
 
+    type WatchChangesStream = tonic::codegen::tokio_stream::wrappers::ReceiverStream<
+        Result<pb::WatchChangesResponse, Status>,
+    >;
+
+    async fn watch_changes(
+        &self,
+        req: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        use crate::service::changes::WatchEvent;
+        let caller = caller(&req)?;
+        let watch_req = convert::watch_request(req.into_inner())?;
+        let (mut watch, first) = self
+            .authority
+            .start_watch(&caller, watch_req, self.clock.now())
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (authority, clock) = (self.authority.clone(), self.clock.clone());
+        // The stream's own task: it reads the feed when a change is announced and sends until
+        // the client goes away or the server stops.
+        tokio::spawn(async move {
+            let mut next = Some(first);
+            loop {
+                if let Some(event) = next.take() {
+                    let msg = convert::watch_message(watch.cursor(), event);
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    watch.sent_message();
+                }
+                let go_on = tokio::select! {
+                    go_on = watch.wait() => go_on,
+                    () = tx.closed() => false,
+                };
+                if !go_on {
+                    return;
+                }
+                match authority.next_changes(&mut watch, clock.now()).await {
+                    Ok(changes) if !changes.is_empty() => next = Some(WatchEvent::Changes(changes)),
+                    Ok(_) if watch.heartbeat_due() => {
+                        next = Some(WatchEvent::Heartbeat(clock.now()));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+
+    async fn report_usage(
+        &self,
+        req: Request<pb::ReportUsageRequest>,
+    ) -> Result<Response<pb::ReportUsageResponse>, Status> {
+        let caller = caller(&req)?;
+        let uses = convert::reported_uses(req.into_inner())?;
+        let accepted = self
+            .authority
+            .report_usage(&caller, uses, self.clock.now())
+            .await?;
+        Ok(Response::new(pb::ReportUsageResponse {
+            accepted: accepted as i64,
+        }))
+    }
+
     async fn change_password(
         &self,
         req: Request<pb::ChangePasswordRequest>,

@@ -3,6 +3,7 @@
 
 mod argon2_pool;
 mod audit;
+pub mod changes;
 mod dev_seed;
 mod import;
 mod leaked;
@@ -244,6 +245,9 @@ pub struct Authority {
     /// The import schemes with keys in the database (`token::legacy::Schemes`), which the
     /// verify path tries for a string that is not a native token.
     legacy_schemes: std::sync::atomic::AtomicU8,
+    /// Set when the server stops: ends every `WatchChanges` stream, so the drain does not wait
+    /// for them.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Authority {
@@ -262,6 +266,7 @@ impl Authority {
             limits: ratelimit::RateLimits::new(&config.rate_limits),
             verify_metrics: verify::VerifyMetrics::new(),
             legacy_schemes: std::sync::atomic::AtomicU8::new(0),
+            stopping: tokio::sync::watch::Sender::new(false),
             store,
             config,
         }

@@ -31,7 +31,8 @@ const ADMIN_SYSTEM: Permissions = Permissions::from_bits(
         | Permissions::AUDIT_READ.bits()
         | Permissions::ORG_ADMIN.bits()
         | Permissions::USERS_READ.bits()
-        | Permissions::USERS_MANAGE.bits(),
+        | Permissions::USERS_MANAGE.bits()
+        | Permissions::TOKENS_WATCH.bits(),
 );
 
 /// A user to create from the command line (`latchkey user create`), where whoever reaches the

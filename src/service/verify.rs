@@ -105,6 +105,9 @@ pub(super) struct TokenCache {
     /// Bumped on every invalidation. A load during which the epoch moved may have read a row older
     /// than the invalidation, so it is used once and not cached.
     epoch: AtomicU64,
+    /// Told of every invalidation (this node's changes and other nodes'): wakes the change
+    /// feed's watches (`changes.rs`).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl TokenCache {
@@ -115,7 +118,17 @@ impl TokenCache {
             legacy_ids: quick_cache::sync::Cache::new(capacity.max(1)),
             ttl,
             epoch: AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver woken by every invalidation.
+    pub(super) fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn get(&self, id: &Uuid) -> Option<Arc<CachedToken>> {
@@ -138,6 +151,7 @@ impl TokenCache {
     /// Forgets which digests were found missing (keys have just been imported on this node).
     pub(super) fn imported(&self) {
         self.legacy_ids.clear();
+        self.announce();
     }
 
     fn clear(&self) {
@@ -145,11 +159,13 @@ impl TokenCache {
         self.entries.clear();
         self.missing.clear();
         self.legacy_ids.clear();
+        self.announce();
     }
 
     pub(super) fn invalidate(&self, id: Uuid) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.remove(&id);
+        self.announce();
     }
 }
 
@@ -282,6 +298,14 @@ impl UsageBuffer {
         if let Some(ip) = ip {
             entry.saw(ip, now);
         }
+    }
+
+    /// Counts `n` verifications answered elsewhere (a client's cache), the last at `at`.
+    pub(super) fn record_many(&self, id: Uuid, n: i64, at: DateTime<Utc>) {
+        let mut map = lock(&self.0[usage_shard()]);
+        map.entry(id)
+            .or_insert_with(|| PendingUsage::new(at))
+            .count(n, at);
     }
 
     fn is_empty(&self) -> bool {
@@ -609,7 +633,7 @@ impl Authority {
 
     /// The entry of token `id`: from the cache, or read through the batch loader; `None` when
     /// there is no such token.
-    async fn cached_or_loaded(&self, id: Uuid) -> Result<Option<Arc<CachedToken>>> {
+    pub(super) async fn cached_or_loaded(&self, id: Uuid) -> Result<Option<Arc<CachedToken>>> {
         let m = &self.verify_metrics;
         match self.cache.get(&id) {
             Some(e) => {

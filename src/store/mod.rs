@@ -571,6 +571,17 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` audit events, newest first.
     async fn list_audit(&self, q: &AuditListQuery) -> StoreResult<Vec<AuditRecord>>;
 
+    /// Events with an id above `after` (ids are UUID v7: time order), oldest first, at most
+    /// `limit`: those naming a token, with one of `actions`, of `org_id` when given (every org's
+    /// otherwise). The change feed's read.
+    async fn audit_after(
+        &self,
+        org_id: Option<Uuid>,
+        after: Uuid,
+        actions: &[&str],
+        limit: u32,
+    ) -> StoreResult<Vec<AuditRecord>>;
+
     /// Writes audit events on their own (a failed sign-in changes nothing else).
     async fn insert_audit(&self, events: &[AuditRecord]) -> StoreResult<()>;
 

@@ -1053,6 +1053,31 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn audit_after(
+        &self,
+        org_id: Option<Uuid>,
+        after: Uuid,
+        actions: &[&str],
+        limit: u32,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let actions: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+        let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE id > "
+        ));
+        qb.push_bind(after);
+        if let Some(org) = org_id {
+            qb.push(" AND org_id = ").push_bind(org);
+        }
+        qb.push(" AND token_id IS NOT NULL AND action = ANY(")
+            .push_bind(actions)
+            .push(") ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+        rows.iter()
+            .map(|r| audit_from_row(r).map_err(StoreError::Other))
+            .collect()
+    }
+
     async fn insert_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
         if events.is_empty() {
             return Ok(());

@@ -1510,6 +1510,29 @@ impl Store for SqliteStore {
             .map(|r| audit_from_row(r).map_err(StoreError::Other))
             .collect()
     }
+    async fn audit_after(
+        &self,
+        org_id: Option<Uuid>,
+        after: Uuid,
+        actions: &[&str],
+        limit: u32,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let mut qb = sqlx::QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE id > "
+        ));
+        qb.push_bind(after.to_string());
+        if let Some(org) = org_id {
+            qb.push(" AND org_id = ").push_bind(org.to_string());
+        }
+        qb.push(" AND token_id IS NOT NULL AND action IN (SELECT value FROM json_each(")
+            .push_bind(to_json(&actions)?)
+            .push(")) ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+        rows.iter()
+            .map(|r| audit_from_row(r).map_err(StoreError::Other))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -27,10 +27,13 @@ impl Permissions {
     pub const USERS_READ: Permissions = Permissions(1 << 7);
     /// Invites, changes, disables and enables the users of its org.
     pub const USERS_MANAGE: Permissions = Permissions(1 << 8);
-    /// Every named system bit (0-8): what a bootstrap admin token carries.
-    pub const ALL_SYSTEM: Permissions = Permissions(0x1ff);
-    /// Bits 9-15: reserved for the authority's future use, never grantable.
-    pub const RESERVED: Permissions = Permissions(0xfe00);
+    /// Follows the org's changes (`WatchChanges`) and reports uses answered from a client's
+    /// cache (`ReportUsage`): what the latchkey-client middleware's watch token needs.
+    pub const TOKENS_WATCH: Permissions = Permissions(1 << 9);
+    /// Every named system bit (0-9): what a bootstrap admin token carries.
+    pub const ALL_SYSTEM: Permissions = Permissions(0x3ff);
+    /// Bits 10-15: reserved for the authority's future use, never grantable.
+    pub const RESERVED: Permissions = Permissions(0xfc00);
 
     pub const fn from_bits(bits: u64) -> Self {
         Permissions(bits)
@@ -91,7 +94,7 @@ impl Role {
     }
 }
 
-const SYSTEM_NAMES: [(&str, u32); 9] = [
+const SYSTEM_NAMES: [(&str, u32); 10] = [
     ("tokens:create", 0),
     ("tokens:revoke", 1),
     ("tokens:read", 2),
@@ -101,6 +104,7 @@ const SYSTEM_NAMES: [(&str, u32); 9] = [
     ("platform:admin", 6),
     ("users:read", 7),
     ("users:manage", 8),
+    ("tokens:watch", 9),
 ];
 
 /// The scopes section of the config file (`--config FILE`, TOML):
@@ -379,8 +383,9 @@ mod tests {
             Permissions::TOKENS_CREATE
         );
         assert_eq!(r.resolve(&["platform:admin"]).unwrap().bits(), 1 << 6);
-        assert_eq!(r.names(Permissions::ALL_SYSTEM).len(), 9);
+        assert_eq!(r.names(Permissions::ALL_SYSTEM).len(), 10);
         assert_eq!(r.resolve(&["users:manage"]).unwrap().bits(), 1 << 8);
+        assert_eq!(r.resolve(&["tokens:watch"]).unwrap().bits(), 1 << 9);
         assert_eq!(
             r.names(Permissions::TOKENS_READ.union(Permissions::AUDIT_READ)),
             vec!["tokens:read", "audit:read"]
@@ -407,8 +412,8 @@ mod tests {
         let r = registry();
         assert!(r.check_assigned(Permissions::from_bits(1 << 16)).is_ok());
         assert_eq!(
-            r.check_assigned(Permissions::from_bits((1 << 20) | (1 << 9))),
-            Err(ScopeError::UnknownBits((1 << 20) | (1 << 9)))
+            r.check_assigned(Permissions::from_bits((1 << 20) | (1 << 10))),
+            Err(ScopeError::UnknownBits((1 << 20) | (1 << 10)))
         );
     }
 

@@ -73,6 +73,15 @@ impl Store for SpyStore {
         }
         row
     }
+    async fn audit_after(
+        &self,
+        org_id: Option<Uuid>,
+        after: Uuid,
+        actions: &[&str],
+        limit: u32,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        self.inner.audit_after(org_id, after, actions, limit).await
+    }
     async fn find_lookup(&self, lookup: &str) -> StoreResult<Option<Uuid>> {
         self.inner.find_lookup(lookup).await
     }
