@@ -567,6 +567,11 @@ pub struct ServeArgs {
     /// Most requests in flight; beyond it requests get 503 with Retry-After at once.
     #[arg(long, env = "LATCHKEY_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
+
+    /// Also serve `ibex.auth.v1.AuthService` (the gRPC API of the ibex auth service) on the same
+    /// address, so that ibex's clients keep working; its rules are Latchkey's.
+    #[arg(long, env = "LATCHKEY_COMPAT_IBEX")]
+    pub compat_ibex: bool,
 }
 
 #[derive(Debug, Args)]

@@ -110,6 +110,7 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             max_connections: args.max_connections.max(1),
             max_in_flight: args.max_in_flight.max(1),
         },
+        compat_ibex: args.compat_ibex,
     })
 }
 

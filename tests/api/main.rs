@@ -5,6 +5,7 @@ mod auth;
 mod cache;
 mod cli;
 mod cli_users;
+mod compat_ibex;
 mod config_docs;
 mod console;
 mod console_pages;
