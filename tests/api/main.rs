@@ -2,6 +2,7 @@
 
 mod abuse;
 mod auth;
+mod break_glass;
 mod cache;
 mod cli;
 mod cli_users;
