@@ -1,5 +1,6 @@
-//! Compiles the protobuf API with protox (pure Rust: no `protoc` needed) and keeps the encoded
-//! descriptor set for server reflection and the contract test.
+//! Compiles the protobuf APIs with protox (pure Rust: no `protoc` needed): Latchkey's own and
+//! ibex's (served with `--compat-ibex`), and keeps each one's encoded descriptor set for server
+//! reflection and the contract test.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,8 @@ const REDACTED: &[&str] = &[
     ".latchkey.auth.v1.SetupPasswordRequest",
     ".latchkey.auth.v1.CreateUserResponse",
     ".latchkey.auth.v1.ChangePasswordRequest",
+    ".ibex.auth.v1.CreateTokenResponse",
+    ".ibex.auth.v1.ValidateTokenRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,9 +26,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     // sqlx::migrate! embeds the migrations; a new file must rebuild the crate.
     println!("cargo:rerun-if-changed=migrations");
-    let fds = protox::compile(["latchkey/auth/v1/auth.proto"], ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Each API has a descriptor set of its own, so reflection lists the ibex service only on a
+    // server that serves it (`--compat-ibex`).
+    let mut fds = protox::compile(["latchkey/auth/v1/auth.proto"], ["proto"])?;
     std::fs::write(out.join("latchkey_descriptor.bin"), fds.encode_to_vec())?;
+    let ibex = protox::compile(["ibex/auth/v1/auth.proto"], ["proto"])?;
+    std::fs::write(out.join("ibex_descriptor.bin"), ibex.encode_to_vec())?;
+    // One code generation over both, each file once (they share google/protobuf imports).
+    for file in ibex.file {
+        if !fds.file.iter().any(|f| f.name == file.name) {
+            fds.file.push(file);
+        }
+    }
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -230,6 +230,23 @@ impl AuthService for Baseline {
     ) -> Result<tonic::Response<pb::ChangePasswordResponse>, Status> {
         unimplemented()
     }
+    type WatchChangesStream = tonic::codegen::tokio_stream::wrappers::ReceiverStream<
+        Result<pb::WatchChangesResponse, Status>,
+    >;
+
+    async fn watch_changes(
+        &self,
+        _: Request<pb::WatchChangesRequest>,
+    ) -> Result<tonic::Response<Self::WatchChangesStream>, Status> {
+        unimplemented()
+    }
+
+    async fn report_usage(
+        &self,
+        _: Request<pb::ReportUsageRequest>,
+    ) -> Result<tonic::Response<pb::ReportUsageResponse>, Status> {
+        unimplemented()
+    }
 }
 
 fn listen_arg() -> anyhow::Result<SocketAddr> {

@@ -627,6 +627,18 @@ pub struct ServeArgs {
     /// Most requests in flight; beyond it requests get 503 with Retry-After at once.
     #[arg(long, env = "LATCHKEY_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
+
+    /// Also serve `ibex.auth.v1.AuthService` (the gRPC API of the ibex auth service) on the same
+    /// address, so that ibex's clients keep working; its rules are Latchkey's.
+    #[arg(long, env = "LATCHKEY_COMPAT_IBEX")]
+    pub compat_ibex: bool,
+
+    /// SHA-256 (64 hex digits) of a break-glass secret: a bearer whose SHA-256 matches acts as
+    /// platform:admin on REST and gRPC management calls, every use audited (`break_glass_used`)
+    /// and logged at WARN. Not a token: verification and the gateway check refuse it [default:
+    /// none].
+    #[arg(long, env = "LATCHKEY_BREAK_GLASS_SHA256", hide_env_values = true)]
+    pub break_glass_sha256: Option<String>,
 }
 
 #[derive(Debug, Args)]

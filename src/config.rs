@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::cli::{CommonArgs, ServeArgs};
 use crate::server::ServerLimits;
 use crate::service::ratelimit::RateLimitConfig;
-use crate::service::{AuthorityConfig, PeopleConfig};
+use crate::service::{AuthorityConfig, BreakGlassDigest, PeopleConfig};
 use crate::startup::Settings;
 use crate::store::PoolOptions;
 use crate::token::ScopeRegistry;
@@ -83,6 +83,20 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     authority.people.session_idle = Duration::from_secs(args.session_idle_minutes * 60);
     authority.people.session_absolute = Duration::from_secs(args.session_absolute_hours * 3600);
     authority.people.login_token_max_days = args.login_token_max_days;
+    authority.break_glass = args
+        .break_glass_sha256
+        .as_deref()
+        .map(|hex| {
+            // The value is never repeated: it may be the secret itself, pasted by mistake.
+            BreakGlassDigest::from_hex(hex).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "LATCHKEY_BREAK_GLASS_SHA256 (--break-glass-sha256) must be 64 hex digits, \
+                     the SHA-256 of the break-glass secret (e.g. `printf %s \"$SECRET\" | \
+                     sha256sum`); the value given is not, and is not shown here"
+                )
+            })
+        })
+        .transpose()?;
     authority.rate_limits = RateLimitConfig {
         mint_per_hour: args.rate_limit_mint_per_hour,
         mint_per_token_per_hour: args.rate_limit_mint_per_token_per_hour,
@@ -110,6 +124,7 @@ pub fn serve_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             max_connections: args.max_connections.max(1),
             max_in_flight: args.max_in_flight.max(1),
         },
+        compat_ibex: args.compat_ibex,
     })
 }
 

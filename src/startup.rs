@@ -32,6 +32,8 @@ pub struct Settings {
     /// Whether the session cookie carries `Secure` (false only with `--plain-http`).
     pub secure_cookies: bool,
     pub limits: ServerLimits,
+    /// Also serve `ibex.auth.v1.AuthService` (`--compat-ibex`).
+    pub compat_ibex: bool,
 }
 
 /// A built server, bound and ready to run.
@@ -76,7 +78,13 @@ impl Application {
             clock.clone(),
             settings.secure_cookies,
         ));
-        let grpc = grpc::router(authority.clone(), clock.clone(), settings.max_body_bytes).await?;
+        let grpc = grpc::router(
+            authority.clone(),
+            clock.clone(),
+            settings.max_body_bytes,
+            settings.compat_ibex,
+        )
+        .await?;
         let router = server::bounded(
             server::one_port(rest, grpc, Arc::new(settings.trusted_proxies)),
             &settings.limits,

@@ -1,5 +1,6 @@
 //! Bearer authentication for gRPC: one tower layer (axum middleware) in front of the tonic
-//! services. For every AuthService RPC but ValidateToken it puts the request's [`RequestMeta`]
+//! services. For every AuthService RPC but ValidateToken (Latchkey's, and ibex's when
+//! `--compat-ibex` serves it) it puts the request's [`RequestMeta`]
 //! (client address and user agent, for audit and the per-address limits) into the request's
 //! extensions, takes a cell of the management rate limit and, unless the RPC is public,
 //! authenticates the bearer and puts the [`Caller`] there too. Each RPC that needs a caller
@@ -20,9 +21,15 @@ use crate::service::{Authority, Caller};
 pub struct AuthLayerState {
     pub authority: Arc<Authority>,
     pub clock: Arc<dyn Clock>,
+    /// Whether `ibex.auth.v1.AuthService` is served; when it is not, its paths pass through to
+    /// the `UNIMPLEMENTED` answer untouched.
+    pub compat_ibex: bool,
 }
 
 const AUTH_SERVICE: &str = "/latchkey.auth.v1.AuthService/";
+/// ibex's AuthService: ValidateToken needs no bearer, CreateToken, RevokeToken and ListTokens
+/// need one, as their Latchkey twins do.
+const IBEX_SERVICE: &str = "/ibex.auth.v1.AuthService/";
 /// ValidateToken needs no caller, no metadata and no management limit: skipping it keeps the
 /// verify path free of a second check.
 const VALIDATE: &str = "ValidateToken";
@@ -41,7 +48,13 @@ enum Access {
     Authenticated,
 }
 
-fn access(path: &str) -> Access {
+fn access(path: &str, compat_ibex: bool) -> Access {
+    if compat_ibex && let Some(rpc) = path.strip_prefix(IBEX_SERVICE) {
+        return match rpc {
+            VALIDATE => Access::PassThrough,
+            _ => Access::Authenticated,
+        };
+    }
     match path.strip_prefix(AUTH_SERVICE) {
         None => Access::PassThrough,
         Some(VALIDATE) => Access::PassThrough,
@@ -55,7 +68,7 @@ pub async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let access = access(req.uri().path());
+    let access = access(req.uri().path(), s.compat_ibex);
     if access == Access::PassThrough {
         return next.run(req).await;
     }
@@ -86,26 +99,41 @@ mod tests {
 
     #[test]
     fn only_the_password_rpcs_are_public_and_validate_passes_through() {
-        assert_eq!(
-            access("/latchkey.auth.v1.AuthService/ValidateToken"),
-            Access::PassThrough
-        );
-        assert_eq!(access("/grpc.health.v1.Health/Check"), Access::PassThrough);
-        assert_eq!(
-            access("/latchkey.auth.v1.AuthService/ExchangePassword"),
-            Access::Public
-        );
-        assert_eq!(
-            access("/latchkey.auth.v1.AuthService/SetupPassword"),
-            Access::Public
-        );
-        assert_eq!(
-            access("/latchkey.auth.v1.AuthService/CreateUser"),
-            Access::Authenticated
-        );
-        assert_eq!(
-            access("/latchkey.auth.v1.AuthService/ExchangePasswordX"),
-            Access::Authenticated
-        );
+        for ibex in [false, true] {
+            let access = |path| access(path, ibex);
+            assert_eq!(
+                access("/latchkey.auth.v1.AuthService/ValidateToken"),
+                Access::PassThrough
+            );
+            assert_eq!(access("/grpc.health.v1.Health/Check"), Access::PassThrough);
+            assert_eq!(
+                access("/latchkey.auth.v1.AuthService/ExchangePassword"),
+                Access::Public
+            );
+            assert_eq!(
+                access("/latchkey.auth.v1.AuthService/SetupPassword"),
+                Access::Public
+            );
+            assert_eq!(
+                access("/latchkey.auth.v1.AuthService/CreateUser"),
+                Access::Authenticated
+            );
+            assert_eq!(
+                access("/latchkey.auth.v1.AuthService/ExchangePasswordX"),
+                Access::Authenticated
+            );
+        }
+    }
+
+    #[test]
+    fn ibex_rpcs_need_a_bearer_but_validate_only_while_the_ibex_service_is_served() {
+        for rpc in ["CreateToken", "RevokeToken", "ListTokens"] {
+            let path = format!("/ibex.auth.v1.AuthService/{rpc}");
+            assert_eq!(access(&path, true), Access::Authenticated, "{rpc}");
+            assert_eq!(access(&path, false), Access::PassThrough, "{rpc}");
+        }
+        let validate = "/ibex.auth.v1.AuthService/ValidateToken";
+        assert_eq!(access(validate, true), Access::PassThrough);
+        assert_eq!(access(validate, false), Access::PassThrough);
     }
 }

@@ -38,7 +38,7 @@ pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
     }
 }
 
-fn from_timestamp(field: &str, t: &Timestamp) -> Result<DateTime<Utc>, Error> {
+pub fn from_timestamp(field: &str, t: &Timestamp) -> Result<DateTime<Utc>, Error> {
     u32::try_from(t.nanos)
         .ok()
         .and_then(|n| DateTime::from_timestamp(t.seconds, n))

@@ -1,9 +1,11 @@
-//! The gRPC transport (tonic): `latchkey.auth.v1.AuthService`, server reflection (v1 and
-//! v1alpha) and `grpc.health.v1.Health`. Each RPC extracts its input, calls the same service
-//! method as REST and maps the result; errors map to `tonic::Status` in `status.rs`.
+//! The gRPC transport (tonic): `latchkey.auth.v1.AuthService`, with `--compat-ibex` also
+//! `ibex.auth.v1.AuthService` (`ibex.rs`), server reflection (v1 and v1alpha) and
+//! `grpc.health.v1.Health`. Each RPC extracts its input, calls the same service method as REST
+//! and maps the result; errors map to `tonic::Status` in `status.rs`.
 
 mod auth;
 mod convert;
+pub mod ibex;
 mod redacted;
 mod status;
 
@@ -422,8 +424,10 @@ impl AuthGrpc {
     }
 }
 
-/// The gRPC services as an axum router: AuthService behind the bearer layer, reflection and
-/// health. `max_message_bytes` bounds decoded requests.
+/// The gRPC services as an axum router: AuthService (and, with `compat_ibex`, ibex's
+/// AuthService) behind the bearer layer, reflection and health. `max_message_bytes` bounds
+/// decoded requests. Without `compat_ibex` the ibex service is neither served (its RPCs answer
+/// `UNIMPLEMENTED`) nor listed by reflection.
 ///
 /// # Errors
 /// Only if the embedded descriptor sets fail to load (a build defect).
@@ -431,27 +435,42 @@ pub async fn router(
     authority: Arc<Authority>,
     clock: Arc<dyn Clock>,
     max_message_bytes: usize,
+    compat_ibex: bool,
 ) -> anyhow::Result<Router> {
     let auth_state = auth::AuthLayerState {
         authority: authority.clone(),
         clock: clock.clone(),
+        compat_ibex,
     };
+    let ibex = compat_ibex
+        .then(|| ibex::IbexGrpc::server(authority.clone(), clock.clone(), max_message_bytes));
     let service = AuthServiceServer::new(AuthGrpc { authority, clock })
         .max_decoding_message_size(max_message_bytes);
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        if compat_ibex {
+            builder.register_encoded_file_descriptor_set(ibex::FILE_DESCRIPTOR_SET)
+        } else {
+            builder
+        }
     };
     // The database is migrated before the router is built, so the service is serving from here.
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<AuthServiceServer<AuthGrpc>>()
         .await;
-    let routes = tonic::service::Routes::new(service)
+    let mut routes = tonic::service::Routes::new(service)
         .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .add_service(health);
+        .add_service(reflection().build_v1alpha()?);
+    if let Some(ibex) = ibex {
+        health_reporter
+            .set_service_status(ibex::SERVICE_NAME, tonic_health::ServingStatus::Serving)
+            .await;
+        routes = routes.add_service(ibex);
+    }
+    let routes = routes.add_service(health);
     Ok(routes
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(

@@ -1,5 +1,5 @@
 //! Hand-written `Debug` for the protobuf messages that carry a plaintext secret: a password, a
-//! token or a setup token (and the setup link that holds it). `build.rs` tells prost to derive no
+//! token or a setup token (and the setup link that holds it), Latchkey's and ibex's. `build.rs` tells prost to derive no
 //! `Debug` for them (`skip_debug`); these print every other field as prost would and
 //! `[redacted]` for the secret ones, so a logged request or response shows no secret.
 //!
@@ -9,6 +9,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use super::ibex::pb as ibex;
 use super::pb;
 
 /// Printed in place of a secret.
@@ -106,6 +107,25 @@ impl fmt::Debug for pb::ChangePasswordRequest {
         f.debug_struct("ChangePasswordRequest")
             .field("current_password", &Redacted)
             .field("new_password", &Redacted)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ibex::CreateTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateTokenResponse")
+            .field("token_id", &self.token_id)
+            .field("plaintext", &Redacted)
+            .field("prefix", &self.prefix)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ibex::ValidateTokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidateTokenRequest")
+            .field("access_token", &Redacted)
             .finish()
     }
 }
@@ -255,8 +275,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn ibex_create_token_response_hides_the_plaintext() {
+        let msg = ibex::CreateTokenResponse {
+            token_id: "tok-1".into(),
+            plaintext: TOKEN_SECRET.into(),
+            prefix: "lk_pat_0192f3c4".into(),
+            created_at: None,
+        };
+        assert_hides(&msg, &[TOKEN_SECRET], &["tok-1", "lk_pat_0192f3c4"]);
+    }
+
+    #[test]
+    fn ibex_validate_token_request_hides_the_token() {
+        let msg = ibex::ValidateTokenRequest {
+            access_token: TOKEN_SECRET.into(),
+        };
+        assert_hides(&msg, &[TOKEN_SECRET], &["access_token"]);
+    }
+
     /// String fields that hold a secret, by name.
     const SECRET_FIELDS: &[&str] = &[
+        "access_token",
         "password",
         "current_password",
         "new_password",
@@ -292,20 +332,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_secret_field_is_covered() {
-        let fds = FileDescriptorSet::decode(super::super::FILE_DESCRIPTOR_SET).unwrap();
+    /// The ibex messages this file covers (and `build.rs` lists for `skip_debug`).
+    const COVERED_IBEX: &[&str] = &["CreateTokenResponse", "ValidateTokenRequest"];
+
+    /// The messages of `package` in `descriptor_set` that have a secret string field.
+    fn with_secrets(descriptor_set: &[u8], package: &str) -> BTreeSet<String> {
+        let fds = FileDescriptorSet::decode(descriptor_set).unwrap();
         let mut found = BTreeSet::new();
-        for file in fds
-            .file
-            .iter()
-            .filter(|f| f.package() == "latchkey.auth.v1")
-        {
+        for file in fds.file.iter().filter(|f| f.package() == package) {
             for msg in &file.message_type {
                 collect(msg, "", &mut found);
             }
         }
+        found
+    }
+
+    #[test]
+    fn every_secret_field_is_covered() {
+        let found = with_secrets(super::super::FILE_DESCRIPTOR_SET, "latchkey.auth.v1");
         let covered: BTreeSet<String> = COVERED.iter().map(|s| s.to_string()).collect();
+        assert_eq!(found, covered, "update build.rs and src/grpc/redacted.rs");
+    }
+
+    #[test]
+    fn every_secret_field_of_the_ibex_api_is_covered() {
+        let found = with_secrets(super::super::ibex::FILE_DESCRIPTOR_SET, "ibex.auth.v1");
+        let covered: BTreeSet<String> = COVERED_IBEX.iter().map(|s| s.to_string()).collect();
         assert_eq!(found, covered, "update build.rs and src/grpc/redacted.rs");
     }
 }

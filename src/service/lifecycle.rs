@@ -207,6 +207,8 @@ impl Authority {
 
     /// A page of the org's audit events, newest first, filtered. Without `audit:read`, only the
     /// events of one token the caller reaches (`token_id`): a person reads its own key's history.
+    /// The nil org id names the deployment's own events (uses of the break-glass secret), which
+    /// any `platform:admin` may read.
     ///
     /// # Errors
     /// `permission_denied` without `audit:read` (and without a reachable `token_id`); `invalid_argument` for a bad page token or
@@ -228,7 +230,11 @@ impl Authority {
         {
             return Err(Error::invalid("since must be before until"));
         }
-        let org_id = self.target_org(p, req.org_id).await?;
+        let org_id = match req.org_id {
+            // The deployment's own events (uses of the break-glass secret) carry the nil org id.
+            Some(id) if id.is_nil() && p.is_platform_admin() => id,
+            requested => self.target_org(p, requested).await?,
+        };
         let mut rows = self
             .store
             .list_audit(&AuditListQuery {

@@ -3,6 +3,7 @@
 
 mod argon2_pool;
 mod audit;
+mod break_glass;
 pub mod changes;
 mod dev_seed;
 mod import;
@@ -27,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::store::{Store, TokenRecord};
 use crate::token::{HashAlgorithm, Permissions, Prefix, ScopeRegistry, Secret};
 
+pub use break_glass::{BREAK_GLASS_USED, BreakGlassDigest};
 pub use dev_seed::{DEV_ORG_ID, DEV_TOKEN_ID, DEV_USER_ID, DevSeed};
 pub use import::{ImportInput, ImportOptions, MAX_IMPORT_KEYS};
 pub use orgs::BootstrapOutcome;
@@ -36,8 +38,8 @@ pub use tokens::GrantableScope;
 pub use users::{NewUser, UserCreated};
 pub use verify::AuthenticatedToken;
 
-/// Who is acting: a verified token, a signed-in user, the bootstrap credential or the system.
-/// No rule may assume the caller is a token.
+/// Who is acting: a verified token, a signed-in user, the bootstrap credential, the break-glass
+/// secret or the system. No rule may assume the caller is a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub kind: PrincipalKind,
@@ -48,11 +50,19 @@ pub struct Principal {
     pub user_id: Option<Uuid>,
 }
 
+/// What kind of credential a [`Principal`] acts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrincipalKind {
+    /// A token, by id.
     Token(Uuid),
+    /// A signed-in user (a console session), by id.
     User(Uuid),
+    /// The bootstrap credential.
     Bootstrap,
+    /// The operator's break-glass secret (`--break-glass-sha256`): `platform:admin` in no org
+    /// of its own (org id nil), so it names the org it acts in.
+    BreakGlass,
+    /// Latchkey itself.
     System,
 }
 
@@ -69,12 +79,13 @@ impl Principal {
     }
 
     /// The audit `actor` and `created_by` string: `token:<uuid>`, `user:<uuid>`, `bootstrap`,
-    /// `system`.
+    /// `break_glass`, `system`.
     pub fn actor(&self) -> String {
         match self.kind {
             PrincipalKind::Token(id) => format!("token:{id}"),
             PrincipalKind::User(id) => format!("user:{id}"),
             PrincipalKind::Bootstrap => "bootstrap".into(),
+            PrincipalKind::BreakGlass => "break_glass".into(),
             PrincipalKind::System => "system".into(),
         }
     }
@@ -214,6 +225,8 @@ pub struct AuthorityConfig {
     /// Rate limits; all off by default (the server's flags turn them on).
     pub rate_limits: ratelimit::RateLimitConfig,
     pub people: PeopleConfig,
+    /// The SHA-256 of the break-glass secret (`--break-glass-sha256`); none by default.
+    pub break_glass: Option<BreakGlassDigest>,
 }
 
 impl Default for AuthorityConfig {
@@ -226,6 +239,7 @@ impl Default for AuthorityConfig {
             cache_ttl: Duration::from_secs(5),
             rate_limits: ratelimit::RateLimitConfig::DISABLED,
             people: PeopleConfig::default(),
+            break_glass: None,
         }
     }
 }
@@ -307,7 +321,7 @@ impl Authority {
 
     /// The mint limits, by kind of caller: a token minting tokens (a backend provisioning keys)
     /// is limited per calling token; a person (a session, a password exchange) per client
-    /// address. The bootstrap and the system are not limited.
+    /// address. The bootstrap, the break-glass secret and the system are not limited.
     fn check_mint_rate(&self, caller: &Caller) -> Result<()> {
         match caller.principal.kind {
             PrincipalKind::Token(_) => {
@@ -320,7 +334,7 @@ impl Authority {
                     l.take(&ip)?;
                 }
             }
-            PrincipalKind::Bootstrap | PrincipalKind::System => {}
+            PrincipalKind::Bootstrap | PrincipalKind::BreakGlass | PrincipalKind::System => {}
         }
         Ok(())
     }
@@ -346,9 +360,13 @@ impl Authority {
     }
 
     /// The org a request acts in: the caller's own unless it names another, which only a
-    /// `platform:admin` may, and which must exist. Anything else is the uniform not-found.
+    /// `platform:admin` may, and which must exist. Anything else is the uniform not-found. The
+    /// break-glass secret has no org of its own: it must name one.
     async fn target_org(&self, caller: &Principal, requested: Option<Uuid>) -> Result<Uuid> {
         match requested {
+            None if caller.kind == PrincipalKind::BreakGlass => Err(Error::invalid(
+                "the break-glass secret belongs to no org: name the org_id to act in",
+            )),
             None => Ok(caller.org_id),
             Some(id) if id == caller.org_id => Ok(id),
             Some(id) if caller.is_platform_admin() => match self.store.get_org(id).await? {

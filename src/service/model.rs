@@ -306,7 +306,7 @@ pub struct TokenView {
     pub scopes: Vec<String>,
     pub state: TokenState,
     pub created_at: DateTime<Utc>,
-    /// `token:<uuid>`, `user:<uuid>`, `bootstrap` or `system`.
+    /// `token:<uuid>`, `user:<uuid>`, `bootstrap`, `break_glass` or `system`.
     pub created_by: String,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -387,7 +387,7 @@ pub struct AuditEventView {
     pub id: Uuid,
     pub org_id: Uuid,
     pub occurred_at: DateTime<Utc>,
-    /// `token:<uuid>`, `user:<uuid>`, `bootstrap` or `system`.
+    /// `token:<uuid>`, `user:<uuid>`, `bootstrap`, `break_glass` or `system`.
     pub actor: String,
     pub action: String,
     pub token_id: Option<Uuid>,
@@ -779,7 +779,7 @@ pub struct UserView {
     pub permissions: u64,
     pub scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
-    /// `token:<uuid>`, `user:<uuid>`, `bootstrap` or `system`.
+    /// `token:<uuid>`, `user:<uuid>`, `bootstrap`, `break_glass` or `system`.
     pub created_by: String,
     pub last_login_at: Option<DateTime<Utc>>,
     pub disabled_at: Option<DateTime<Utc>>,

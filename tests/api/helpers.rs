@@ -191,6 +191,7 @@ pub async fn spawn_with_clock() -> TestApp {
         trusted_proxies: Vec::new(),
         secure_cookies: true,
         limits: Default::default(),
+        compat_ibex: false,
     };
     let app = Application::build(settings, clock.clone()).await.unwrap();
     let addr = app.local_addr().unwrap();

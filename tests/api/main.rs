@@ -2,9 +2,11 @@
 
 mod abuse;
 mod auth;
+mod break_glass;
 mod cache;
 mod cli;
 mod cli_users;
+mod compat_ibex;
 mod config_docs;
 mod console;
 mod console_pages;
