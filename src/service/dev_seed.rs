@@ -155,7 +155,11 @@ impl Authority {
                 json!({ "name": "dev", "via": "dev-seed" }),
                 now,
             );
-            let row = ImportRow { token, event };
+            let row = ImportRow {
+                token,
+                event,
+                id_given: true,
+            };
             let status = self
                 .store
                 .import_tokens(std::slice::from_ref(&row), true, now)
@@ -167,7 +171,7 @@ impl Authority {
                     self.enable_scheme(verifier.scheme());
                     created += 1;
                 }
-                Some(ImportStatus::AlreadyPresent) => {}
+                Some(ImportStatus::AlreadyPresent(_)) => {}
                 _ => {
                     return Err(Error::AlreadyExists(
                         "a live token named \"dev\" already exists in the dev org".into(),

@@ -39,6 +39,7 @@ struct Valid {
     line: usize,
     token: TokenRecord,
     scheme: Scheme,
+    id_given: bool,
 }
 
 impl Authority {
@@ -124,6 +125,7 @@ impl Authority {
         let rows: Vec<ImportRow> = valid
             .iter()
             .map(|v| ImportRow {
+                id_given: v.id_given,
                 token: v.token.clone(),
                 event: audit::event(
                     v.token.org_id,
@@ -146,9 +148,9 @@ impl Authority {
                     id: v.token.id,
                     status: ImportedStatus::Imported,
                 }),
-                ImportStatus::AlreadyPresent => keys.push(ImportedKey {
+                ImportStatus::AlreadyPresent(id) => keys.push(ImportedKey {
                     line: v.line,
-                    id: v.token.id,
+                    id: *id,
                     status: ImportedStatus::AlreadyPresent,
                 }),
                 ImportStatus::NameTaken => refused.push(RefusedLine {
@@ -158,9 +160,10 @@ impl Authority {
                         v.token.name
                     ),
                 }),
-                ImportStatus::IdTaken => refused.push(RefusedLine {
+                // One reason for both, naming no org: another org's keys are out of reach.
+                ImportStatus::Taken => refused.push(RefusedLine {
                     line: v.line,
-                    reason: "another token already has this id".into(),
+                    reason: "another token already has this id or this hash".into(),
                 }),
             }
         }
@@ -269,6 +272,7 @@ impl Authority {
         Ok(Valid {
             line: 0,
             scheme,
+            id_given: l.id.is_some(),
             token: TokenRecord {
                 id,
                 org_id,

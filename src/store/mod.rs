@@ -352,18 +352,21 @@ pub enum FormatFilter {
 pub struct ImportRow {
     pub token: TokenRecord,
     pub event: AuditRecord,
+    /// Whether the file gave the token's id (else it was made for the import, and a key already
+    /// present under another id is still the same key).
+    pub id_given: bool,
 }
 
 /// What [`Store::import_tokens`] did, or would do, with one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportStatus {
     Imported,
-    /// A token with this id and lookup, or this lookup, exists: nothing to do.
-    AlreadyPresent,
+    /// This key (its lookup) is already a token of the same org, with this id: nothing to do.
+    AlreadyPresent(Uuid),
     /// A live token of the org has this name.
     NameTaken,
-    /// A token with this id exists, and it is not this key.
-    IdTaken,
+    /// Its id belongs to another token, or its lookup to a token of another org.
+    Taken,
 }
 
 /// The tokens a caller without `org:admin` sees.
@@ -486,11 +489,11 @@ pub trait Store: Send + Sync + 'static {
     /// Whether any token's `lookup` is in `[start, end)`: whether keys of an import scheme exist.
     async fn any_lookup_in(&self, start: &str, end: &str) -> StoreResult<bool>;
 
-    /// Imports keys in one transaction. For each row, in order: `AlreadyPresent` when its id
-    /// (with the same lookup) or its lookup exists, `IdTaken` when its id belongs to another
-    /// token, `NameTaken` when it is live and a live token of its org has its name (expired
+    /// Imports keys in one transaction. For each row, in order: `AlreadyPresent` when its
+    /// lookup exists in the same org (under the row's id, when `id_given`), `Taken` when its id belongs to another token or its
+    /// lookup to another org's, `NameTaken` when it is live and a live token of its org has its name (expired
     /// holders are released first), otherwise inserted with its event (`Imported`). The
-    /// transaction commits only when `commit` is set and no row was `NameTaken` or `IdTaken`;
+    /// transaction commits only when `commit` is set and no row was `NameTaken` or `Taken`;
     /// otherwise nothing is written and the statuses say what would have happened.
     /// `OwnerDisabled` as for [`Store::insert_token`].
     async fn import_tokens(

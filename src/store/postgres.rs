@@ -643,27 +643,28 @@ impl Store for PostgresStore {
         let mut statuses = Vec::with_capacity(rows.len());
         for row in rows {
             let t = &row.token;
-            let by_id = sqlx::query("SELECT lookup FROM tokens WHERE id = $1")
-                .bind(t.id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(other)?;
-            if let Some(existing) = by_id {
-                let lookup: Option<String> = existing.try_get(0).map_err(other)?;
-                statuses.push(if lookup == t.lookup {
-                    ImportStatus::AlreadyPresent
-                } else {
-                    ImportStatus::IdTaken
-                });
-                continue;
-            }
-            let by_lookup = sqlx::query("SELECT 1 FROM tokens WHERE lookup = $1")
+            let by_lookup = sqlx::query("SELECT id, org_id FROM tokens WHERE lookup = $1")
                 .bind(&t.lookup)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(other)?;
-            if by_lookup.is_some() {
-                statuses.push(ImportStatus::AlreadyPresent);
+            if let Some(found) = by_lookup {
+                let id: Uuid = found.try_get(0).map_err(other)?;
+                let org: Uuid = found.try_get(1).map_err(other)?;
+                statuses.push(if org == t.org_id && (id == t.id || !row.id_given) {
+                    ImportStatus::AlreadyPresent(id)
+                } else {
+                    ImportStatus::Taken
+                });
+                continue;
+            }
+            let by_id = sqlx::query("SELECT 1 FROM tokens WHERE id = $1")
+                .bind(t.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(other)?;
+            if by_id.is_some() {
+                statuses.push(ImportStatus::Taken);
                 continue;
             }
             let live = t.revoked_at.is_none() && t.expires_at.is_none_or(|x| x > now);
@@ -696,7 +697,7 @@ impl Store for PostgresStore {
         }
         let refused = statuses
             .iter()
-            .any(|s| matches!(s, ImportStatus::NameTaken | ImportStatus::IdTaken));
+            .any(|s| matches!(s, ImportStatus::NameTaken | ImportStatus::Taken));
         if commit && !refused {
             tx.commit().await.map_err(other)?;
         }

@@ -1584,3 +1584,34 @@ async fn no_hash_or_plaintext_reaches_the_logs_the_audit_log_or_an_error_message
         "the audit events are logged"
     );
 }
+
+#[tokio::test]
+async fn a_key_already_imported_in_another_org_is_refused_without_naming_the_org() {
+    // Arrange: a key imported in org A; org B's admin holds the same hash.
+    let app = spawn_app().await;
+    let (_, admin_b) = app.second_org("acme").await;
+    let key = laravel(&[]);
+    imported(&app, &app.admin_token, std::slice::from_ref(&key.line)).await;
+    let audit_before = audit(&app, "").await.len();
+
+    // Act: org B imports the same hash; org A imports it again under another given id.
+    let into_b = import(&app, &admin_b, "", std::slice::from_ref(&key.line)).await;
+    let mut other_id = key.line.clone();
+    other_id["id"] = json!(uuid::Uuid::now_v7());
+    let other_id_in_a = import(&app, &app.admin_token, "", &[other_id]).await;
+
+    // Assert: refused, with one reason that names no org; the key stays in org A.
+    for res in [into_b, other_id_in_a] {
+        let e = error_of(res, StatusCode::BAD_REQUEST).await;
+        let message = e["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains("line 1: another token already has this id or this hash"),
+            "{message}"
+        );
+        assert!(!message.contains(&app.org_id.to_string()));
+    }
+    let v = app.verify(&key.plaintext, &[]).await;
+    assert_eq!(v["code"], "VALID");
+    assert_eq!(v["org_id"], app.org_id.to_string());
+    assert_eq!(audit(&app, "").await.len(), audit_before);
+}
