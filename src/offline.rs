@@ -98,18 +98,31 @@ pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
     for r in &report.refused {
         eprintln!("line {}: refused: {}", r.line, r.reason);
     }
-    eprintln!(
-        "{}{} imported, {} already present, {} refused{}",
-        if report.dry_run { "dry run: " } else { "" },
-        report.imported,
-        report.already_present,
-        report.refused.len(),
-        if report.refused.is_empty() {
-            ""
-        } else {
-            "; nothing was written"
-        },
-    );
+    let revoked = if report.revoked > 0 {
+        format!(" ({} of them revoked now, as the file says)", report.revoked)
+    } else {
+        String::new()
+    };
+    if report.dry_run {
+        eprintln!(
+            "dry run, nothing written: {} would be imported, {} already present{revoked}, {} refused",
+            report.imported,
+            report.already_present,
+            report.refused.len(),
+        );
+    } else {
+        eprintln!(
+            "{} imported, {} already present{revoked}, {} refused{}",
+            report.imported,
+            report.already_present,
+            report.refused.len(),
+            if report.refused.is_empty() {
+                ""
+            } else {
+                "; nothing was written"
+            },
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

@@ -151,7 +151,12 @@ impl Authority {
                 ImportStatus::AlreadyPresent(id) => keys.push(ImportedKey {
                     line: v.line,
                     id: *id,
-                    status: ImportedStatus::AlreadyPresent,
+                    // Carried over below: a key revoked at its source since the last import.
+                    status: if v.token.revoked_at.is_some() {
+                        ImportedStatus::Revoked
+                    } else {
+                        ImportedStatus::AlreadyPresent
+                    },
                 }),
                 ImportStatus::NameTaken => refused.push(RefusedLine {
                     line: v.line,
@@ -168,11 +173,40 @@ impl Authority {
             }
         }
         refused.sort_by_key(|r| r.line);
+        // A catch-up import at cutover carries the source's revocations: a key present and live
+        // here, revoked in the file, is revoked now (the only change a re-import makes).
+        let mut revoked = 0;
+        if commit && refused.is_empty() {
+            for k in keys.iter_mut().filter(|k| k.status == ImportedStatus::Revoked) {
+                let event = audit::event(
+                    v_org(&valid, k.line),
+                    actor.clone(),
+                    "token_revoked",
+                    Some(k.id),
+                    &caller.meta,
+                    json!({ "reason": "revoked at its source (import)", "line": k.line }),
+                    now,
+                );
+                let changed = self.store.revoke_token(k.id, now, &event).await?;
+                self.cache.invalidate(k.id);
+                if changed {
+                    audit::log(&event);
+                    metrics::counter!("latchkey_token_revoked_total").increment(1);
+                    revoked += 1;
+                } else {
+                    k.status = ImportedStatus::AlreadyPresent;
+                }
+            }
+        } else if !opts.dry_run {
+            for k in keys.iter_mut().filter(|k| k.status == ImportedStatus::Revoked) {
+                k.status = ImportedStatus::AlreadyPresent;
+            }
+        }
         let imported = keys
             .iter()
             .filter(|k| k.status == ImportedStatus::Imported)
             .count();
-        let written = commit && refused.is_empty() && imported > 0;
+        let written = commit && refused.is_empty() && (imported > 0 || revoked > 0);
         if written {
             for (row, status) in rows.iter().zip(&statuses) {
                 if *status == ImportStatus::Imported {
@@ -192,7 +226,11 @@ impl Authority {
             imported: if written || opts.dry_run { imported } else { 0 },
             already_present: keys
                 .iter()
-                .filter(|k| k.status == ImportedStatus::AlreadyPresent)
+                .filter(|k| k.status != ImportedStatus::Imported)
+                .count(),
+            revoked: keys
+                .iter()
+                .filter(|k| k.status == ImportedStatus::Revoked)
                 .count(),
             refused,
             keys,
@@ -370,4 +408,12 @@ fn split(
         )));
     }
     Ok(items)
+}
+
+/// The org of the valid line `line`.
+fn v_org(valid: &[Valid], line: usize) -> Uuid {
+    valid
+        .iter()
+        .find(|v| v.line == line)
+        .map_or(Uuid::nil(), |v| v.token.org_id)
 }

@@ -223,8 +223,12 @@ pub struct ImportReport {
     pub written: bool,
     /// Keys imported now (with `dry_run`: that would be).
     pub imported: usize,
-    /// Keys whose hash or id was already present: left unchanged.
+    /// Keys whose hash was already present: left unchanged, except that one revoked in the file
+    /// and live here is revoked (counted in `revoked` too).
     pub already_present: usize,
+    /// Keys already present that the file says were revoked, revoked now (with `dry_run`: that
+    /// would be). A catch-up import at cutover carries the source's revocations this way.
+    pub revoked: usize,
     /// Lines refused, with why; when there are any, nothing is written.
     pub refused: Vec<RefusedLine>,
     /// Every key that was not refused, with its token id.
@@ -252,6 +256,8 @@ pub struct ImportedKey {
 pub enum ImportedStatus {
     Imported,
     AlreadyPresent,
+    /// Already present, and revoked now because the file says it was revoked.
+    Revoked,
 }
 
 /// `POST /v1/tokens`: create a token. Give `permissions` (the bitmap), `scopes` (names and

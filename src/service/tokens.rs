@@ -73,10 +73,11 @@ impl Authority {
             display_hint: match &t.lookup {
                 None => format::display_hint(&self.config.prefix, t.kind, t.id),
                 // The plaintext of an imported key is unknown: the hint names its scheme and id.
+                // The id's last 8 characters: those of ids made in one import differ.
                 Some(l) => format!(
-                    "{} key {}…",
+                    "{} key …{}",
                     crate::token::legacy::format_of(Some(l)),
-                    &t.id.simple().to_string()[..8]
+                    &t.id.simple().to_string()[24..]
                 ),
             },
             permissions: t.permissions.bits(),

@@ -1213,7 +1213,9 @@ async fn a_dry_run_validates_and_reports_but_writes_nothing() {
     assert_eq!(report["imported"], 2);
     assert!(by_cli.status.success(), "{}", stderr(&by_cli));
     assert!(
-        stderr(&by_cli).contains("dry run: 2 imported, 0 already present, 0 refused"),
+        stderr(&by_cli).contains(
+            "dry run, nothing written: 2 would be imported, 0 already present, 0 refused"
+        ),
         "{}",
         stderr(&by_cli)
     );
@@ -1614,4 +1616,43 @@ async fn a_key_already_imported_in_another_org_is_refused_without_naming_the_org
     assert_eq!(v["code"], "VALID");
     assert_eq!(v["org_id"], app.org_id.to_string());
     assert_eq!(audit(&app, "").await.len(), audit_before);
+}
+
+#[tokio::test]
+async fn a_catch_up_import_revokes_the_keys_the_source_revoked_since_and_changes_nothing_else() {
+    // Arrange: two live keys imported; then the source revokes one of them.
+    let app = spawn_app().await;
+    let (kept, gone) = (laravel(&[]), flask(&[]));
+    let first = imported(
+        &app,
+        &app.admin_token,
+        &[kept.line.clone(), gone.line.clone()],
+    )
+    .await;
+    let gone_id = id_of(&first, 2);
+    assert_eq!(app.verify(&gone.plaintext, &[]).await["code"], "VALID");
+    let mut revoked_line = gone.line.clone();
+    revoked_line["revoked_at"] = json!("2026-01-02T03:04:05Z");
+    let lines = [kept.line.clone(), revoked_line];
+
+    // Act: a dry run, the catch-up import, and the same import once more.
+    let dry = import(&app, &app.admin_token, "?dry_run=true", &lines).await;
+    let dry: Value = dry.json().await.unwrap();
+    let still_valid = app.verify(&gone.plaintext, &[]).await;
+    let catch_up = imported(&app, &app.admin_token, &lines).await;
+    let again = imported(&app, &app.admin_token, &lines).await;
+
+    // Assert
+    assert_eq!(dry["revoked"], 1, "{dry}");
+    assert_eq!(still_valid["code"], "VALID");
+    assert_eq!(catch_up["revoked"], 1, "{catch_up}");
+    assert_eq!(catch_up["already_present"], 2);
+    assert_eq!(catch_up["keys"][1]["status"], "revoked");
+    assert_eq!(catch_up["keys"][1]["id"], gone_id.as_str());
+    assert_eq!(app.verify(&gone.plaintext, &[]).await["code"], "INVALID");
+    assert_eq!(app.verify(&kept.plaintext, &[]).await["code"], "VALID");
+    assert_eq!(again["revoked"], 0, "{again}");
+    assert_eq!(again["keys"][1]["status"], "already_present");
+    let events = audit(&app, &format!("&token_id={gone_id}&action=token_revoked")).await;
+    assert_eq!(events.len(), 1, "{events:?}");
 }
