@@ -39,3 +39,4 @@ mod security_doc;
 mod store_conformance;
 mod usage;
 mod verify;
+mod watch;
