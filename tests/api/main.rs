@@ -19,6 +19,7 @@ mod grpc;
 mod grpc_contract;
 mod grpc_users;
 mod helpers;
+mod client_crate;
 mod imports;
 mod lifecycle;
 mod logs;

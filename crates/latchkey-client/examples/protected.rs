@@ -1,0 +1,66 @@
+//! A service protected by Latchkey, verifying in-process:
+//!
+//! ```text
+//! cargo run -p latchkey-client --example protected -- \
+//!     --listen 127.0.0.1:3000 --latchkey http://127.0.0.1:8080 \
+//!     --watch-token "$WATCH_TOKEN" --require runs:read
+//! ```
+//!
+//! `GET /hello` answers 200 with the token's id for a live bearer holding every `--require`d
+//! scope, 401 or 403 otherwise, 503 when Latchkey cannot answer; `GET /open` answers 200 with
+//! no check. Prints `listening on ADDR` once bound (`--listen 127.0.0.1:0` picks a port).
+
+use axum::Router;
+use axum::routing::get;
+use clap::Parser;
+use latchkey_client::{Latchkey, Verified};
+
+#[derive(Parser)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: std::net::SocketAddr,
+    /// Latchkey's base URL (REST and gRPC on one port).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    latchkey: String,
+    /// A token holding `tokens:watch`, for the change stream and the usage reports.
+    #[arg(long, env = "LATCHKEY_WATCH_TOKEN")]
+    watch_token: String,
+    /// A scope `/hello` requires (repeat for several).
+    #[arg(long = "require")]
+    require: Vec<String>,
+}
+
+async fn hello(token: Verified) -> String {
+    token.token_id.to_string()
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stopped() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let latchkey = Latchkey::builder(args.latchkey)
+        .watch_token(args.watch_token)
+        .build()?;
+    let app = Router::new()
+        .route("/hello", get(hello))
+        .route_layer(latchkey.require(&args.require))
+        .route("/open", get(|| async { "open" }));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stopped())
+        .await?;
+    // Report the uses answered from the cache that are not reported yet.
+    latchkey.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! The middleware's cache of verdicts: pure logic, no I/O, time passed in.
+//!
+//! Keys are the SHA-256 of the required scopes and the token string, so the cache never holds
+//! a token. It is used only while the change stream is up (`live`); every invalidation bumps
+//! an epoch, and a fill during which the epoch moved (checked after its insert) is taken
+//! back: the answer it holds may predate the change, so it serves its own request only.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::middleware::Verified;
+
+/// A cache key: SHA-256 of (required scopes, token).
+pub(crate) type Key = [u8; 32];
+
+/// What the server said about a token, as the cache keeps it.
+#[derive(Debug, Clone)]
+pub(crate) enum Verdict {
+    /// Live and holding the required scopes.
+    Allowed(Verified),
+    /// Live, lacking a required scope.
+    Forbidden { token_id: Uuid },
+    /// Invalid: unknown, revoked, expired, disabled.
+    Refused,
+}
+
+impl Verdict {
+    fn token_id(&self) -> Option<Uuid> {
+        match self {
+            Verdict::Allowed(v) => Some(v.token_id),
+            Verdict::Forbidden { token_id } => Some(*token_id),
+            Verdict::Refused => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    verdict: Verdict,
+    until: Instant,
+}
+
+/// The scopes a route requires, sorted and deduplicated, with the hasher of the key prefix.
+#[derive(Clone)]
+pub(crate) struct Requirement {
+    pub(crate) scopes: Vec<String>,
+    prefix: Sha256,
+}
+
+impl Requirement {
+    pub(crate) fn new<S: AsRef<str>>(scopes: &[S]) -> Self {
+        let mut scopes: Vec<String> = scopes.iter().map(|s| s.as_ref().to_string()).collect();
+        scopes.sort();
+        scopes.dedup();
+        let mut prefix = Sha256::new();
+        prefix.update((scopes.len() as u64).to_be_bytes());
+        for s in &scopes {
+            prefix.update((s.len() as u64).to_be_bytes());
+            prefix.update(s.as_bytes());
+        }
+        Requirement { scopes, prefix }
+    }
+
+    /// The key of `token` under this requirement.
+    pub(crate) fn key(&self, token: &str) -> Key {
+        let mut h = self.prefix.clone();
+        h.update(token.as_bytes());
+        h.finalize().into()
+    }
+}
+
+pub(crate) struct VerdictCache {
+    /// Answers about genuine tokens (allowed or forbidden), indexed by token id below.
+    tokens: quick_cache::sync::Cache<Key, Entry>,
+    /// Refusals: nothing ties them to a token id.
+    refusals: quick_cache::sync::Cache<Key, Instant>,
+    index: Mutex<HashMap<Uuid, Vec<Key>>>,
+    capacity: usize,
+    epoch: AtomicU64,
+    live: AtomicBool,
+}
+
+impl VerdictCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        VerdictCache {
+            tokens: quick_cache::sync::Cache::new(capacity),
+            refusals: quick_cache::sync::Cache::new(capacity),
+            index: Mutex::new(HashMap::new()),
+            capacity,
+            epoch: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the change stream is up, so answers may be cached and served.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// The stream is up (its first message is in) or down: down drops everything.
+    pub(crate) fn set_live(&self, live: bool) {
+        if live {
+            self.bump();
+            self.live.store(true, Ordering::SeqCst);
+        } else {
+            self.live.store(false, Ordering::SeqCst);
+            self.clear();
+        }
+    }
+
+    /// Read before asking the server; handed back to [`Self::fill`].
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The cached verdict for `key`, if the stream is up and it has not run out.
+    pub(crate) fn get(&self, key: &Key, now: Instant) -> Option<Verdict> {
+        if !self.is_live() {
+            return None;
+        }
+        if let Some(e) = self.tokens.get(key) {
+            if e.until > now {
+                return Some(e.verdict);
+            }
+            self.tokens.remove(key);
+        }
+        if let Some(until) = self.refusals.get(key) {
+            if until > now {
+                return Some(Verdict::Refused);
+            }
+            self.refusals.remove(key);
+        }
+        None
+    }
+
+    /// Keeps the server's answer until `until`, unless the stream is down or anything was
+    /// invalidated since `epoch` was read. Answers whether it is kept.
+    pub(crate) fn fill(&self, key: Key, verdict: Verdict, until: Instant, epoch: u64) -> bool {
+        if !self.is_live() || self.epoch() != epoch {
+            return false;
+        }
+        match verdict.token_id() {
+            Some(id) => {
+                {
+                    let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+                    let keys = index.entry(id).or_default();
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                    if index.len() > 2 * self.capacity + 1024 {
+                        self.prune(&mut index);
+                    }
+                }
+                self.tokens.insert(key, Entry { verdict, until });
+                // An invalidation that ran between the check above and the insert either
+                // found the key in the index (and removed an entry not there yet) or bumped
+                // the epoch first: either way, take the entry back.
+                if self.epoch() != epoch || !self.is_live() {
+                    self.tokens.remove(&key);
+                    return false;
+                }
+            }
+            None => {
+                self.refusals.insert(key, until);
+                if self.epoch() != epoch || !self.is_live() {
+                    self.refusals.remove(&key);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Index entries whose keys the cache evicted.
+    fn prune(&self, index: &mut HashMap<Uuid, Vec<Key>>) {
+        index.retain(|_, keys| {
+            keys.retain(|k| self.tokens.contains_key(k));
+            !keys.is_empty()
+        });
+    }
+
+    /// Drops every answer about token `id`.
+    pub(crate) fn invalidate_token(&self, id: Uuid) {
+        self.bump();
+        let keys = self
+            .index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        for k in keys.into_iter().flatten() {
+            self.tokens.remove(&k);
+        }
+    }
+
+    /// Drops every refusal (a token may have become valid).
+    pub(crate) fn drop_refusals(&self) {
+        self.bump();
+        self.refusals.clear();
+    }
+
+    /// Drops everything.
+    pub(crate) fn clear(&self) {
+        self.bump();
+        self.index.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.tokens.clear();
+        self.refusals.clear();
+    }
+
+    #[cfg(test)]
+    fn indexed(&self) -> usize {
+        self.index.lock().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn allowed(id: Uuid) -> Verdict {
+        Verdict::Allowed(Verified {
+            token_id: id,
+            org_id: Uuid::nil(),
+            permissions: 0,
+            scopes: Arc::from(vec!["runs:read".to_string()]),
+            expires_at: None,
+        })
+    }
+
+    fn live_cache() -> VerdictCache {
+        let c = VerdictCache::new(100);
+        c.set_live(true);
+        c
+    }
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn nothing_is_kept_or_served_while_the_stream_is_down() {
+        // Arrange
+        let c = VerdictCache::new(100);
+        let key = Requirement::new::<&str>(&[]).key("t");
+        let now = Instant::now();
+
+        // Act
+        let kept = c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch());
+
+        // Assert
+        assert!(!kept);
+        c.set_live(true);
+        assert!(c.get(&key, now).is_none());
+    }
+
+    #[test]
+    fn a_kept_answer_is_served_until_it_runs_out() {
+        let c = live_cache();
+        let key = Requirement::new(&["runs:read"]).key("t");
+        let now = Instant::now();
+        assert!(c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch()));
+        assert!(matches!(c.get(&key, now), Some(Verdict::Allowed(_))));
+        assert!(c.get(&key, now + TTL).is_none());
+    }
+
+    #[test]
+    fn going_down_drops_everything_and_stops_serving() {
+        let c = live_cache();
+        let key = Requirement::new::<&str>(&[]).key("t");
+        let now = Instant::now();
+        assert!(c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch()));
+        c.set_live(false);
+        c.set_live(true);
+        assert!(c.get(&key, now).is_none());
+    }
+
+    #[test]
+    fn a_change_drops_every_answer_about_that_token_and_only_those() {
+        // Arrange: one token under two requirements, and another token.
+        let c = live_cache();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let now = Instant::now();
+        let k1 = Requirement::new::<&str>(&[]).key("a");
+        let k2 = Requirement::new(&["runs:write"]).key("a");
+        let k3 = Requirement::new::<&str>(&[]).key("b");
+        assert!(c.fill(k1, allowed(a), now + TTL, c.epoch()));
+        assert!(c.fill(k2, Verdict::Forbidden { token_id: a }, now + TTL, c.epoch()));
+        assert!(c.fill(k3, allowed(b), now + TTL, c.epoch()));
+
+        // Act
+        c.invalidate_token(a);
+
+        // Assert
+        assert!(c.get(&k1, now).is_none());
+        assert!(c.get(&k2, now).is_none());
+        assert!(matches!(c.get(&k3, now), Some(Verdict::Allowed(_))));
+    }
+
+    #[test]
+    fn an_answer_read_before_a_change_is_not_kept() {
+        // Arrange: the epoch is read before asking the server.
+        let c = live_cache();
+        let id = Uuid::now_v7();
+        let key = Requirement::new::<&str>(&[]).key("t");
+        let epoch = c.epoch();
+
+        // Act: the token changes while the server's answer is on its way.
+        c.invalidate_token(id);
+        let kept = c.fill(key, allowed(id), Instant::now() + TTL, epoch);
+
+        // Assert
+        assert!(!kept);
+        assert!(c.get(&key, Instant::now()).is_none());
+    }
+
+    #[test]
+    fn refusals_are_dropped_by_a_change_that_may_admit_and_answers_stay() {
+        let c = live_cache();
+        let now = Instant::now();
+        let bad = Requirement::new::<&str>(&[]).key("garbage");
+        let good = Requirement::new::<&str>(&[]).key("good");
+        assert!(c.fill(
+            bad,
+            Verdict::Refused,
+            now + Duration::from_secs(2),
+            c.epoch()
+        ));
+        assert!(c.fill(good, allowed(Uuid::now_v7()), now + TTL, c.epoch()));
+        assert!(matches!(c.get(&bad, now), Some(Verdict::Refused)));
+
+        c.drop_refusals();
+
+        assert!(c.get(&bad, now).is_none());
+        assert!(c.get(&good, now).is_some());
+    }
+
+    #[test]
+    fn keys_differ_by_token_and_by_required_scopes_in_any_order() {
+        let a = Requirement::new(&["x", "y"]);
+        let b = Requirement::new(&["y", "x", "x"]);
+        let c = Requirement::new(&["x"]);
+        assert_eq!(a.key("t"), b.key("t"));
+        assert_ne!(a.key("t"), c.key("t"));
+        assert_ne!(a.key("t"), a.key("u"));
+        // Scope names cannot run into the token: ["ab"] + "c" is not ["a"] + "bc".
+        assert_ne!(
+            Requirement::new(&["ab"]).key("c"),
+            Requirement::new(&["a"]).key("bc")
+        );
+    }
+
+    #[test]
+    fn the_token_index_stays_bounded_when_the_cache_evicts() {
+        let c = VerdictCache::new(10);
+        c.set_live(true);
+        let now = Instant::now();
+        for i in 0..5_000 {
+            let key = Requirement::new::<&str>(&[]).key(&format!("t{i}"));
+            c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch());
+        }
+        assert!(c.indexed() <= 2 * 10 + 1024 + 1, "{}", c.indexed());
+    }
+}
