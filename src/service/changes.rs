@@ -87,6 +87,8 @@ pub struct ReportedUse {
 /// One open watch: its org, its cursor and the events it sent lately.
 pub struct Watch {
     org_id: Option<Uuid>,
+    /// The watching token: the watch ends when it is revoked, disabled or expires.
+    token: Option<Uuid>,
     /// The highest event id delivered (or the instant the watch started).
     cursor: Uuid,
     /// Ids of the events delivered within the overlap, so a re-read does not send them again.
@@ -169,6 +171,10 @@ impl Authority {
         };
         let mut watch = Watch {
             org_id,
+            token: match p.kind {
+                super::PrincipalKind::Token(id) => Some(id),
+                _ => None,
+            },
             cursor: v7_floor(now),
             sent: BTreeSet::new(),
             changed: self.cache.subscribe_changes(),
@@ -222,13 +228,18 @@ impl Authority {
     /// The changes committed since the watch's last read; empty when there are none.
     ///
     /// # Errors
-    /// `unavailable` / `internal` when the store fails.
+    /// `unauthenticated` once the watching token is revoked, disabled or expired (checked on
+    /// every change naming it and once a second); `unavailable` / `internal` when the store
+    /// fails.
     pub async fn next_changes(
         &self,
         watch: &mut Watch,
         now: DateTime<Utc>,
     ) -> Result<Vec<TokenChange>> {
         let full = watch.last_full_read.elapsed() >= POLL;
+        if full {
+            self.watcher_still_valid(watch, now).await?;
+        }
         let after = if full {
             watch.last_full_read = Instant::now();
             let behind = v7_time(watch.cursor).unwrap_or(now) - OVERLAP;
@@ -255,7 +266,29 @@ impl Authority {
         // Forget what fell out of the overlap: it is never read again.
         let keep_from = v7_floor(v7_time(watch.cursor).unwrap_or(now) - OVERLAP * 2);
         watch.sent = watch.sent.split_off(&keep_from);
-        self.deliver(watch, events).await
+        let changes = self.deliver(watch, events).await?;
+        if full {
+            // Everything made before the overlap has been read: a quiet feed's cursor moves on
+            // too, so that a client resuming after a long quiet spell is not sent a reset.
+            watch.cursor = watch.cursor.max(v7_floor(now - OVERLAP));
+        }
+        if let Some(me) = watch.token
+            && changes.iter().any(|c| c.token_id == me)
+        {
+            self.watcher_still_valid(watch, now).await?;
+        }
+        Ok(changes)
+    }
+
+    /// `unauthenticated` when the token a watch runs on is no longer valid at `now`.
+    async fn watcher_still_valid(&self, watch: &Watch, now: DateTime<Utc>) -> Result<()> {
+        let Some(id) = watch.token else {
+            return Ok(());
+        };
+        match self.cached_or_loaded(id).await? {
+            Some(e) if e.is_valid_at(now) => Ok(()),
+            _ => Err(Error::Unauthenticated),
+        }
     }
 
     /// The changes of `events` not delivered yet (a family's revocation names every token of

@@ -110,6 +110,13 @@ pub(super) struct TokenCache {
     changes: tokio::sync::watch::Sender<u64>,
 }
 
+impl CachedToken {
+    /// Neither revoked nor disabled (when loaded), nor expired at `now`.
+    pub(super) fn is_valid_at(&self, now: DateTime<Utc>) -> bool {
+        !self.blocked && self.token.expires_at.is_none_or(|x| x > now)
+    }
+}
+
 impl TokenCache {
     pub(super) fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
@@ -793,7 +800,7 @@ impl Authority {
             Err(_) => self.matching_legacy(presented, ip).await?,
         };
         match found {
-            Some(e) if !e.blocked && e.token.expires_at.is_none_or(|x| x > now) => {
+            Some(e) if e.is_valid_at(now) => {
                 self.usage.record(e.token.id, ip, now);
                 Ok(Some(e))
             }

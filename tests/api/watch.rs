@@ -270,21 +270,78 @@ async fn a_resumed_watch_gets_what_it_missed_and_a_stale_or_foreign_cursor_does_
 #[tokio::test]
 async fn a_quiet_watch_gets_a_heartbeat_every_five_seconds() {
     // Arrange
+    // A watch resumed from a cursor of 50 minutes ago, with nothing since.
     let app = spawn_app().await;
-    let mut stream = watch(&app, &app.admin_token, "", "").await.unwrap();
-    next(&mut stream, PUSH_LIMIT).await;
+    let earlier = chrono::Utc::now() - chrono::TimeDelta::minutes(50);
+    let cursor = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        earlier.timestamp() as u64,
+        0,
+    ));
+    let mut stream = watch(&app, &app.admin_token, &cursor.to_string(), "")
+        .await
+        .unwrap();
+    let first = next(&mut stream, PUSH_LIMIT).await;
 
     // Act
     let started = Instant::now();
     let beat = next(&mut stream, Duration::from_secs(8)).await;
 
-    // Assert
+    // Assert: and the cursor of a quiet feed moves on, so a resume an hour later is not sent a
+    // reset.
+    assert!(
+        matches!(first.event, Some(Event::Heartbeat(_))),
+        "{first:?}"
+    );
     assert!(matches!(beat.event, Some(Event::Heartbeat(_))), "{beat:?}");
     assert!(
         started.elapsed() >= Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );
+    // (The cursor trails the clock by the 5 s a late commit is waited for.)
+    let cursor_time = |c: &str| {
+        let (secs, _) = uuid::Uuid::parse_str(c)
+            .unwrap()
+            .get_timestamp()
+            .unwrap()
+            .to_unix();
+        secs as i64
+    };
+    let now = chrono::Utc::now().timestamp();
+    assert!(beat.cursor >= first.cursor);
+    assert!(
+        now - cursor_time(&beat.cursor) <= 6,
+        "{} at {now}",
+        beat.cursor
+    );
+}
+
+#[tokio::test]
+async fn a_watch_ends_unauthenticated_when_its_own_token_is_revoked() {
+    // Arrange
+    let app = spawn_app().await;
+    let (watcher, watcher_id) = token(&app, &app.admin_token, "watcher", &["tokens:watch"]).await;
+    let mut stream = watch(&app, &watcher, "", "").await.unwrap();
+    next(&mut stream, PUSH_LIMIT).await;
+
+    // Act
+    app.delete(&format!("/v1/tokens/{watcher_id}"), &app.admin_token)
+        .await;
+    let end = tokio::time::timeout(PUSH_LIMIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within the limit");
+
+    // Assert
+    let status = end.expect_err("the stream ends with an error");
+    assert_eq!(status.code(), Code::Unauthenticated);
 }
 
 // Two threads: the client's connection task must run while this one waits for the server.
