@@ -60,9 +60,13 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
+/// A token's columns, selected `FROM` [`TOKEN_ROWS`]: usage comes from `token_usage`.
 const TOKEN_COLUMNS: &str = "id, org_id, name, kind, verifier, permissions, created_at, created_by, \
-     expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, family_id, \
-     disabled_at, client_ips, user_id, lookup";
+     expires_at, revoked_at, u.last_used_at, COALESCE(u.request_count, 0) AS request_count, \
+     replaced_by, metadata, family_id, disabled_at, COALESCE(u.client_ips, '[]') AS client_ips, \
+     user_id, lookup";
+
+const TOKEN_ROWS: &str = "tokens LEFT JOIN token_usage u ON u.token_id = tokens.id";
 
 const ORG_COLUMNS: &str = "id, name, created_at, max_ttl_seconds, default_ttl_seconds";
 
@@ -200,7 +204,114 @@ fn audit_from_row(row: &PgRow) -> anyhow::Result<AuditRecord> {
     })
 }
 
+/// Most tokens written in one usage transaction.
+const USAGE_CHUNK: usize = 5_000;
+
+/// The stored client addresses of those of `ids` that have a usage row, locked (in id order).
+async fn usage_rows_for_update(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+) -> StoreResult<std::collections::HashMap<Uuid, Vec<ClientIp>>> {
+    let rows = sqlx::query(
+        "SELECT token_id, client_ips FROM token_usage WHERE token_id = ANY($1) \
+         ORDER BY token_id FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(other)?;
+    let mut stored = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: Uuid = row.try_get(0).map_err(other)?;
+        stored.insert(id, ips_from_json(row.try_get(1).map_err(other)?)?);
+    }
+    Ok(stored)
+}
+
 impl PostgresStore {
+    /// Adds one chunk of usage (tokens in id order) in one transaction: reads the stored
+    /// addresses of those tokens that have usage rows (locking them), merges, and upserts the
+    /// narrow `token_usage` rows and the hourly counts. Usage of a token that is gone is skipped.
+    async fn add_usage_chunk(&self, chunk: &[UsageDelta]) -> StoreResult<()> {
+        let ids: Vec<Uuid> = chunk.iter().map(|d| d.token_id).collect();
+        let mut tx = self.begin().await?;
+        let mut stored = usage_rows_for_update(&mut tx, &ids).await?;
+        // Tokens used for the first time get their row here; then they are locked and read like
+        // the others (a concurrent flush may have made the row first, with addresses to merge).
+        let missing: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !stored.contains_key(id))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            sqlx::query(
+                "INSERT INTO token_usage (token_id) \
+                 SELECT id FROM tokens WHERE id = ANY($1) ORDER BY id ON CONFLICT DO NOTHING",
+            )
+            .bind(&missing)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+            stored.extend(usage_rows_for_update(&mut tx, &missing).await?);
+        }
+        let n = stored.len();
+        let (mut found, mut counts, mut last_used, mut ips) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut hour_ids, mut hours, mut hour_counts) = (vec![], vec![], vec![]);
+        for d in chunk {
+            // A token that is gone has no row: nothing to count.
+            let Some(mut known) = stored.remove(&d.token_id) else {
+                continue;
+            };
+            merge_client_ips(&mut known, &d.ips);
+            found.push(d.token_id);
+            counts.push(d.count);
+            last_used.push(micros(d.last_used_at));
+            ips.push(ips_to_json(&known));
+            for h in &d.hours {
+                hour_ids.push(d.token_id);
+                hours.push(micros(h.hour));
+                hour_counts.push(h.count);
+            }
+        }
+        if !found.is_empty() {
+            sqlx::query(
+                "UPDATE token_usage AS c SET request_count = c.request_count + u.n, \
+                 last_used_at = GREATEST(c.last_used_at, u.last_used_at), client_ips = u.ips \
+                 FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[]) \
+                 AS u(id, n, last_used_at, ips) WHERE c.token_id = u.id",
+            )
+            .bind(&found)
+            .bind(&counts)
+            .bind(&last_used)
+            .bind(&ips)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        }
+        if !hour_ids.is_empty() {
+            // One row per (token, hour) in the statement (`combine_usage` merged them), in key
+            // order like the row locks above.
+            sqlx::query(
+                "INSERT INTO token_usage_hourly (token_id, hour, count) \
+                 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]) \
+                 ON CONFLICT (token_id, hour) DO UPDATE \
+                 SET count = token_usage_hourly.count + excluded.count",
+            )
+            .bind(&hour_ids)
+            .bind(&hours)
+            .bind(&hour_counts)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        }
+        tx.commit().await.map_err(other)
+    }
+
     /// Connects to the database at `url` (`postgres://` or `postgresql://`) with a pool shaped by
     /// `pool`, and applies the migrations (see the module docs for how concurrent nodes agree).
     ///
@@ -357,10 +468,9 @@ async fn insert_token_row(
         t.revoked_at.is_none() && t.replaced_by.is_none() && t.expires_at.is_none_or(|x| x > now);
     let res = sqlx::query(
         "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, created_at, \
-         created_by, expires_at, revoked_at, last_used_at, request_count, replaced_by, metadata, \
-         family_id, disabled_at, client_ips, user_id, lookup) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20)",
+         created_by, expires_at, revoked_at, replaced_by, metadata, family_id, disabled_at, \
+         user_id, lookup) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(t.id)
     .bind(t.org_id)
@@ -373,19 +483,31 @@ async fn insert_token_row(
     .bind(&t.created_by)
     .bind(t.expires_at.map(micros))
     .bind(t.revoked_at.map(micros))
-    .bind(t.last_used_at.map(micros))
-    .bind(t.request_count)
     .bind(t.replaced_by)
     .bind(&t.metadata)
     .bind(t.family_id)
     .bind(t.disabled_at.map(micros))
-    .bind(ips_to_json(&t.client_ips))
     .bind(t.user_id)
     .bind(&t.lookup)
     .execute(&mut **tx)
     .await;
     match res {
-        Ok(_) => Ok(()),
+        Ok(_) if t.request_count == 0 && t.last_used_at.is_none() && t.client_ips.is_empty() => {
+            Ok(())
+        }
+        // An imported key brings the usage its source counted.
+        Ok(_) => sqlx::query(
+            "INSERT INTO token_usage (token_id, request_count, last_used_at, client_ips) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(t.id)
+        .bind(t.request_count)
+        .bind(t.last_used_at.map(micros))
+        .bind(ips_to_json(&t.client_ips))
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+        .map_err(other),
         Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(StoreError::Conflict(
             format!("a live token named {:?} already exists in this org", t.name),
         )),
@@ -568,7 +690,7 @@ impl Store for PostgresStore {
 
     async fn get_token(&self, id: Uuid) -> StoreResult<Option<TokenRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1"
+            "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -709,7 +831,7 @@ impl Store for PostgresStore {
         // tokens_org_creator, tokens_org_user or tokens_org_id and walk it backwards from the
         // cursor.
         let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE org_id = "
+            "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE org_id = "
         ));
         qb.push_bind(q.org_id);
         if let Some(v) = &q.visible_to {
@@ -812,75 +934,22 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut deltas = combine_usage(&batch);
-        let ids: Vec<Uuid> = deltas.keys().copied().collect();
-        let mut tx = self.begin().await?;
-        // Lock the rows (in id order) so the client address merge reads what it overwrites; the
-        // count itself is an atomic `request_count + n` either way.
-        let rows = sqlx::query(
-            "SELECT id, client_ips FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(other)?;
-        let (mut found, mut counts, mut last_used, mut ips) = (vec![], vec![], vec![], vec![]);
-        let (mut hour_ids, mut hours, mut hour_counts) = (vec![], vec![], vec![]);
-        for row in &rows {
-            let id: Uuid = row.try_get("id").map_err(other)?;
-            let mut known = ips_from_json(row.try_get("client_ips").map_err(other)?)?;
-            // Tokens deleted meanwhile are not in `rows`: nothing to count.
-            let Some(d) = deltas.remove(&id) else {
-                continue;
-            };
-            merge_client_ips(&mut known, &d.ips);
-            for h in &d.hours {
-                hour_ids.push(id);
-                hours.push(micros(h.hour));
-                hour_counts.push(h.count);
-            }
-            found.push(id);
-            counts.push(d.count);
-            last_used.push(micros(d.last_used_at));
-            ips.push(ips_to_json(&known));
+        let deltas: Vec<UsageDelta> = combine_usage(&batch).into_values().collect();
+        // Bounded transactions, in token id order (like every other multi-row lock here), so
+        // that no flush holds many row locks for long and nodes flushing at once cannot
+        // deadlock. A failed chunk fails the flush: the chunks before it are committed, and
+        // the service puts the whole batch back, so those would be counted twice; chunks fail
+        // together in practice (the database went away), and a retry of a committed chunk is
+        // what `request_count + n` cannot tell apart. The chunk size keeps that window small.
+        for chunk in deltas.chunks(USAGE_CHUNK) {
+            self.add_usage_chunk(chunk).await?;
         }
-        if !found.is_empty() {
-            sqlx::query(
-                "UPDATE tokens AS t SET request_count = t.request_count + u.n, \
-                 last_used_at = GREATEST(t.last_used_at, u.last_used_at), client_ips = u.ips \
-                 FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[]) \
-                 AS u(id, n, last_used_at, ips) WHERE t.id = u.id",
-            )
-            .bind(&found)
-            .bind(&counts)
-            .bind(&last_used)
-            .bind(&ips)
-            .execute(&mut *tx)
-            .await
-            .map_err(other)?;
-        }
-        if !hour_ids.is_empty() {
-            // One row per (token, hour) in the statement (`combine_usage` merged them), in key
-            // order like the row locks above.
-            sqlx::query(
-                "INSERT INTO token_usage_hourly (token_id, hour, count) \
-                 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]) \
-                 ON CONFLICT (token_id, hour) DO UPDATE \
-                 SET count = token_usage_hourly.count + excluded.count",
-            )
-            .bind(&hour_ids)
-            .bind(&hours)
-            .bind(&hour_counts)
-            .execute(&mut *tx)
-            .await
-            .map_err(other)?;
-        }
-        tx.commit().await.map_err(other)
+        Ok(())
     }
 
     async fn list_family(&self, family_id: Uuid) -> StoreResult<Vec<TokenRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE family_id = $1 ORDER BY id"
+            "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE family_id = $1 ORDER BY id"
         )))
         .bind(family_id)
         .fetch_all(&self.pool)

@@ -38,6 +38,7 @@ mod read;
 mod revoke;
 mod security_doc;
 mod store_conformance;
+mod upgrade;
 mod usage;
 mod verify;
 mod watch;

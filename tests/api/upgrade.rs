@@ -1,0 +1,112 @@
+//! Upgrades of a database with data in it: the schema of the previous version, rows written the
+//! way it wrote them, then a server of this version started on it.
+
+use std::process::Command;
+
+use serde_json::Value;
+use sqlx::Connection;
+use uuid::Uuid;
+
+use crate::helpers::{BIN, TestDatabase, postgres_admin_url, spawn_node};
+
+/// Applies the PostgreSQL migrations numbered below `before` (the previous version's schema), as
+/// that version's server did: sqlx's migrator, so the next server sees them as applied.
+async fn migrate_to_previous_version(url: &str, before: u32) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+    for entry in std::fs::read_dir(source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let number: u32 = name[..4].parse().unwrap();
+        if number < before {
+            std::fs::copy(&path, dir.path().join(&name)).unwrap();
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    migrator.run(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn usage_counted_before_the_narrow_usage_table_is_kept_and_old_nodes_statements_still_run() {
+    // Arrange: the schema before migration 0005, an org and a token with usage in its own row.
+    let admin = postgres_admin_url("usage_counted_before_the_narrow_usage_table_is_kept");
+    let db = TestDatabase::create(&admin).await;
+    migrate_to_previous_version(&db.url, 5).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let (org, used, idle) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, 'acme', now())")
+        .bind(org)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for (id, name, count, ips) in [
+        (
+            used,
+            "used",
+            42_i64,
+            r#"[{"ip": "192.0.2.7", "last_seen_at": "2026-11-30T10:00:00Z"}]"#,
+        ),
+        (idle, "idle", 0, "[]"),
+    ] {
+        sqlx::query(
+            "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, \
+             created_at, created_by, last_used_at, request_count, family_id, client_ips) \
+             VALUES ($1, $2, $3, $3, 1, $4, 4, now(), 'system', \
+             CASE WHEN $5 > 0 THEN '2026-11-30T10:00:00Z'::timestamptz END, $5, $1, $6::jsonb)",
+        )
+        .bind(id)
+        .bind(org)
+        .bind(name)
+        .bind(format!("sha256:{}", "ab".repeat(32)))
+        .bind(count)
+        .bind(ips)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+
+    // Act: a server of this version migrates the database; an admin token to read with.
+    let node = spawn_node(&db.url, &[]).await;
+    let out = Command::new(BIN)
+        .args(["bootstrap", "--database-url", &db.url, "--org-name", "acme"])
+        .output()
+        .unwrap();
+    let admin_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let view = |id: Uuid| {
+        let (node, token) = (&node, admin_token.clone());
+        async move {
+            let res = node.get(&format!("/v1/tokens/{id}"), &token).await;
+            assert_eq!(res.status(), reqwest::StatusCode::OK);
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let used_view = view(used).await;
+    let idle_view = view(idle).await;
+    // The statements a node of the previous version runs on a flush still succeed.
+    let old_flush = sqlx::query(
+        "UPDATE tokens SET request_count = request_count + 1, last_used_at = now() WHERE id = $1",
+    )
+    .bind(used)
+    .execute(&mut conn)
+    .await;
+
+    // Assert
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(used_view["request_count"], 42);
+    assert_eq!(used_view["last_used_at"], "2026-11-30T10:00:00Z");
+    assert_eq!(used_view["client_ips"][0]["ip"], "192.0.2.7");
+    assert_eq!(idle_view["request_count"], 0);
+    assert_eq!(idle_view["last_used_at"], Value::Null);
+    assert!(old_flush.is_ok(), "{old_flush:?}");
+    let moved: i64 = sqlx::query_scalar("SELECT count(*) FROM token_usage")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1, "only the token with usage has a usage row");
+    drop(node);
+}
