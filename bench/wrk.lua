@@ -5,6 +5,9 @@
 -- MODE:
 --   verify  POST /v1/tokens/verify {"token": ...}, cycling through the tokens of FILE
 --   check   GET /v1/auth/check with "Authorization: Bearer <token>", cycling through FILE
+--   hello   GET /hello with "Authorization: Bearer <token>", cycling through FILE (the
+--           latchkey-client example service, bench/client.sh)
+--   open    GET /open, no header (the same service's unchecked route; FILE unused but read)
 --   mint    POST /v1/tokens {"name": ...} as BEARER, a new name every request (FILE unused)
 --   signin  POST /v1/auth/token with each line of FILE as the JSON body, in turn (sign-in
 --           attempts: {"email": ..., "password": ..., "name": ...})
@@ -44,6 +47,14 @@ end
 
 local function check_request(token)
   return wrk.format("GET", "/v1/auth/check", headers({ ["Authorization"] = "Bearer " .. token }))
+end
+
+local function hello_request(token)
+  return wrk.format("GET", "/hello", headers({ ["Authorization"] = "Bearer " .. token }))
+end
+
+local function open_request(_)
+  return wrk.format("GET", "/open", headers({}))
 end
 
 local function signin_request(body)
@@ -90,7 +101,8 @@ function init(args)
   end
   if #mine == 0 then mine = all end
   if #mine == 0 then error("no tokens in " .. file) end
-  local builders = { verify = verify_request, check = check_request, signin = signin_request }
+  local builders = { verify = verify_request, check = check_request, signin = signin_request,
+    hello = hello_request, open = open_request }
   local build = builders[mode]
   if not build then error("unknown mode " .. tostring(mode)) end
   -- Up to 1,000,000 requests per thread (about 250 MB) are formatted once, here; beyond, on the
