@@ -450,6 +450,71 @@ async fn the_python_example_of_clients_md_answers_as_documented() {
 }
 
 #[tokio::test]
+async fn the_node_example_of_clients_md_answers_as_documented() {
+    // Arrange: a token with the scope, one without, a revoked one; no server on port 1.
+    let app = spawn_app().await;
+    let page = page_text("docs/clients.md");
+    let after = &page[page
+        .find("## The same in Node.js")
+        .expect("the Node.js section")..];
+    let start =
+        after.find("```javascript\n").expect("a javascript block") + "```javascript\n".len();
+    let example = &after[start..start + after[start..].find("```").expect("its end")];
+    let example = example.replacen("const LATCHKEY", "let LATCHKEY", 1);
+    let (reader, _) = app
+        .token_with(&app.admin_token, "reader", &["tokens:read"])
+        .await;
+    let (auditor, _) = app
+        .token_with(&app.admin_token, "auditor", &["audit:read"])
+        .await;
+    let (gone, view) = app
+        .token_with(&app.admin_token, "gone", &["tokens:read"])
+        .await;
+    let path = format!("/v1/tokens/{}", view["id"].as_str().unwrap());
+    assert!(
+        app.delete(&path, &app.admin_token)
+            .await
+            .status()
+            .is_success()
+    );
+    let script = format!(
+        "{example}\nLATCHKEY = {address:?};\n(async () => {{\n\
+         for (const h of ['Bearer {reader}', 'Bearer {auditor}', 'Bearer {gone}', 'Basic x', undefined]) \
+         console.log((await authorize(h, ['tokens:read']))[0]);\n\
+         console.log(JSON.stringify((await authorize('Bearer {reader}', ['tokens:read']))[1].scopes));\n\
+         LATCHKEY = 'http://127.0.0.1:1';\n\
+         console.log((await authorize('Bearer {reader}', ['tokens:read']))[0]);\n}})();\n",
+        address = app.address
+    );
+
+    // Act
+    let out = Command::new("node")
+        .args(["-e", &script])
+        .output()
+        .expect("node (CI installs it for the browser tests)");
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "200",
+            "403",
+            "401",
+            "401",
+            "401",
+            "[\"tokens:read\"]",
+            "503"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn the_cli_first_session_runs_as_written() {
     // Arrange
     let app = spawn_app().await;
