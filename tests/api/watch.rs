@@ -472,3 +472,64 @@ async fn a_watch_on_one_node_hears_of_a_revocation_on_another() {
     assert_eq!(kinds_of(&changes, &id), ["token_revoked"]);
     drop((a, b));
 }
+
+#[tokio::test]
+async fn disabling_a_user_pushes_the_revocation_of_each_of_its_tokens() {
+    // Arrange: a person with two tokens of its own, minted by the password exchange.
+    let app = spawn_app().await;
+    let password = "correct horse battery staple 42";
+    let invited: Value = app
+        .post(
+            "/v1/users",
+            &app.admin_token,
+            json!({ "email": "ann@example.com", "name": "Ann", "role": "member" }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let user = invited["user"]["id"].as_str().unwrap().to_string();
+    let setup = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/auth/setup",
+            None,
+            Some(json!({ "setup_token": invited["setup_token"], "password": password })),
+        )
+        .await;
+    assert_eq!(setup.status(), StatusCode::OK);
+    let mut owned = Vec::new();
+    for name in ["laptop", "ci"] {
+        let res = app
+            .request(
+                reqwest::Method::POST,
+                "/v1/auth/token",
+                None,
+                Some(json!({ "email": "ann@example.com", "password": password, "name": name })),
+            )
+            .await;
+        let v: Value = res.json().await.unwrap();
+        owned.push(v["token"]["id"].as_str().unwrap().to_string());
+    }
+    let mut stream = watch(&app, &app.admin_token, "", "").await.unwrap();
+    next(&mut stream, PUSH_LIMIT).await;
+
+    // Act
+    let res = app
+        .post(
+            &format!("/v1/users/{user}/disable"),
+            &app.admin_token,
+            json!({}),
+        )
+        .await;
+    let mut changes = Vec::new();
+    while owned.iter().any(|id| kinds_of(&changes, id).is_empty()) {
+        changes.extend(next_changes(&mut stream, PUSH_LIMIT).await);
+    }
+
+    // Assert
+    assert_eq!(res.status(), StatusCode::OK);
+    for id in &owned {
+        assert_eq!(kinds_of(&changes, id), ["token_revoked"]);
+    }
+}
