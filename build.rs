@@ -1,6 +1,7 @@
-//! Compiles the protobuf APIs with protox (pure Rust: no `protoc` needed): Latchkey's own and
-//! ibex's (served with `--compat-ibex`), and keeps each one's encoded descriptor set for server
-//! reflection and the contract test.
+//! Compiles the protobuf APIs with protox (pure Rust: no `protoc` needed): Latchkey's own,
+//! ibex's (served with `--compat-ibex`) and the subset of Envoy's external authorization API
+//! (`envoy.service.auth.v3.Authorization`), and keeps each one's encoded descriptor set for server
+//! reflection and the contract tests.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,8 @@ const REDACTED: &[&str] = &[
     ".latchkey.auth.v1.ChangePasswordRequest",
     ".ibex.auth.v1.CreateTokenResponse",
     ".ibex.auth.v1.ValidateTokenRequest",
+    // Its headers carry the bearer Envoy checks.
+    ".envoy.service.auth.v3.AttributeContext.HttpRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,8 +36,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("latchkey_descriptor.bin"), fds.encode_to_vec())?;
     let ibex = protox::compile(["ibex/auth/v1/auth.proto"], ["proto"])?;
     std::fs::write(out.join("ibex_descriptor.bin"), ibex.encode_to_vec())?;
-    // One code generation over both, each file once (they share google/protobuf imports).
-    for file in ibex.file {
+    let envoy = protox::compile(["envoy/service/auth/v3/external_auth.proto"], ["proto"])?;
+    std::fs::write(out.join("envoy_descriptor.bin"), envoy.encode_to_vec())?;
+    // One code generation over all three, each file once (they share google/protobuf imports).
+    for file in ibex.file.into_iter().chain(envoy.file) {
         if !fds.file.iter().any(|f| f.name == file.name) {
             fds.file.push(file);
         }

@@ -45,6 +45,26 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     believed
 }
 
+/// The client of a request that a proxy asks about on its behalf (Envoy's ext_authz check, where
+/// the caller is Envoy and the request it checks names its own peer and headers): the caller's
+/// address ([`ClientIp`] of the check itself) unless the caller is a trusted proxy; then the
+/// client the proxy reports, by [`client_ip`] with the proxy's peer (`reported_peer`) as the
+/// socket peer and the checked request's `headers` (its `X-Forwarded-For`). A caller that is not
+/// trusted cannot choose whose failure limit its checks count against.
+pub fn reported_client_ip(
+    caller: IpAddr,
+    reported_peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> IpAddr {
+    match reported_peer {
+        Some(peer) if trusted.iter().any(|n| n.contains(&caller)) => {
+            client_ip(peer, headers, trusted)
+        }
+        _ => caller,
+    }
+}
+
 /// The client's address of a request: the one the accept loop set ([`ClientIp`]), else the
 /// socket peer.
 pub fn client_addr(extensions: &Extensions) -> Option<IpAddr> {
@@ -172,6 +192,59 @@ mod tests {
         assert_eq!(
             client_ip(ip("203.0.113.9"), &headers(&[]), &[]),
             ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn a_checking_proxy_is_believed_about_its_peer_only_when_it_is_trusted() {
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+        ];
+        let envoy = ip("127.0.0.1");
+        let stranger = ip("203.0.113.9");
+        // Envoy reports its peer: the client, or a trusted load balancer with X-Forwarded-For.
+        assert_eq!(
+            reported_client_ip(envoy, Some(ip("198.51.100.7")), &headers(&[]), &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            reported_client_ip(
+                envoy,
+                Some(ip("10.1.2.3")),
+                &headers(&["6.6.6.6, 198.51.100.8"]),
+                &trusted
+            ),
+            ip("198.51.100.8")
+        );
+        // An untrusted peer's own X-Forwarded-For is not believed.
+        assert_eq!(
+            reported_client_ip(
+                envoy,
+                Some(ip("198.51.100.7")),
+                &headers(&["6.6.6.6"]),
+                &trusted
+            ),
+            ip("198.51.100.7")
+        );
+        // No peer reported (a Unix socket): the caller.
+        assert_eq!(
+            reported_client_ip(envoy, None, &headers(&[]), &trusted),
+            envoy
+        );
+        // A caller that is not trusted is its own client, whatever it reports.
+        assert_eq!(
+            reported_client_ip(
+                stranger,
+                Some(ip("198.51.100.7")),
+                &headers(&["1.2.3.4"]),
+                &trusted
+            ),
+            stranger
+        );
+        assert_eq!(
+            reported_client_ip(envoy, Some(ip("198.51.100.7")), &headers(&[]), &[]),
+            envoy
         );
     }
 

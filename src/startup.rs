@@ -78,17 +78,16 @@ impl Application {
             clock.clone(),
             settings.secure_cookies,
         ));
+        let trusted = Arc::new(settings.trusted_proxies);
         let grpc = grpc::router(
             authority.clone(),
             clock.clone(),
             settings.max_body_bytes,
             settings.compat_ibex,
+            trusted.clone(),
         )
         .await?;
-        let router = server::bounded(
-            server::one_port(rest, grpc, Arc::new(settings.trusted_proxies)),
-            &settings.limits,
-        );
+        let router = server::bounded(server::one_port(rest, grpc, trusted), &settings.limits);
         Ok(Self {
             listener,
             clock,

@@ -5,7 +5,9 @@
 //! extensions, takes a cell of the management rate limit and, unless the RPC is public,
 //! authenticates the bearer and puts the [`Caller`] there too. Each RPC that needs a caller
 //! takes it from there, so an invalid bearer is `UNAUTHENTICATED` exactly where REST would
-//! answer 401.
+//! answer 401. Envoy's `envoy.service.auth.v3.Authorization/Check` passes through like
+//! reflection and health: the bearer it checks is inside the CheckRequest, not in the metadata of
+//! the call (which comes from Envoy), and, like ValidateToken, it takes no management limit.
 
 use std::sync::Arc;
 
@@ -106,6 +108,10 @@ mod tests {
                 Access::PassThrough
             );
             assert_eq!(access("/grpc.health.v1.Health/Check"), Access::PassThrough);
+            assert_eq!(
+                access("/envoy.service.auth.v3.Authorization/Check"),
+                Access::PassThrough
+            );
             assert_eq!(
                 access("/latchkey.auth.v1.AuthService/ExchangePassword"),
                 Access::Public

@@ -1,10 +1,12 @@
-//! The gRPC transport (tonic): `latchkey.auth.v1.AuthService`, with `--compat-ibex` also
-//! `ibex.auth.v1.AuthService` (`ibex.rs`), server reflection (v1 and v1alpha) and
-//! `grpc.health.v1.Health`. Each RPC extracts its input, calls the same service method as REST
-//! and maps the result; errors map to `tonic::Status` in `status.rs`.
+//! The gRPC transport (tonic): `latchkey.auth.v1.AuthService`, Envoy's
+//! `envoy.service.auth.v3.Authorization` (`envoy.rs`, the gateway check for Envoy's ext_authz),
+//! with `--compat-ibex` also `ibex.auth.v1.AuthService` (`ibex.rs`), server reflection (v1 and
+//! v1alpha) and `grpc.health.v1.Health`. Each RPC extracts its input, calls the same service
+//! method as REST and maps the result; errors map to `tonic::Status` in `status.rs`.
 
 mod auth;
 mod convert;
+pub mod envoy;
 pub mod ibex;
 mod redacted;
 mod status;
@@ -425,9 +427,11 @@ impl AuthGrpc {
 }
 
 /// The gRPC services as an axum router: AuthService (and, with `compat_ibex`, ibex's
-/// AuthService) behind the bearer layer, reflection and health. `max_message_bytes` bounds
-/// decoded requests. Without `compat_ibex` the ibex service is neither served (its RPCs answer
-/// `UNIMPLEMENTED`) nor listed by reflection.
+/// AuthService) behind the bearer layer, Envoy's Authorization (which the bearer layer passes
+/// through: its bearer is inside the request; `trusted` is `--trusted-proxies`, for the client
+/// address Envoy reports), reflection and health. `max_message_bytes` bounds decoded requests.
+/// Without `compat_ibex` the ibex service is neither served (its RPCs answer `UNIMPLEMENTED`)
+/// nor listed by reflection.
 ///
 /// # Errors
 /// Only if the embedded descriptor sets fail to load (a build defect).
@@ -436,6 +440,7 @@ pub async fn router(
     clock: Arc<dyn Clock>,
     max_message_bytes: usize,
     compat_ibex: bool,
+    trusted: Arc<Vec<ipnet::IpNet>>,
 ) -> anyhow::Result<Router> {
     let auth_state = auth::AuthLayerState {
         authority: authority.clone(),
@@ -444,11 +449,14 @@ pub async fn router(
     };
     let ibex = compat_ibex
         .then(|| ibex::IbexGrpc::server(authority.clone(), clock.clone(), max_message_bytes));
+    let envoy =
+        envoy::EnvoyGrpc::server(authority.clone(), clock.clone(), trusted, max_message_bytes);
     let service = AuthServiceServer::new(AuthGrpc { authority, clock })
         .max_decoding_message_size(max_message_bytes);
     let reflection = || {
         let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
         if compat_ibex {
             builder.register_encoded_file_descriptor_set(ibex::FILE_DESCRIPTOR_SET)
@@ -461,7 +469,11 @@ pub async fn router(
     health_reporter
         .set_serving::<AuthServiceServer<AuthGrpc>>()
         .await;
+    health_reporter
+        .set_service_status(envoy::SERVICE_NAME, tonic_health::ServingStatus::Serving)
+        .await;
     let mut routes = tonic::service::Routes::new(service)
+        .add_service(envoy)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
     if let Some(ibex) = ibex {

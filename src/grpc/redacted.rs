@@ -9,6 +9,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use super::envoy::pb::envoy::service::auth::v3::attribute_context::HttpRequest as EnvoyHttpRequest;
 use super::ibex::pb as ibex;
 use super::pb;
 
@@ -126,6 +127,34 @@ impl fmt::Debug for ibex::ValidateTokenRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ValidateTokenRequest")
             .field("access_token", &Redacted)
+            .finish()
+    }
+}
+
+/// The request Envoy checks: its headers carry the bearer (and may carry other credentials), its
+/// path and body may too. Header names are printed, values are not.
+impl fmt::Debug for EnvoyHttpRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.headers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let raw_names: Option<Vec<&str>> = self
+            .header_map
+            .as_ref()
+            .map(|m| m.headers.iter().map(|h| h.key.as_str()).collect());
+        f.debug_struct("HttpRequest")
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .field("header_names", &names)
+            .field("header_map_names", &raw_names)
+            .field("path", &Redacted)
+            .field("host", &self.host)
+            .field("scheme", &self.scheme)
+            .field("query", &Redacted)
+            .field("fragment", &Redacted)
+            .field("size", &self.size)
+            .field("protocol", &self.protocol)
+            .field("body", &Redacted)
+            .field("raw_body", &Redacted)
             .finish()
     }
 }
@@ -292,6 +321,38 @@ mod tests {
             access_token: TOKEN_SECRET.into(),
         };
         assert_hides(&msg, &[TOKEN_SECRET], &["access_token"]);
+    }
+
+    #[test]
+    fn the_request_envoy_checks_hides_header_values_path_and_body() {
+        let msg = EnvoyHttpRequest {
+            method: "GET".into(),
+            headers: [(
+                "authorization".to_string(),
+                format!("Bearer {TOKEN_SECRET}"),
+            )]
+            .into(),
+            header_map: Some(
+                super::super::envoy::pb::envoy::config::core::v3::HeaderMap {
+                    headers: vec![
+                        super::super::envoy::pb::envoy::config::core::v3::HeaderValue {
+                            key: "cookie".into(),
+                            value: String::new(),
+                            raw_value: SETUP_TOKEN.as_bytes().to_vec(),
+                        },
+                    ],
+                },
+            ),
+            path: format!("/reports?api_key={OTHER_SECRET}"),
+            body: PASSWORD.into(),
+            host: "api.example".into(),
+            ..Default::default()
+        };
+        assert_hides(
+            &msg,
+            &[TOKEN_SECRET, OTHER_SECRET, PASSWORD, SETUP_TOKEN, "Bearer"],
+            &["authorization", "cookie", "GET", "api.example"],
+        );
     }
 
     /// String fields that hold a secret, by name.

@@ -1,6 +1,6 @@
-//! `GET /v1/auth/check`: the gateway check for nginx `auth_request` (and Envoy `ext_authz` in
-//! HTTP mode). Reads the bearer, verifies it through the same service call as
-//! `POST /v1/tokens/verify`, and answers with status and headers only.
+//! `GET /v1/auth/check`: the gateway check for nginx `auth_request` (Envoy's `ext_authz` asks
+//! the same over gRPC: `grpc/envoy.rs`). Reads the bearer, verifies it through the same service
+//! call as `POST /v1/tokens/verify`, and answers with status and headers only.
 
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};

@@ -13,6 +13,7 @@ mod console_pages;
 mod create;
 mod dev_seed;
 mod docs;
+mod envoy_ext_authz;
 mod expiry;
 mod gateway;
 mod grpc;
