@@ -67,7 +67,7 @@ async fn malformed_create_bodies_are_400_with_a_reason() {
             json!({"name": "a", "permissions": 1u64 << 20}),
             "not assigned",
         ),
-        (json!({"name": "a", "permissions": 512}), "not assigned"),
+        (json!({"name": "a", "permissions": 1024}), "not assigned"),
         (json!({"name": "a", "permissions": -1}), "permissions"),
         (json!({"name": "a", "ttl_seconds": 0}), "ttl_seconds"),
         (

@@ -289,7 +289,7 @@ async fn the_deployment_scopes_are_listed_and_the_permission_bitmap_is_bounded()
         .post(
             "/v1/tokens",
             &app.admin_token,
-            json!({ "name": "beyond", "permissions": 512 }),
+            json!({ "name": "beyond", "permissions": 1024 }),
         )
         .await;
     let unknown = app
@@ -300,12 +300,12 @@ async fn the_deployment_scopes_are_listed_and_the_permission_bitmap_is_bounded()
         )
         .await;
 
-    // Assert: bits 0-8 are the system scopes, so 511 is the largest bitmap.
+    // Assert: bits 0-9 are the system scopes, so 1023 is the largest bitmap.
     let names = props["scopes"]["items"]["enum"].as_array().unwrap();
     assert!(names.contains(&json!("tokens:read")));
     assert!(names.contains(&json!("users:manage")));
     assert!(!names.contains(&json!("runs:read")));
-    assert_eq!(props["permissions"]["maximum"], 511);
+    assert_eq!(props["permissions"]["maximum"], 1023);
     assert_eq!(beyond.status(), StatusCode::BAD_REQUEST);
     assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
 }
