@@ -13,7 +13,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::middleware::Verified;
+use crate::types::Verified;
 
 /// A cache key: SHA-256 of (required scopes, token).
 pub(crate) type Key = [u8; 32];

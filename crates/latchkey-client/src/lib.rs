@@ -63,9 +63,10 @@ redacted_debug!(
 pub use client::{ChangeStream, Client, MAX_USES_PER_REPORT};
 pub use error::{Error, ErrorCode};
 pub use middleware::{
-    Latchkey, LatchkeyBuilder, LatchkeyLayer, LatchkeyService, Rejection, Verified, bearer,
+    Latchkey, LatchkeyBuilder, LatchkeyLayer, LatchkeyService, Rejection, bearer,
 };
 pub use types::{
     ChangeKind, CreatedToken, ListTokens, NewToken, RotatedToken, TokenChange, TokenPage,
-    TokenState, TokenType, TokenUse, TokenView, Verification, VerifyCode, WatchEvent, WatchMessage,
+    TokenState, TokenType, TokenUse, TokenView, Verification, Verified, VerifyCode, WatchEvent,
+    WatchMessage,
 };

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::cache::{Requirement, Verdict, VerdictCache};
 use crate::client::{Client, MAX_USES_PER_REPORT};
 use crate::error::{Error, ErrorCode};
-use crate::types::{TokenUse, VerifyCode, WatchEvent};
+use crate::types::{TokenUse, Verified, VerifyCode, WatchEvent};
 
 /// The bit of `platform:admin`: a watch token holding it sees every org's changes.
 const PLATFORM_ADMIN: u64 = 1 << 6;
@@ -39,27 +39,6 @@ const PLATFORM_ADMIN: u64 = 1 << 6;
 const MAX_COUNT_PER_USE: i64 = 1_000_000;
 /// Tokens whose unreported uses are kept while reports fail; beyond, new tokens' uses are lost.
 const MAX_PENDING_TOKENS: usize = 100_000;
-
-/// Who a verified request comes from: put in the request's extensions by [`LatchkeyLayer`],
-/// and an axum extractor (see [`Verified`'s `FromRequestParts`](#impl-FromRequestParts<S>-for-Verified)).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Verified {
-    pub token_id: Uuid,
-    pub org_id: Uuid,
-    /// Every scope name the token holds.
-    pub scopes: Arc<[String]>,
-    /// The permission bitmap.
-    pub permissions: u64,
-    /// `None` for a token that does not expire.
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
-impl Verified {
-    /// Whether the token holds the scope `name` (as the server named it in `scopes`).
-    pub fn has_scope(&self, name: &str) -> bool {
-        self.scopes.iter().any(|s| s == name)
-    }
-}
 
 /// Why a request is refused; its response is what the service answers.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,6 +2,7 @@
 //! ignored, so a newer server's additions do not break an older client.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -290,4 +291,25 @@ pub enum WatchEvent {
 pub struct WatchMessage {
     pub cursor: String,
     pub event: WatchEvent,
+}
+
+/// Who a verified request comes from: put in the request's extensions by [`crate::LatchkeyLayer`],
+/// and an axum extractor (see [`Verified`'s `FromRequestParts`](#impl-FromRequestParts<S>-for-Verified)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub token_id: Uuid,
+    pub org_id: Uuid,
+    /// Every scope name the token holds.
+    pub scopes: Arc<[String]>,
+    /// The permission bitmap.
+    pub permissions: u64,
+    /// `None` for a token that does not expire.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Verified {
+    /// Whether the token holds the scope `name` (as the server named it in `scopes`).
+    pub fn has_scope(&self, name: &str) -> bool {
+        self.scopes.iter().any(|s| s == name)
+    }
 }
