@@ -133,18 +133,28 @@ async fn every_use_of_the_secret_writes_a_break_glass_used_audit_event_and_a_war
         assert_eq!(e["ip"], "127.0.0.1");
     }
     assert_eq!(minted["created_by"], "break_glass");
-    let logs = app.logs();
-    let warnings = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| {
-            v["level"] == "WARN"
-                && v["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("break-glass"))
-        })
-        .count();
-    assert_eq!(warnings, 3, "{logs}");
+    // The log lines reach the file the test reads a moment after the answers: wait for them,
+    // within a bound.
+    let count_warnings = |logs: &str| {
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                v["level"] == "WARN"
+                    && v["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("break-glass"))
+            })
+            .count()
+    };
+    let mut logs = app.logs();
+    for _ in 0..100 {
+        if count_warnings(&logs) >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        logs = app.logs();
+    }
+    assert_eq!(count_warnings(&logs), 3, "{logs}");
 }
 
 #[tokio::test]
