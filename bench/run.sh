@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Latchkey's benchmark suite: Latchkey against a baseline server that runs the same HTTP and gRPC
 # stack and does no work (examples/baseline.rs), with the same load generator and settings,
-# alternating, scenario by scenario.
+# alternating, scenario by scenario. The warm REST verify and the gateway check are also measured
+# against a bare axum server (examples/bare.rs: `axum::serve`, no dispatch, no tonic, no bounds),
+# which counts Latchkey's serving plumbing as its cost too.
 #
 #   bash bench/run.sh            # the full run: 100,000 and 1,000,000 tokens, ~15 min
 #   bash bench/run.sh --smoke    # CI: 1,000 tokens, 2 s per measurement, one round, ~2 min
@@ -146,7 +148,7 @@ case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
 BIN="$TARGET_DIR/release"
 log "building (release) into $TARGET_DIR"
 cargo build --release --bin latchkey --examples >&2 || die "cargo build failed"
-for b in latchkey examples/baseline examples/seed examples/grpc_load examples/verify_count; do
+for b in latchkey examples/baseline examples/bare examples/seed examples/grpc_load examples/verify_count; do
   [ -x "$BIN/$b" ] || die "missing $BIN/$b after the build"
 done
 
@@ -353,16 +355,22 @@ sane() { # json [allow-invalid]: the load generator ran and got the answers it e
 # Runs the two sides ROUNDS times, alternating (baseline first), each after the machine is
 # quiet, and keeps the best measurement of each side in BASE_J / LK_J: the one with the most
 # requests per second, or with ALT_PICK=lowest_p99 the one with the lowest p99. An empty
-# baseline function measures Latchkey alone.
-BASE_J=""; LK_J=""; ALT_ERR=""
+# baseline function measures Latchkey alone. With ALT_BARE set to a function, that side (the bare
+# server) is measured too, after the baseline in each round, its best in BARE_J.
+BASE_J=""; LK_J=""; BARE_J=""; ALT_ERR=""
 alternate() { # baseline-fn latchkey-fn [allow-invalid]
   local r pick=${ALT_PICK:-best}
-  BASE_J=""; LK_J=""; ALT_ERR=""
+  BASE_J=""; LK_J=""; BARE_J=""; ALT_ERR=""
   for r in $(seq "$ROUNDS"); do
     if [ -n "$1" ]; then
       wait_quiet
       "$1" && sane "$J" || { ALT_ERR="baseline run $r"; return 1; }
       BASE_J=$("$pick" "$BASE_J" "$J")
+    fi
+    if [ -n "${ALT_BARE:-}" ]; then
+      wait_quiet
+      "$ALT_BARE" && sane "$J" || { ALT_ERR="bare run $r"; return 1; }
+      BARE_J=$("$pick" "$BARE_J" "$J")
     fi
     wait_quiet
     "$2" && sane "$J" "${3:-0}" || { ALT_ERR="latchkey run $r"; return 1; }
@@ -372,7 +380,7 @@ alternate() { # baseline-fn latchkey-fn [allow-invalid]
 
 # ---------------------------------------------------------------------------------------------
 # Results: one row per scenario.
-ROWS=()      # name|rps|p50_us|p99_us|base_rps|base_p99_us|rss_mib|target|met|extra-json
+ROWS=()      # name|rps|p50_us|p99_us|base_rps|base_p99_us|rss_mib|target|met|bare_rps|bare_p99_us|bare_target|bare_met|extra-json
 FAILED=()
 MISSED=()
 NOTES=()     # lines printed under the table
@@ -382,11 +390,21 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
 
+# Against the bare server (RECORD_BARE_J, when set): at least BARE_TARGET of its rate.
+BARE_TARGET=0.80
+RECORD_BARE_J=""
 record() { # name lk-json base-json rss target met [extra-json]
-  local name=$1 lk=$2 base=$3 rss=$4 target=$5 met=$6 extra=${7:-"{}"} b=""
-  ROWS+=("$name|$(num rps "$lk")|$(num p50_us "$lk")|$(num p99_us "$lk")|$(num rps "$base")|$(num p99_us "$base")|$rss|$target|$met|$extra")
+  local name=$1 lk=$2 base=$3 rss=$4 target=$5 met=$6 extra=${7:-"{}"} b="" bare=$RECORD_BARE_J
+  local brps="" bp99="" btarget="" bmet=""
+  if [ -n "$bare" ]; then
+    brps=$(num rps "$bare"); bp99=$(num p99_us "$bare"); btarget=">= ${BARE_TARGET}x bare"; bmet=no
+    ge "$(ratio "$(num rps "$lk")" "$brps")" "$BARE_TARGET" && bmet=yes
+    [ "$bmet" = yes ] || MISSED+=("$name(bare)")
+    b=" bare $brps req/s (target $btarget: $bmet);"
+  fi
+  ROWS+=("$name|$(num rps "$lk")|$(num p50_us "$lk")|$(num p99_us "$lk")|$(num rps "$base")|$(num p99_us "$base")|$rss|$target|$met|$brps|$bp99|$btarget|$bmet|$extra")
   [ "$met" = yes ] || [ "$met" = - ] || MISSED+=("$name")
-  [ -z "$base" ] || b=" baseline $(num rps "$base") req/s;"
+  [ -z "$base" ] || b=" baseline $(num rps "$base") req/s;$b"
   log "$name: $(num rps "$lk") req/s, p50 $(ms "$(num p50_us "$lk")") ms, p99 $(ms "$(num p99_us "$lk")") ms;$b target $target: $met"
 }
 
@@ -416,6 +434,13 @@ PIDS+=("$BASE_PID")
 BASE_URL="http://127.0.0.1:$BASE_PORT"
 wait_http "$BASE_URL/" "$BASE_PID" 30 || { cat "$TMP/baseline.log" >&2; die "the baseline server did not start"; }
 log "baseline: pid $BASE_PID on $BASE_URL"
+BARE_PORT=$(free_port) || die "no free port"
+"${SERVER_PIN[@]}" "$BIN/examples/bare" --listen "127.0.0.1:$BARE_PORT" >"$TMP/bare.log" 2>&1 &
+BARE_PID=$!
+PIDS+=("$BARE_PID")
+BARE_URL="http://127.0.0.1:$BARE_PORT"
+wait_http "$BARE_URL/" "$BARE_PID" 30 || { cat "$TMP/bare.log" >&2; die "the bare server did not start"; }
+log "bare: pid $BARE_PID on $BARE_URL"
 
 # --- Phase 1: SHA-256 tokens, warm -----------------------------------------------------------
 DB1="$TMP/lk.db"
@@ -430,25 +455,31 @@ check_valid "$LK_URL" "$(tail -n1 "$TMP/tokens.txt")" || die "a seeded token doe
 b_verify_warm() { measure_wrk "$BASE_URL" verify "$TMP/warm.txt"; }
 l_verify_warm() { measure_wrk "$LK_URL" verify "$TMP/warm.txt"; }
 b_check_warm() { measure_wrk "$BASE_URL" check "$TMP/warm.txt"; }
+# The bare server answers the same requests: 200 and a fixed body to the verify, 204 to the check.
+x_verify_warm() { measure_wrk "$BARE_URL" verify "$TMP/warm.txt"; }
+x_check_warm() { measure_wrk "$BARE_URL" check "$TMP/warm.txt"; }
 # wrk counts every non-2xx answer: a 401/403/429 makes the run fail the sanity check.
 l_check_warm() { measure_wrk "$LK_URL" check "$TMP/warm.txt"; }
 b_grpc_warm() { measure_grpc "$BASE_URL" "$TMP/warm.txt"; }
 l_grpc_warm() { measure_grpc "$LK_URL" "$TMP/warm.txt"; }
 l_mint() { measure_wrk "$LK_URL" mint - "$ADMIN"; }
 
-warm_scenario() { # name baseline-fn latchkey-fn target-text min-ratio max-p99-us (0: none)
-  local name=$1 before bad met=no
+warm_scenario() { # name baseline-fn latchkey-fn target-text min-ratio max-p99-us (0: none) [bare-fn]
+  local name=$1 before bad met=no status=0
   before=$(counters)
-  alternate "$2" "$3" || { fail "$name" "$ALT_ERR"; return 1; }
+  ALT_BARE=${7:-} alternate "$2" "$3" || status=1
+  [ "$status" = 0 ] || { fail "$name" "$ALT_ERR"; return 1; }
   bad=$(not_valid_since "$before")
   [ "$bad" = 0 ] || { fail "$name" "$bad verifications were not valid"; return 1; }
   ge "$(ratio "$(num rps "$LK_J")" "$(num rps "$BASE_J")")" "$5" &&
     { [ "$6" = 0 ] || le "$(num p99_us "$LK_J")" "$6"; } && met=yes
+  RECORD_BARE_J=$BARE_J
   record "$name" "$LK_J" "$BASE_J" "$(rss_mib "$LK_PID")" "$4" "$met"
+  RECORD_BARE_J=""
 }
 
-warm_scenario rest_verify_warm b_verify_warm l_verify_warm ">= 0.75x baseline, p99 <= 2 ms" 0.75 2000 || true
-warm_scenario auth_check_warm b_check_warm l_check_warm ">= 0.75x baseline, p99 <= 2 ms" 0.75 2000 || true
+warm_scenario rest_verify_warm b_verify_warm l_verify_warm ">= 0.75x baseline, p99 <= 2 ms" 0.75 2000 x_verify_warm || true
+warm_scenario auth_check_warm b_check_warm l_check_warm ">= 0.75x baseline, p99 <= 2 ms" 0.75 2000 x_check_warm || true
 warm_scenario grpc_validate_warm b_grpc_warm l_grpc_warm ">= 0.75x baseline tonic" 0.75 0 || true
 
 # The latency a request sees when the server is not saturated: one connection, one request per
@@ -759,6 +790,7 @@ if [ "$SKIP_LARGE" = 0 ]; then
   stop_pid "$LK_PID"
 fi
 BASE_RSS=$(rss_mib "$BASE_PID")
+BARE_RSS=$(rss_mib "$BARE_PID")
 
 # --- Instruction count of one warm verify -----------------------------------------------------
 INSTR=null
@@ -781,40 +813,49 @@ if [ "$CALLGRIND" = 1 ]; then
 fi
 
 # --- Instructions per whole request -----------------------------------------------------------
-# A REST verify of a warm token through the whole server (HTTP parsing, routing, verification,
-# answer), in Latchkey and in the baseline, counted by callgrind after a warm-up. Wall-clock
-# figures move by 10-20 % between runs on a shared machine; these counts do not, so they are the
-# figures to compare before and after a change.
-REQ_LK=null
-REQ_BASE=null
+# A REST verify and a gateway check of a warm token through the whole server (HTTP parsing,
+# routing, verification, answer), in Latchkey, in the baseline and in the bare server, counted by
+# callgrind after a warm-up. Wall-clock figures move by 10-20 % between runs on a shared machine;
+# these counts do not, so they are the figures to compare before and after a change.
+REQ_LK=null; REQ_BASE=null; REQ_BARE=null
+CHK_LK=null; CHK_BASE=null; CHK_BARE=null
 if [ "$CALLGRIND" = 1 ]; then
-  cg_server() { # name command...: sets CG_REQ to the server's instructions per REST verify
-    local name=$1 port pid total n THREADS=1 CONNS=4
-    shift
+  cg_server() { # name mode command...: sets CG_REQ to the server's instructions per request
+    local name=$1 mode=$2 port pid total n THREADS=1 CONNS=4
+    shift 2
     CG_REQ=""
     port=$(free_port) || return 1
-    LATCHKEY_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$TMP/cg-$name.out" \
-      "$@" --listen "127.0.0.1:$port" >"$TMP/cg-$name.log" 2>&1 &
+    LATCHKEY_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$TMP/cg-$name-$mode.out" \
+      "$@" --listen "127.0.0.1:$port" >"$TMP/cg-$name-$mode.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait_http "http://127.0.0.1:$port/healthz" "$pid" 180 || { stop_pid "$pid"; return 1; }
-    wrk_run "http://127.0.0.1:$port" verify "$TMP/warm.txt" $(( WARMUP > 0 ? WARMUP : 1 )) && sane "$J" &&
+    wrk_run "http://127.0.0.1:$port" "$mode" "$TMP/warm.txt" $(( WARMUP > 0 ? WARMUP : 1 )) && sane "$J" &&
       callgrind_control -z "$pid" >/dev/null 2>&1 &&
-      wrk_run "http://127.0.0.1:$port" verify "$TMP/warm.txt" "$DURATION" && sane "$J" &&
+      wrk_run "http://127.0.0.1:$port" "$mode" "$TMP/warm.txt" "$DURATION" && sane "$J" &&
       n=$(num requests "$J") && callgrind_control -d "$pid" >/dev/null 2>&1 &&
-      total=$(sed -n 's/^summary: //p' "$TMP/cg-$name.out.1" 2>/dev/null) || { stop_pid "$pid"; return 1; }
+      total=$(sed -n 's/^summary: //p' "$TMP/cg-$name-$mode.out.1" 2>/dev/null) || { stop_pid "$pid"; return 1; }
     stop_pid "$pid"
     [ -n "$total" ] && [ "${n%.*}" -gt 0 ] || return 1
     CG_REQ=$(( total / ${n%.*} ))
   }
-  log "counting the instructions of whole REST verify requests under callgrind"
+  log "counting the instructions of whole REST verify and gateway check requests under callgrind"
   latchkey_serve "$DB1" sha256 1000
-  if cg_server latchkey "${LK_SERVE[@]}" && REQ_LK=$CG_REQ &&
-     cg_server baseline "$BIN/examples/baseline" && REQ_BASE=$CG_REQ; then
-    log "instructions per REST verify request: latchkey $REQ_LK, baseline $REQ_BASE"
+  if cg_server latchkey verify "${LK_SERVE[@]}" && REQ_LK=$CG_REQ &&
+     cg_server baseline verify "$BIN/examples/baseline" && REQ_BASE=$CG_REQ &&
+     cg_server bare verify "$BIN/examples/bare" && REQ_BARE=$CG_REQ; then
+    log "instructions per REST verify request: latchkey $REQ_LK, baseline $REQ_BASE, bare $REQ_BARE"
   else
-    REQ_LK=null; REQ_BASE=null
+    REQ_LK=null; REQ_BASE=null; REQ_BARE=null
     fail callgrind_request "valgrind run of a server"
+  fi
+  if cg_server latchkey check "${LK_SERVE[@]}" && CHK_LK=$CG_REQ &&
+     cg_server baseline check "$BIN/examples/baseline" && CHK_BASE=$CG_REQ &&
+     cg_server bare check "$BIN/examples/bare" && CHK_BARE=$CG_REQ; then
+    log "instructions per gateway check request: latchkey $CHK_LK, baseline $CHK_BASE, bare $CHK_BARE"
+  else
+    CHK_LK=null; CHK_BASE=null; CHK_BARE=null
+    fail callgrind_check_request "valgrind run of a server"
   fi
 fi
 
@@ -824,17 +865,32 @@ COMMAND="bash bench/run.sh${ARGS:+ $ARGS}"
   echo
   printf '%-26s %9s %8s %8s %10s %6s %8s  %-31s %s\n' scenario 'req/s' 'p50 ms' 'p99 ms' 'base req/s' ratio 'RSS MiB' target met
   for r in "${ROWS[@]}"; do
-    IFS='|' read -r name rps p50 p99 brps bp99 rss target met extra <<<"$r"
+    IFS='|' read -r name rps p50 p99 brps bp99 rss target met xrps xp99 xtarget xmet extra <<<"$r"
     if [ -n "$brps" ]; then rt=$(ratio "$rps" "$brps"); brps=$(printf '%.0f' "$brps"); else rt=-; brps=-; fi
     printf '%-26s %9.0f %8s %8s %10s %6s %8s  %-31s %s\n' "$name" "$rps" "$(ms "$p50")" "$(ms "$p99")" \
       "$brps" "$rt" "$rss" "$target" "$met"
   done
   echo
+  # The same scenarios against the bare server (examples/bare.rs), measured in the same rounds.
+  BARE_HEAD=0
+  for r in "${ROWS[@]}"; do
+    IFS='|' read -r name rps p50 p99 brps bp99 rss target met xrps xp99 xtarget xmet extra <<<"$r"
+    [ -n "$xrps" ] || continue
+    if [ "$BARE_HEAD" = 0 ]; then
+      printf '%-26s %9s %8s %10s %10s %10s %10s  %-20s %s\n' 'against bare' 'req/s' 'p99 ms' 'bare req/s' 'bare p99' 'ratio bare' 'ratio base' target met
+      BARE_HEAD=1
+    fi
+    if [ -n "$brps" ]; then rt=$(ratio "$rps" "$brps"); else rt=-; fi
+    printf '%-26s %9.0f %8s %10.0f %10s %10s %10s  %-20s %s\n' "$name" "$rps" "$(ms "$p99")" "$xrps" "$(ms "$xp99")" \
+      "$(ratio "$rps" "$xrps")" "$rt" "$xtarget" "$xmet"
+  done
+  [ "$BARE_HEAD" = 0 ] || echo
   for l in "${NOTES[@]}"; do echo "$l"; done
   [ ${#NOTES[@]} -eq 0 ] || echo
   echo "instructions per warm verify (callgrind, in-process Authority::verify): $INSTR"
-  echo "instructions per REST verify request (callgrind, whole server): latchkey $REQ_LK, baseline $REQ_BASE"
-  echo "baseline server peak RSS: $BASE_RSS MiB; machine: $MACHINE"
+  echo "instructions per REST verify request (callgrind, whole server): latchkey $REQ_LK, baseline $REQ_BASE, bare $REQ_BARE"
+  echo "instructions per gateway check request (callgrind, whole server): latchkey $CHK_LK, baseline $CHK_BASE, bare $CHK_BARE"
+  echo "baseline server peak RSS: $BASE_RSS MiB; bare server: $BARE_RSS MiB; machine: $MACHINE"
   echo "command: $COMMAND (tokens $TOKENS; $CONNS connections; ${WARMUP}s warm-up + ${DURATION}s per measurement; best of $ROUNDS; wrk -t$THREADS; $CPU_LAYOUT)"
   [ "$BUSY_STARTS" = 0 ] || echo "warning: $BUSY_STARTS measurement(s) started while other processes kept the CPU busy"
   [ ${#FAILED[@]} -eq 0 ] || echo "could not run: ${FAILED[*]}"
@@ -852,19 +908,23 @@ mkdir -p bench/results
   large=$LARGE_TOKENS; [ "$SKIP_LARGE" = 0 ] || large=null
   printf '  "settings": {"tokens": %d, "large_tokens": %s, "connections": %d, "wrk_threads": %d, "warmup_seconds": %d, "duration_seconds": %d, "rounds": %d, "cycling_cache_capacity": %d, "argon2id_tokens": %d, "cpu_layout": "%s"},\n' \
     "$TOKENS" "$large" "$CONNS" "$THREADS" "$WARMUP" "$DURATION" "$ROUNDS" "$CYCLE_CACHE" "$ARGON_TOKENS" "$CPU_LAYOUT"
-  printf '  "instructions_per_warm_verify": %s,\n  "baseline_peak_rss_mib": %s,\n' "$INSTR" "${BASE_RSS:-null}"
-  printf '  "instructions_per_rest_verify_request": {"latchkey": %s, "baseline": %s},\n' "$REQ_LK" "$REQ_BASE"
+  printf '  "instructions_per_warm_verify": %s,\n  "baseline_peak_rss_mib": %s,\n  "bare_peak_rss_mib": %s,\n' "$INSTR" "${BASE_RSS:-null}" "${BARE_RSS:-null}"
+  printf '  "instructions_per_rest_verify_request": {"latchkey": %s, "baseline": %s, "bare": %s},\n' "$REQ_LK" "$REQ_BASE" "$REQ_BARE"
+  printf '  "instructions_per_auth_check_request": {"latchkey": %s, "baseline": %s, "bare": %s},\n' "$CHK_LK" "$CHK_BASE" "$CHK_BARE"
   printf '  "busy_machine": {"waited": %d, "measured_while_busy": %d},\n' "$BUSY_WAITS" "$BUSY_STARTS"
   printf '  "scenarios": [\n'
   n=0
   for r in "${ROWS[@]}"; do
-    IFS='|' read -r name rps p50 p99 brps bp99 rss target met extra <<<"$r"
+    IFS='|' read -r name rps p50 p99 brps bp99 rss target met xrps xp99 xtarget xmet extra <<<"$r"
     [ $n -eq 0 ] || printf ',\n'
     n=$((n + 1))
     if [ -n "$brps" ]; then rt=$(ratio "$rps" "$brps"); bj=$brps; bp=$(ms "$bp99"); else rt=null; bj=null; bp=null; fi
     mj=false; [ "$met" = yes ] && mj=true; [ "$met" = - ] && mj=null
-    printf '    {"scenario": "%s", "requests_per_second": %s, "p50_ms": %s, "p99_ms": %s, "baseline_requests_per_second": %s, "baseline_p99_ms": %s, "ratio_to_baseline": %s, "server_peak_rss_mib": %s, "target": "%s", "met": %s, "details": %s}' \
-      "$name" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$bj" "$bp" "$rt" "$rss" "$target" "$mj" "$extra"
+    if [ -n "$xrps" ]; then xr=$(ratio "$rps" "$xrps"); xj=$xrps; xp=$(ms "$xp99"); xt="\"$xtarget\""
+      xm=false; [ "$xmet" = yes ] && xm=true
+    else xr=null; xj=null; xp=null; xt=null; xm=null; fi
+    printf '    {"scenario": "%s", "requests_per_second": %s, "p50_ms": %s, "p99_ms": %s, "baseline_requests_per_second": %s, "baseline_p99_ms": %s, "ratio_to_baseline": %s, "bare_requests_per_second": %s, "bare_p99_ms": %s, "ratio_to_bare": %s, "target_bare": %s, "met_bare": %s, "server_peak_rss_mib": %s, "target": "%s", "met": %s, "details": %s}' \
+      "$name" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$bj" "$bp" "$rt" "$xj" "$xp" "$xr" "$xt" "$xm" "$rss" "$target" "$mj" "$extra"
   done
   printf '\n  ],\n  "could_not_run": [%s],\n  "targets_missed": [%s]\n}\n' \
     "$(json_list "${FAILED[@]}")" "$(json_list "${MISSED[@]}")"
