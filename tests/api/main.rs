@@ -26,6 +26,7 @@ mod lifecycle;
 mod logs;
 mod migrating_docs;
 mod multinode;
+mod multinode_load;
 mod nginx;
 mod openapi;
 mod ops;
