@@ -83,7 +83,10 @@ async fn main() -> anyhow::Result<()> {
             .json()
             .await?;
         let (plaintext, id) = (
-            created["plaintext"].as_str().context("plaintext")?.to_string(),
+            created["plaintext"]
+                .as_str()
+                .context("plaintext")?
+                .to_string(),
             created["token"]["id"].as_str().context("id")?.to_string(),
         );
         // Twice: the first answer is the server's, the second comes from the service's cache.

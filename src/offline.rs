@@ -99,7 +99,10 @@ pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
         eprintln!("line {}: refused: {}", r.line, r.reason);
     }
     let revoked = if report.revoked > 0 {
-        format!(" ({} of them revoked now, as the file says)", report.revoked)
+        format!(
+            " ({} of them revoked now, as the file says)",
+            report.revoked
+        )
     } else {
         String::new()
     };

@@ -177,7 +177,10 @@ impl Authority {
         // here, revoked in the file, is revoked now (the only change a re-import makes).
         let mut revoked = 0;
         if commit && refused.is_empty() {
-            for k in keys.iter_mut().filter(|k| k.status == ImportedStatus::Revoked) {
+            for k in keys
+                .iter_mut()
+                .filter(|k| k.status == ImportedStatus::Revoked)
+            {
                 let event = audit::event(
                     v_org(&valid, k.line),
                     actor.clone(),
@@ -198,7 +201,10 @@ impl Authority {
                 }
             }
         } else if !opts.dry_run {
-            for k in keys.iter_mut().filter(|k| k.status == ImportedStatus::Revoked) {
+            for k in keys
+                .iter_mut()
+                .filter(|k| k.status == ImportedStatus::Revoked)
+            {
                 k.status = ImportedStatus::AlreadyPresent;
             }
         }
