@@ -13,7 +13,9 @@ use utoipa::ToSchema;
 
 use crate::service::{RequestMeta, SESSION_COOKIE};
 
-/// The client's address as the rest of the application sees it, set once per request.
+/// The client's address as the rest of the application sees it: set on every request by the
+/// accept loop to the socket peer, and replaced by the REST/gRPC dispatch when the peer is a
+/// trusted proxy that names another client ([`client_ip`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 

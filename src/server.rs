@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,9 +10,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -25,29 +25,75 @@ use tower::{Service, ServiceExt};
 use crate::edge::{ClientIp, ErrorBody, ErrorDetail, client_ip};
 
 /// REST and gRPC on one listener: requests with an `application/grpc` content type go to tonic,
-/// everything else to the REST router. Every request first gets its [`ClientIp`].
+/// everything else to the REST router. Every request gets its [`ClientIp`]: the accept loop
+/// ([`serve`]) sets the socket peer, and behind a trusted proxy this replaces it with the client
+/// the proxies name ([`client_ip`]).
+///
+/// A `Router` around [`OnePort`], for callers that keep a `Router`; serving [`OnePort`] itself
+/// spares every request the outer router (a route match, a URL-parameter extension, a boxed
+/// future and a layer of response mapping: about 2,000 instructions of a warm REST verify's
+/// 32,000 under callgrind).
 pub fn one_port(rest: Router, grpc: Router, trusted: Arc<Vec<IpNet>>) -> Router {
-    let svc = tower::service_fn(move |mut req: Request| {
-        if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-            let ip = client_ip(peer.ip(), req.headers(), &trusted);
-            req.extensions_mut().insert(ClientIp(ip));
+    Router::new().fallback_service(OnePort::new(rest, grpc, trusted))
+}
+
+/// The REST/gRPC dispatch of [`one_port`] as a plain tower service: the request goes straight to
+/// the router it is for, whose future is the answer (nothing boxed, nothing cloned).
+#[derive(Clone)]
+pub struct OnePort {
+    rest: Router,
+    grpc: Router,
+    trusted: Arc<Vec<IpNet>>,
+}
+
+impl OnePort {
+    /// REST and gRPC on one listener, the client-IP rule with the `trusted` proxies.
+    pub fn new(rest: Router, grpc: Router, trusted: Arc<Vec<IpNet>>) -> Self {
+        Self {
+            rest,
+            grpc,
+            trusted,
+        }
+    }
+}
+
+impl Service<Request> for OnePort {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RouteFuture<Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both are `Router`s, which are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        if !self.trusted.is_empty()
+            && let Some(&ClientIp(peer)) = req.extensions().get::<ClientIp>()
+        {
+            let ip = client_ip(peer, req.headers(), &self.trusted);
+            if ip != peer {
+                req.extensions_mut().insert(ClientIp(ip));
+            }
         }
         let is_grpc = req
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let target = if is_grpc { grpc.clone() } else { rest.clone() };
-        async move { target.oneshot(req).await }
-    });
-    Router::new().fallback_service(svc)
+        if is_grpc {
+            self.grpc.call(req)
+        } else {
+            self.rest.call(req)
+        }
+    }
 }
 
 /// Sheds load instead of queueing it: beyond `max_in_flight` requests answer 503 with
 /// `Retry-After` at once; a request that outlives the request timeout answers 408.
 ///
 /// A tower service around the whole app (one wrap, where `Router::layer` would wrap each route),
-/// and the timer is armed only for a request that is not answered on its first poll: a verify
-/// answered from the cache never arms one.
+/// with a named future (no allocation per request), and the timer is armed only for a request
+/// that is not answered on its first poll: a verify answered from the cache never arms one.
 #[derive(Clone)]
 pub struct Bounded<S> {
     inner: S,
@@ -84,11 +130,11 @@ impl Drop for Slot {
 impl<S> Service<Request> for Bounded<S>
 where
     S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
+    S::Future: Unpin + Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = BoundedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -104,26 +150,73 @@ where
             );
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Box::pin(std::future::ready(Ok(res)));
+            return BoundedFuture(Answer::Refused(Some(res)));
         };
-        let answer = self.inner.call(req);
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let _slot = slot;
-            let mut answer = std::pin::pin!(answer);
-            let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
-            if let Poll::Ready(res) = first {
-                return res;
-            }
-            match tokio::time::timeout(timeout, answer).await {
-                Ok(res) => res,
-                Err(_) => Ok(error_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    "the request took too long",
-                )),
-            }
+        BoundedFuture(Answer::Running {
+            answer: self.inner.call(req),
+            _slot: slot,
+            timeout: self.timeout,
+            timer: None,
         })
+    }
+}
+
+/// The answer of a [`Bounded`] service.
+pub struct BoundedFuture<F>(Answer<F>);
+
+enum Answer<F> {
+    /// Over the in-flight bound: the 503, at once.
+    Refused(Option<Response>),
+    /// The inner service's answer, holding its place in the in-flight count; the timer exists
+    /// once a poll has not answered.
+    Running {
+        answer: F,
+        _slot: Slot,
+        timeout: Duration,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+    /// Answered; the slot is given back.
+    Done,
+}
+
+impl<F> Future for BoundedFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let res = match &mut this.0 {
+            Answer::Refused(res) => match res.take() {
+                Some(res) => res,
+                None => return Poll::Pending,
+            },
+            Answer::Running {
+                answer,
+                timeout,
+                timer,
+                ..
+            } => match Pin::new(answer).poll(cx) {
+                Poll::Ready(Ok(res)) => res,
+                Poll::Pending => {
+                    // The request time counts from the first poll that did not answer, as
+                    // `tokio::time::timeout` around the rest would.
+                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*timeout)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    error_response(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the request took too long",
+                    )
+                }
+            },
+            Answer::Done => return Poll::Pending,
+        };
+        this.0 = Answer::Done;
+        Poll::Ready(Ok(res))
     }
 }
 
@@ -218,10 +311,12 @@ where
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // The socket peer is the client until the client-IP rule says otherwise (`OnePort`).
+        let peer = ClientIp(peer.ip());
         let svc = app
             .clone()
             .map_request(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(peer);
                 req.map(axum::body::Body::new)
             });
         let conn = builder
