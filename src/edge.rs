@@ -88,8 +88,19 @@ pub fn request_meta(headers: &HeaderMap, extensions: &Extensions) -> RequestMeta
 /// The bearer token of the `Authorization` header, if the header is well-formed.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    // The scheme is whatever comes before the first space; `Bearer ` (any case) is the common
+    // case, checked on the bytes first.
+    let token = match value.as_bytes().get(..7) {
+        Some(head) if head.eq_ignore_ascii_case(b"bearer ") => &value[7..],
+        _ => {
+            let (scheme, token) = value.split_once(' ')?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return None;
+            }
+            token
+        }
+    };
+    Some(token.trim())
 }
 
 /// The value of the session cookie, if the request carries one.

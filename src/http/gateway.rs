@@ -2,7 +2,9 @@
 //! the same over gRPC: `grpc/envoy.rs`). Reads the bearer, verifies it through the same service
 //! call as `POST /v1/tokens/verify`, and answers with status and headers only.
 
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -28,6 +30,22 @@ pub struct CheckQuery {
     pub require: Option<String>,
 }
 
+/// The [`CheckQuery`] of a request: parsed only when the request has a query string (a gateway
+/// asks without one, and an empty query is the default).
+pub struct Require(CheckQuery);
+
+impl<S: Send + Sync> FromRequestParts<S> for Require {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_none() {
+            return Ok(Require(CheckQuery::default()));
+        }
+        let ApiQuery(q) = ApiQuery::<CheckQuery>::from_request_parts(parts, state).await?;
+        Ok(Require(q))
+    }
+}
+
 /// Gateway check: 204 with `X-Latchkey-Token-Id`, `X-Latchkey-Org-Id` and `X-Latchkey-Scopes` for a
 /// valid bearer holding every required scope; 401 (with `WWW-Authenticate: Bearer`) for a missing or
 /// invalid one; 403 when a scope is lacking.
@@ -44,7 +62,7 @@ pub async fn check(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Bearer(token): Bearer,
-    ApiQuery(q): ApiQuery<CheckQuery>,
+    Require(q): Require,
 ) -> Result<Response, Error> {
     let req = VerifyRequest {
         token: token.unwrap_or_default(),
@@ -69,7 +87,8 @@ pub async fn check(
                     h.insert(name, v);
                 }
             }
-            if let Ok(v) = HeaderValue::from_str(&t.scopes.join(",")) {
+            // The joined string becomes the value as it is, without a copy.
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(t.scopes.join(","))) {
                 h.insert(SCOPES, v);
             }
             Ok(out)

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -99,14 +99,13 @@ pub async fn verify_token(
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Result<Response, Error> {
     let res = s.authority.verify(&req, ip, s.clock.now()).await?;
-    let mut out = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        render(&res),
-    )
-        .into_response();
+    // Built directly: one header insert, where a (headers, String) answer sets `text/plain`
+    // first and then replaces it.
+    let mut out = Response::new(axum::body::Body::from(render(&res)));
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(secs) = res.retry_after_seconds {
         out.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
