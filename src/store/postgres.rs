@@ -207,14 +207,23 @@ fn audit_from_row(row: &PgRow) -> anyhow::Result<AuditRecord> {
 /// Most tokens written in one usage transaction.
 const USAGE_CHUNK: usize = 5_000;
 
-/// The stored client addresses of those of `ids` that have a usage row, locked (in id order).
+/// What a usage row holds that a flush must read before writing: the last client addresses (to
+/// merge) and the current hour's count (to add to, or to move to `token_usage_hourly` when a
+/// later hour starts).
+struct StoredUsage {
+    ips: Vec<ClientIp>,
+    hour: Option<DateTime<Utc>>,
+    hour_count: i64,
+}
+
+/// The stored usage of those of `ids` that have a usage row, locked (in id order).
 async fn usage_rows_for_update(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[Uuid],
-) -> StoreResult<std::collections::HashMap<Uuid, Vec<ClientIp>>> {
+) -> StoreResult<std::collections::HashMap<Uuid, StoredUsage>> {
     let rows = sqlx::query(
-        "SELECT token_id, client_ips FROM token_usage WHERE token_id = ANY($1) \
-         ORDER BY token_id FOR UPDATE",
+        "SELECT token_id, client_ips, hour, hour_count FROM token_usage \
+         WHERE token_id = ANY($1) ORDER BY token_id FOR UPDATE",
     )
     .bind(ids)
     .fetch_all(&mut **tx)
@@ -223,79 +232,166 @@ async fn usage_rows_for_update(
     let mut stored = std::collections::HashMap::with_capacity(rows.len());
     for row in &rows {
         let id: Uuid = row.try_get(0).map_err(other)?;
-        stored.insert(id, ips_from_json(row.try_get(1).map_err(other)?)?);
+        stored.insert(
+            id,
+            StoredUsage {
+                ips: ips_from_json(row.try_get(1).map_err(other)?)?,
+                hour: row.try_get(2).map_err(other)?,
+                hour_count: row.try_get(3).map_err(other)?,
+            },
+        );
     }
     Ok(stored)
 }
 
+/// Adds `hours` (in hour order) to a row's current hour. Returns the row's new current hour and
+/// count; the counts of earlier hours (the row's previous hour when a later one starts, and any
+/// hour older than the row's) go to `past`, for `token_usage_hourly`.
+fn roll_hours(
+    mut hour: Option<DateTime<Utc>>,
+    mut count: i64,
+    hours: &[HourCount],
+    past: &mut std::collections::BTreeMap<DateTime<Utc>, i64>,
+) -> (Option<DateTime<Utc>>, i64) {
+    for h in hours {
+        match hour {
+            Some(current) if current == h.hour => count += h.count,
+            Some(current) if h.hour < current => *past.entry(h.hour).or_default() += h.count,
+            _ => {
+                if let Some(current) = hour.filter(|_| count != 0) {
+                    *past.entry(current).or_default() += count;
+                }
+                hour = Some(h.hour);
+                count = h.count;
+            }
+        }
+    }
+    (hour, count)
+}
+
+/// The transaction-scoped advisory lock every usage flush holds (any value of our own would do).
+/// Flushes of several nodes then write `token_usage` one after another, so the fast path's
+/// `UPDATE`, which locks rows in whatever order its plan visits them, cannot deadlock with another
+/// node's flush. A flush chunk takes milliseconds, so nodes wait little.
+const USAGE_FLUSH_LOCK: i64 = 0x6c6b_7573_6167_6531; // "lkusage1"
+
+/// The fast path of a usage flush, one statement for the tokens whose row needs no merging in
+/// Rust: the delta saw no address, or one address that is already the row's most recent and is
+/// now newer than every stored use (then only its `last_seen_at` moves, and the order of the
+/// list stays what [`merge_client_ips`] gives). The current hour's count is added to, or started
+/// afresh when the delta's hour is later; the hour moved out of the row (or the delta's hour when
+/// it is older than the row's) comes back in `rolled_hour`/`rolled_count` for
+/// `token_usage_hourly`. Rows that do not qualify are left alone and not returned.
+const USAGE_FAST_UPDATE: &str = "UPDATE token_usage AS c SET \
+     request_count = c.request_count + u.n, \
+     last_used_at = GREATEST(c.last_used_at, u.last_used_at), \
+     client_ips = CASE WHEN u.ip IS NULL THEN c.client_ips \
+       ELSE jsonb_set(c.client_ips, '{0,last_seen_at}', u.seen_json) END, \
+     hour = GREATEST(c.hour, u.hour), \
+     hour_count = CASE WHEN c.hour IS NULL OR c.hour = u.hour THEN c.hour_count + u.hour_n \
+       WHEN c.hour < u.hour THEN u.hour_n ELSE c.hour_count END, \
+     rolled_hour = CASE WHEN c.hour < u.hour AND c.hour_count <> 0 THEN c.hour \
+       WHEN c.hour > u.hour THEN u.hour END, \
+     rolled_count = CASE WHEN c.hour < u.hour THEN c.hour_count \
+       WHEN c.hour > u.hour THEN u.hour_n ELSE 0 END \
+     FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::text[], $5::timestamptz[], \
+       $6::jsonb[], $7::timestamptz[], $8::bigint[]) \
+       AS u(id, n, last_used_at, ip, seen, seen_json, hour, hour_n) \
+     WHERE c.token_id = u.id AND (u.ip IS NULL \
+       OR (c.client_ips->0->>'ip' = u.ip AND c.last_used_at < u.seen)) \
+     RETURNING c.token_id, c.rolled_hour, c.rolled_count";
+
 impl PostgresStore {
-    /// Adds one chunk of usage (tokens in id order) in one transaction: reads the stored
-    /// addresses of those tokens that have usage rows (locking them), merges, and upserts the
-    /// narrow `token_usage` rows and the hourly counts. Usage of a token that is gone is skipped.
+    /// Adds one chunk of usage (tokens in id order) in one transaction, holding
+    /// [`USAGE_FLUSH_LOCK`]. Most tokens take [`USAGE_FAST_UPDATE`]; the others (used for the
+    /// first time, from a new address, or late) take the locked path: read and lock their rows,
+    /// merge in Rust, write. The current hour's count lives in the usage row, so
+    /// `token_usage_hourly` is written only when a token's hour changes (once an hour per token
+    /// at most), not on every flush. Usage of a token that is gone is skipped.
     async fn add_usage_chunk(&self, chunk: &[UsageDelta]) -> StoreResult<()> {
-        let ids: Vec<Uuid> = chunk.iter().map(|d| d.token_id).collect();
         let mut tx = self.begin().await?;
-        let mut stored = usage_rows_for_update(&mut tx, &ids).await?;
-        // Tokens used for the first time get their row here; then they are locked and read like
-        // the others (a concurrent flush may have made the row first, with addresses to merge).
-        let missing: Vec<Uuid> = ids
-            .iter()
-            .filter(|id| !stored.contains_key(id))
-            .copied()
-            .collect();
-        if !missing.is_empty() {
-            sqlx::query(
-                "INSERT INTO token_usage (token_id) \
-                 SELECT id FROM tokens WHERE id = ANY($1) ORDER BY id ON CONFLICT DO NOTHING",
-            )
-            .bind(&missing)
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(USAGE_FLUSH_LOCK)
             .execute(&mut *tx)
             .await
             .map_err(other)?;
-            stored.extend(usage_rows_for_update(&mut tx, &missing).await?);
-        }
-        let n = stored.len();
-        let (mut found, mut counts, mut last_used, mut ips) = (
-            Vec::with_capacity(n),
+        let n = chunk.len();
+        let (mut ids, mut counts, mut last_used) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        let (mut hour_ids, mut hours, mut hour_counts) = (vec![], vec![], vec![]);
+        let (mut ip, mut seen, mut seen_json) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut hour, mut hour_n) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for d in chunk {
-            // A token that is gone has no row: nothing to count.
-            let Some(mut known) = stored.remove(&d.token_id) else {
-                continue;
-            };
-            merge_client_ips(&mut known, &d.ips);
-            found.push(d.token_id);
+            ids.push(d.token_id);
             counts.push(d.count);
             last_used.push(micros(d.last_used_at));
-            ips.push(ips_to_json(&known));
-            for h in &d.hours {
-                hour_ids.push(d.token_id);
-                hours.push(micros(h.hour));
-                hour_counts.push(h.count);
-            }
+            let (one_ip, one_seen, one_json) = match d.ips.as_slice() {
+                [] => (None, None, serde_json::Value::Null),
+                [one] => (
+                    Some(one.ip.clone()),
+                    Some(micros(one.last_seen_at)),
+                    serde_json::json!(micros(one.last_seen_at)),
+                ),
+                // No stored address is empty: several addresses take the locked path.
+                _ => (Some(String::new()), None, serde_json::Value::Null),
+            };
+            ip.push(one_ip);
+            seen.push(one_seen);
+            seen_json.push(one_json);
+            let last = d.hours.last();
+            hour.push(last.map(|h| micros(h.hour)));
+            hour_n.push(last.map_or(0, |h| h.count));
         }
-        if !found.is_empty() {
-            sqlx::query(
-                "UPDATE token_usage AS c SET request_count = c.request_count + u.n, \
-                 last_used_at = GREATEST(c.last_used_at, u.last_used_at), client_ips = u.ips \
-                 FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[]) \
-                 AS u(id, n, last_used_at, ips) WHERE c.token_id = u.id",
-            )
-            .bind(&found)
+        let updated = sqlx::query(USAGE_FAST_UPDATE)
+            .bind(&ids)
             .bind(&counts)
             .bind(&last_used)
-            .bind(&ips)
-            .execute(&mut *tx)
+            .bind(&ip)
+            .bind(&seen)
+            .bind(&seen_json)
+            .bind(&hour)
+            .bind(&hour_n)
+            .fetch_all(&mut *tx)
             .await
             .map_err(other)?;
+        let mut past = std::collections::BTreeMap::<(Uuid, DateTime<Utc>), i64>::new();
+        let mut done = std::collections::HashSet::with_capacity(updated.len());
+        for row in &updated {
+            let id: Uuid = row.try_get(0).map_err(other)?;
+            let rolled: Option<DateTime<Utc>> = row.try_get(1).map_err(other)?;
+            if let Some(h) = rolled {
+                *past.entry((id, h)).or_default() += row.try_get::<i64, _>(2).map_err(other)?;
+            }
+            done.insert(id);
         }
-        if !hour_ids.is_empty() {
-            // One row per (token, hour) in the statement (`combine_usage` merged them), in key
-            // order like the row locks above.
+        let mut rest = Vec::new();
+        for d in chunk {
+            if done.contains(&d.token_id) {
+                // The fast path counted the delta's last hour; its earlier ones are past.
+                for h in d.hours.iter().rev().skip(1) {
+                    *past.entry((d.token_id, h.hour)).or_default() += h.count;
+                }
+            } else {
+                rest.push(d);
+            }
+        }
+        if !rest.is_empty() {
+            self.add_usage_locked(&mut tx, &rest, &mut past).await?;
+        }
+        if !past.is_empty() {
+            let (mut hour_ids, mut hours, mut hour_counts) = (vec![], vec![], vec![]);
+            for ((id, h), c) in past {
+                hour_ids.push(id);
+                hours.push(micros(h));
+                hour_counts.push(c);
+            }
+            // One row per (token, hour), in key order like the row locks.
             sqlx::query(
                 "INSERT INTO token_usage_hourly (token_id, hour, count) \
                  SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]) \
@@ -310,6 +406,85 @@ impl PostgresStore {
             .map_err(other)?;
         }
         tx.commit().await.map_err(other)
+    }
+
+    /// The locked path of [`Self::add_usage_chunk`]: reads and locks the usage rows of `chunk`'s
+    /// tokens (creating those used for the first time), merges the addresses and hours in Rust,
+    /// and writes the rows. Counts of earlier hours go to `past`.
+    async fn add_usage_locked(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        chunk: &[&UsageDelta],
+        past: &mut std::collections::BTreeMap<(Uuid, DateTime<Utc>), i64>,
+    ) -> StoreResult<()> {
+        let ids: Vec<Uuid> = chunk.iter().map(|d| d.token_id).collect();
+        let mut stored = usage_rows_for_update(tx, &ids).await?;
+        // Tokens used for the first time get their row here; then they are locked and read like
+        // the others (a concurrent flush may have made the row first, with addresses to merge).
+        let missing: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !stored.contains_key(id))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            sqlx::query(
+                "INSERT INTO token_usage (token_id) \
+                 SELECT id FROM tokens WHERE id = ANY($1) ORDER BY id ON CONFLICT DO NOTHING",
+            )
+            .bind(&missing)
+            .execute(&mut **tx)
+            .await
+            .map_err(other)?;
+            stored.extend(usage_rows_for_update(tx, &missing).await?);
+        }
+        let n = stored.len();
+        let (mut found, mut counts, mut last_used, mut ips) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut current_hours, mut current_counts) =
+            (Vec::with_capacity(n), Vec::with_capacity(n));
+        for d in chunk {
+            // A token that is gone has no row: nothing to count.
+            let Some(mut known) = stored.remove(&d.token_id) else {
+                continue;
+            };
+            merge_client_ips(&mut known.ips, &d.ips);
+            let mut earlier = std::collections::BTreeMap::new();
+            let (hour, count) = roll_hours(known.hour, known.hour_count, &d.hours, &mut earlier);
+            found.push(d.token_id);
+            counts.push(d.count);
+            last_used.push(micros(d.last_used_at));
+            ips.push(ips_to_json(&known.ips));
+            current_hours.push(hour.map(micros));
+            current_counts.push(count);
+            for (h, c) in earlier {
+                *past.entry((d.token_id, h)).or_default() += c;
+            }
+        }
+        if !found.is_empty() {
+            // The rows are locked: the hour and its count are written as computed here.
+            sqlx::query(
+                "UPDATE token_usage AS c SET request_count = c.request_count + u.n, \
+                 last_used_at = GREATEST(c.last_used_at, u.last_used_at), client_ips = u.ips, \
+                 hour = u.hour, hour_count = u.hour_count \
+                 FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[], \
+                 $5::timestamptz[], $6::bigint[]) \
+                 AS u(id, n, last_used_at, ips, hour, hour_count) WHERE c.token_id = u.id",
+            )
+            .bind(&found)
+            .bind(&counts)
+            .bind(&last_used)
+            .bind(&ips)
+            .bind(&current_hours)
+            .bind(&current_counts)
+            .execute(&mut **tx)
+            .await
+            .map_err(other)?;
+        }
+        Ok(())
     }
 
     /// Connects to the database at `url` (`postgres://` or `postgresql://`) with a pool shaped by
@@ -964,8 +1139,14 @@ impl Store for PostgresStore {
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<HourCount>> {
         let rows = sqlx::query(
-            "SELECT hour, count FROM token_usage_hourly WHERE token_id = $1 AND hour >= $2 \
-             ORDER BY hour",
+            // The current hour is in the usage row; a node of a version before migration 0006
+            // may still have written the same hour to `token_usage_hourly`, hence the sum.
+            "SELECT hour, sum(count)::bigint AS count FROM ( \
+               SELECT hour, count FROM token_usage_hourly WHERE token_id = $1 AND hour >= $2 \
+               UNION ALL \
+               SELECT hour, hour_count FROM token_usage \
+               WHERE token_id = $1 AND hour >= $2 AND hour_count <> 0 \
+             ) AS h GROUP BY hour ORDER BY hour",
         )
         .bind(token_id)
         .bind(micros(since))
@@ -983,12 +1164,27 @@ impl Store for PostgresStore {
     }
 
     async fn delete_usage_hours_before(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
-        let res = sqlx::query("DELETE FROM token_usage_hourly WHERE hour < $1")
-            .bind(micros(cutoff))
-            .execute(&self.pool)
+        let mut tx = self.begin().await?;
+        // Its UPDATE locks rows in no particular order, like a flush's fast path.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(USAGE_FLUSH_LOCK)
+            .execute(&mut *tx)
             .await
             .map_err(other)?;
-        Ok(res.rows_affected())
+        let past = sqlx::query("DELETE FROM token_usage_hourly WHERE hour < $1")
+            .bind(micros(cutoff))
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        // A token idle since before the cutoff still holds its last hour in its usage row.
+        let current =
+            sqlx::query("UPDATE token_usage SET hour = NULL, hour_count = 0 WHERE hour < $1")
+                .bind(micros(cutoff))
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+        tx.commit().await.map_err(other)?;
+        Ok(past.rows_affected() + current.rows_affected())
     }
 
     async fn update_org(&self, org: &OrgRecord, event: &AuditRecord) -> StoreResult<()> {

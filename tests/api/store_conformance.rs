@@ -112,8 +112,10 @@ on_every_backend! {
         disabling_and_enabling_change_a_token_once_each,
         audit_events_are_filtered_and_paged_newest_first,
         usage_adds_up_and_keeps_the_latest_use_and_addresses,
+        usage_from_the_same_address_again_moves_only_its_time_and_a_late_one_moves_nothing_back,
         concurrent_usage_flushes_lose_no_counts,
         hourly_counts_add_up_per_hour_and_hours_before_a_cutoff_are_deleted,
+        hourly_counts_add_up_across_flushes_that_move_to_a_later_hour_and_back,
         a_usage_flush_of_thousands_of_tokens_counts_each_one,
         the_verify_read_returns_the_verify_columns_of_the_ids_that_exist,
         tokens_are_filtered_by_visibility_and_owner,
@@ -1101,6 +1103,82 @@ async fn audit_events_are_filtered_and_paged_newest_first(store: Arc<dyn Store>)
     assert_eq!(page2, [id(2), id(1)]);
 }
 
+async fn usage_from_the_same_address_again_moves_only_its_time_and_a_late_one_moves_nothing_back(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: two addresses known, the newer first.
+    let org = org_in(&store, "acme").await;
+    let token = inserted(&store, new_token(&org, "busy")).await;
+    store
+        .add_usage(Arc::from([usage(
+            token.id,
+            1,
+            10,
+            vec![ip("192.0.2.1", 10), ip("192.0.2.2", 8)],
+        )]))
+        .await
+        .unwrap();
+
+    // Act: one flush at a time, as a node makes them.
+    let mut seen = vec![];
+    for (count, secs, from) in [
+        // The newest address again, later: only its time moves.
+        (2, 20, "192.0.2.1"),
+        // The same address at the same instant as the last use: nothing moves back or forth.
+        (1, 20, "192.0.2.1"),
+        // Late (older than the last use), from the newest address: its time stays.
+        (4, 15, "192.0.2.1"),
+        // The older address, later: it becomes the newest.
+        (8, 30, "192.0.2.2"),
+        // The address now second, later again.
+        (16, 40, "192.0.2.1"),
+    ] {
+        store
+            .add_usage(Arc::from([usage(
+                token.id,
+                count,
+                secs,
+                vec![ip(from, secs)],
+            )]))
+            .await
+            .unwrap();
+        let now = get(&store, token.id).await;
+        seen.push((now.request_count, now.last_used_at, now.client_ips));
+    }
+
+    // Assert
+    assert_eq!(
+        seen,
+        [
+            (
+                3,
+                Some(at(20)),
+                vec![ip("192.0.2.1", 20), ip("192.0.2.2", 8)]
+            ),
+            (
+                4,
+                Some(at(20)),
+                vec![ip("192.0.2.1", 20), ip("192.0.2.2", 8)]
+            ),
+            (
+                8,
+                Some(at(20)),
+                vec![ip("192.0.2.1", 20), ip("192.0.2.2", 8)]
+            ),
+            (
+                16,
+                Some(at(30)),
+                vec![ip("192.0.2.2", 30), ip("192.0.2.1", 20)]
+            ),
+            (
+                32,
+                Some(at(40)),
+                vec![ip("192.0.2.1", 40), ip("192.0.2.2", 30)]
+            ),
+        ]
+    );
+}
+
 async fn usage_adds_up_and_keeps_the_latest_use_and_addresses(store: Arc<dyn Store>) {
     // Arrange
     let org = org_in(&store, "acme").await;
@@ -1216,6 +1294,46 @@ async fn hourly_counts_add_up_per_hour_and_hours_before_a_cutoff_are_deleted(
         [hour(3, 7)]
     );
     assert_eq!(get(&store, token.id).await.request_count, 11);
+}
+
+async fn hourly_counts_add_up_across_flushes_that_move_to_a_later_hour_and_back(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: flushes one after another, as a node makes them, the third late for hour 0.
+    let org = org_in(&store, "acme").await;
+    let token = inserted(&store, new_token(&org, "busy")).await;
+    let idle = inserted(&store, new_token(&org, "idle")).await;
+    let hour = |h: i64, count: i64| HourCount {
+        hour: at(h * 3600),
+        count,
+    };
+
+    // Act
+    for delta in [
+        usage(token.id, 1, 10, vec![]),
+        usage(idle.id, 3, 20, vec![]),
+        usage(token.id, 2, 3600 + 10, vec![]),
+        usage(token.id, 4, 30, vec![]),
+        usage(token.id, 8, 3600 + 20, vec![]),
+    ] {
+        store.add_usage(Arc::from([delta])).await.unwrap();
+    }
+    let all = store.usage_hours(token.id, at(0)).await.unwrap();
+    let idle_before = store.usage_hours(idle.id, at(0)).await.unwrap();
+    let deleted = store.delete_usage_hours_before(at(3600)).await.unwrap();
+    let kept = store.usage_hours(token.id, at(0)).await.unwrap();
+    let idle_after = store.usage_hours(idle.id, at(0)).await.unwrap();
+
+    // Assert
+    assert_eq!(all, [hour(0, 5), hour(1, 10)]);
+    assert_eq!(idle_before, [hour(0, 3)]);
+    assert_eq!(
+        deleted, 2,
+        "hour 0 of both tokens, the idle one's last hour too"
+    );
+    assert_eq!(kept, [hour(1, 10)]);
+    assert_eq!(idle_after, []);
+    assert_eq!(get(&store, token.id).await.request_count, 15);
 }
 
 async fn concurrent_usage_flushes_lose_no_counts(store: Arc<dyn Store>) {

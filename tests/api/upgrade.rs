@@ -2,6 +2,10 @@
 //! way it wrote them, then a server of this version started on it.
 
 use std::process::Command;
+use std::sync::Arc;
+
+use chrono::Utc;
+use latchkey::store::{HourCount, UsageDelta, hour_start};
 
 use serde_json::Value;
 use sqlx::Connection;
@@ -109,4 +113,64 @@ async fn usage_counted_before_the_narrow_usage_table_is_kept_and_old_nodes_state
         .unwrap();
     assert_eq!(moved, 1, "only the token with usage has a usage row");
     drop(node);
+}
+
+#[tokio::test]
+async fn hours_counted_by_nodes_of_the_previous_version_add_up_with_the_current_hour_in_the_usage_row()
+ {
+    // Arrange: the schema before migration 0006, a token whose current hour a node of that
+    // version counted in `token_usage_hourly`.
+    let admin = postgres_admin_url("hours_counted_by_nodes_of_the_previous_version_add_up");
+    let db = TestDatabase::create(&admin).await;
+    migrate_to_previous_version(&db.url, 6).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let (org, token) = (Uuid::now_v7(), Uuid::now_v7());
+    let hour = hour_start(Utc::now());
+    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, 'acme', now())")
+        .bind(org)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, \
+         created_at, created_by, family_id) \
+         VALUES ($1, $2, 'used', 'used', 1, $3, 4, now(), 'system', $1)",
+    )
+    .bind(token)
+    .bind(org)
+    .bind(format!("sha256:{}", "ab".repeat(32)))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    // What the previous version's flush writes (its statements, as they were).
+    let old_flush = |n: i64| {
+        sqlx::query(
+            "INSERT INTO token_usage_hourly (token_id, hour, count) VALUES ($1, $2, $3) \
+             ON CONFLICT (token_id, hour) DO UPDATE \
+             SET count = token_usage_hourly.count + excluded.count",
+        )
+        .bind(token)
+        .bind(hour)
+        .bind(n)
+    };
+    old_flush(3).execute(&mut conn).await.unwrap();
+
+    // Act: this version migrates and counts the same hour; an old node still flushes after.
+    let store = latchkey::store::connect(&db.url).await.unwrap();
+    store
+        .add_usage(Arc::from([UsageDelta {
+            token_id: token,
+            count: 2,
+            last_used_at: hour,
+            ips: vec![],
+            hours: vec![HourCount { hour, count: 2 }],
+        }]))
+        .await
+        .unwrap();
+    let old_after = old_flush(5).execute(&mut conn).await;
+    let hours = store.usage_hours(token, hour).await.unwrap();
+
+    // Assert
+    assert!(old_after.is_ok(), "{old_after:?}");
+    assert_eq!(hours, [HourCount { hour, count: 10 }]);
 }
