@@ -4,7 +4,10 @@
 free_port() {
   local p
   for _ in $(seq 200); do
-    p=$(( 20000 + RANDOM % 40000 ))
+    # Below Linux's ephemeral range (32768 and up by default): a port there may be the source
+    # port of one of the load generator's connections (or one in TIME_WAIT), which a connect
+    # test does not see and which makes the server's bind fail.
+    p=$(( 20000 + RANDOM % 12000 ))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
   done
   return 1
