@@ -286,7 +286,7 @@ const USAGE_FAST_UPDATE: &str = "UPDATE token_usage AS c SET \
      request_count = c.request_count + u.n, \
      last_used_at = GREATEST(c.last_used_at, u.last_used_at), \
      client_ips = CASE WHEN u.ip IS NULL THEN c.client_ips \
-       ELSE jsonb_set(c.client_ips, '{0,last_seen_at}', u.seen_json) END, \
+       ELSE jsonb_set(c.client_ips, '{0,last_seen_at}', to_jsonb(u.seen)) END, \
      hour = GREATEST(c.hour, u.hour), \
      hour_count = CASE WHEN c.hour IS NULL OR c.hour = u.hour THEN c.hour_count + u.hour_n \
        WHEN c.hour < u.hour THEN u.hour_n ELSE c.hour_count END, \
@@ -295,8 +295,8 @@ const USAGE_FAST_UPDATE: &str = "UPDATE token_usage AS c SET \
      rolled_count = CASE WHEN c.hour < u.hour THEN c.hour_count \
        WHEN c.hour > u.hour THEN u.hour_n ELSE 0 END \
      FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::text[], $5::timestamptz[], \
-       $6::jsonb[], $7::timestamptz[], $8::bigint[]) \
-       AS u(id, n, last_used_at, ip, seen, seen_json, hour, hour_n) \
+       $6::timestamptz[], $7::bigint[]) \
+       AS u(id, n, last_used_at, ip, seen, hour, hour_n) \
      WHERE c.token_id = u.id AND (u.ip IS NULL \
        OR (c.client_ips->0->>'ip' = u.ip AND c.last_used_at < u.seen)) \
      RETURNING c.token_id, c.rolled_hour, c.rolled_count";
@@ -321,29 +321,20 @@ impl PostgresStore {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        let (mut ip, mut seen, mut seen_json) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+        let (mut ip, mut seen) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut hour, mut hour_n) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for d in chunk {
             ids.push(d.token_id);
             counts.push(d.count);
             last_used.push(micros(d.last_used_at));
-            let (one_ip, one_seen, one_json) = match d.ips.as_slice() {
-                [] => (None, None, serde_json::Value::Null),
-                [one] => (
-                    Some(one.ip.clone()),
-                    Some(micros(one.last_seen_at)),
-                    serde_json::json!(micros(one.last_seen_at)),
-                ),
+            let (one_ip, one_seen) = match d.ips.as_slice() {
+                [] => (None, None),
+                [one] => (Some(one.ip.clone()), Some(micros(one.last_seen_at))),
                 // No stored address is empty: several addresses take the locked path.
-                _ => (Some(String::new()), None, serde_json::Value::Null),
+                _ => (Some(String::new()), None),
             };
             ip.push(one_ip);
             seen.push(one_seen);
-            seen_json.push(one_json);
             let last = d.hours.last();
             hour.push(last.map(|h| micros(h.hour)));
             hour_n.push(last.map_or(0, |h| h.count));
@@ -354,7 +345,6 @@ impl PostgresStore {
             .bind(&last_used)
             .bind(&ip)
             .bind(&seen)
-            .bind(&seen_json)
             .bind(&hour)
             .bind(&hour_n)
             .fetch_all(&mut *tx)
