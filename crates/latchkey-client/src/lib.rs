@@ -32,6 +32,7 @@ mod client;
 mod error;
 mod middleware;
 mod types;
+mod usage;
 
 /// The gRPC messages and client generated from `proto/latchkey/auth/v1/auth.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -63,7 +64,7 @@ redacted_debug!(
 pub use client::{ChangeStream, Client, MAX_USES_PER_REPORT};
 pub use error::{Error, ErrorCode};
 pub use middleware::{
-    Latchkey, LatchkeyBuilder, LatchkeyLayer, LatchkeyService, Rejection, bearer,
+    Latchkey, LatchkeyBuilder, LatchkeyLayer, LatchkeyService, Rejection, ResponseFuture, bearer,
 };
 pub use types::{
     ChangeKind, CreatedToken, ListTokens, NewToken, RotatedToken, TokenChange, TokenPage,

@@ -14,7 +14,7 @@
 //! - The uses answered from the cache are reported with `ReportUsage` every second (and on
 //!   [`Latchkey::shutdown`]); answers the server gave are counted by the server.
 
-use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -28,10 +28,11 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::cache::{Requirement, Verdict, VerdictCache};
+use crate::cache::{Key, Requirement, Verdict, VerdictCache};
 use crate::client::{Client, MAX_USES_PER_REPORT};
 use crate::error::{Error, ErrorCode};
 use crate::types::{TokenUse, Verified, VerifyCode, WatchEvent};
+use crate::usage::UsageCounts;
 
 /// The bit of `platform:admin`: a watch token holding it sees every org's changes.
 const PLATFORM_ADMIN: u64 = 1 << 6;
@@ -227,7 +228,7 @@ impl LatchkeyBuilder {
             watcher,
             cache: VerdictCache::new(self.capacity),
             scope: Mutex::new(None),
-            usage: Mutex::new(HashMap::new()),
+            usage: UsageCounts::new(MAX_PENDING_TOKENS),
             config: self,
         });
         if inner.watcher.is_some() {
@@ -264,7 +265,7 @@ struct Inner {
     watcher: Option<Client>,
     cache: VerdictCache,
     scope: Mutex<Option<WatchScope>>,
-    usage: Mutex<HashMap<Uuid, (i64, DateTime<Utc>)>>,
+    usage: UsageCounts,
     config: LatchkeyBuilder,
 }
 
@@ -327,11 +328,11 @@ impl Latchkey {
     /// (or `MethodRouter::layer`) so unknown routes stay 404.
     pub fn require<S: AsRef<str>>(&self, scopes: &[S]) -> LatchkeyLayer {
         let requirement = Requirement::new(scopes);
-        LatchkeyLayer {
+        LatchkeyLayer(Arc::new(LayerState {
             latchkey: self.clone(),
             required: requirement.scopes.clone().into(),
-            requirement: Arc::new(requirement),
-        }
+            requirement,
+        }))
     }
 
     /// Whether the change stream is up (so answers are cached).
@@ -381,22 +382,38 @@ impl Inner {
         required: &Arc<[String]>,
     ) -> Result<Verified, Rejection> {
         let key = r.key(token);
-        if let Some(v) = self.cache.get(&key, Instant::now()) {
-            return match v {
-                Verdict::Allowed(v) => {
-                    self.count_use(v.token_id);
-                    Ok(v)
-                }
-                Verdict::Forbidden { token_id } => {
-                    self.count_use(token_id);
-                    Err(Rejection::InsufficientScope {
-                        token_id,
-                        required: required.clone(),
-                    })
-                }
-                Verdict::Refused => Err(Rejection::InvalidToken),
-            };
+        match self.cached(&key, required) {
+            Some(verdict) => verdict,
+            None => self.ask(token, key, r, required).await,
         }
+    }
+
+    /// The cached verdict for `key`, counting the use, or `None` to ask the server.
+    fn cached(&self, key: &Key, required: &Arc<[String]>) -> Option<Result<Verified, Rejection>> {
+        Some(match self.cache.get(key, Instant::now())? {
+            Verdict::Allowed(v) => {
+                self.count_use(v.token_id);
+                Ok(v)
+            }
+            Verdict::Forbidden { token_id } => {
+                self.count_use(token_id);
+                Err(Rejection::InsufficientScope {
+                    token_id,
+                    required: required.clone(),
+                })
+            }
+            Verdict::Refused => Err(Rejection::InvalidToken),
+        })
+    }
+
+    /// Asks the server about `token` (its cache key `key`) and caches the answer when it may.
+    async fn ask(
+        &self,
+        token: &str,
+        key: Key,
+        r: &Requirement,
+        required: &Arc<[String]>,
+    ) -> Result<Verified, Rejection> {
         let epoch = self.cache.epoch();
         let scopes: Vec<&str> = r.scopes.iter().map(String::as_str).collect();
         let answer = self.client.validate(token, &scopes).await.map_err(|e| {
@@ -471,20 +488,13 @@ impl Inner {
     }
 
     fn count_use(&self, token_id: Uuid) {
-        let now = Utc::now();
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        if usage.len() >= MAX_PENDING_TOKENS && !usage.contains_key(&token_id) {
-            return;
-        }
-        let e = usage.entry(token_id).or_insert((0, now));
-        e.0 += 1;
-        e.1 = now;
+        self.usage.add(token_id, 1, Utc::now());
     }
 
     /// Reports the uses counted so far; on a failure that may pass, keeps them for the next.
     async fn flush_usage(&self) {
         let Some(watcher) = &self.watcher else { return };
-        let pending = std::mem::take(&mut *self.usage.lock().unwrap_or_else(|e| e.into_inner()));
+        let pending = self.usage.take();
         if pending.is_empty() {
             return;
         }
@@ -505,15 +515,8 @@ impl Inner {
                 Ok(_) => {}
                 Err(e) if e.is_unavailable() || e.code() == Some(&ErrorCode::RateLimited) => {
                     tracing::warn!(error = %e, "latchkey: usage report failed; kept for the next one");
-                    let rest = &uses[i * MAX_USES_PER_REPORT..];
-                    let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-                    for u in rest {
-                        if usage.len() >= MAX_PENDING_TOKENS && !usage.contains_key(&u.token_id) {
-                            continue;
-                        }
-                        let e = usage.entry(u.token_id).or_insert((0, u.last_used_at));
-                        e.0 += u.count;
-                        e.1 = e.1.max(u.last_used_at);
+                    for u in &uses[i * MAX_USES_PER_REPORT..] {
+                        self.usage.add(u.token_id, u.count, u.last_used_at);
                     }
                     return;
                 }
@@ -647,9 +650,13 @@ async fn report_usage(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
 /// ([`Latchkey::layer`], [`Latchkey::require`]). A request that passes carries [`Verified`]
 /// in its extensions; any other is answered with its [`Rejection`] (401, 403 or 503).
 #[derive(Clone)]
-pub struct LatchkeyLayer {
+pub struct LatchkeyLayer(Arc<LayerState>);
+
+/// What a layer's services share, behind one `Arc`: cloned for every request, so one count
+/// moves instead of one per field (the request threads all touch it).
+struct LayerState {
     latchkey: Latchkey,
-    requirement: Arc<Requirement>,
+    requirement: Requirement,
     required: Arc<[String]>,
 }
 
@@ -671,6 +678,37 @@ pub struct LatchkeyService<S> {
     layer: LatchkeyLayer,
 }
 
+pin_project_lite::pin_project! {
+    /// The future of [`LatchkeyService`]: the inner service's own when the verdict was at
+    /// hand (cached, or no bearer), so a cache hit costs no allocation or extra task state.
+    #[project = ResponseFutureProj]
+    pub enum ResponseFuture<F, E> {
+        /// Let through: the inner service's answer.
+        Inner { #[pin] future: F },
+        /// Refused without asking the server.
+        Refused { response: Option<Response<Body>> },
+        /// Asking the server, then the inner service.
+        Asking { future: Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>> },
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F, E>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ResponseFutureProj::Inner { future } => future.poll(cx),
+            ResponseFutureProj::Refused { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_default()))
+            }
+            ResponseFutureProj::Asking { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
 impl<S, B> tower::Service<Request<B>> for LatchkeyService<S>
 where
     S: tower::Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
@@ -679,37 +717,57 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send + 'static>>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // The clone is the one not yet polled ready; the ready one serves this request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            let verdict = match bearer(req.headers()) {
-                None => Err(Rejection::MissingBearer),
-                Some(token) => {
-                    layer
-                        .latchkey
-                        .inner
-                        .verify(token, &layer.requirement, &layer.required)
-                        .await
-                }
-            };
-            match verdict {
-                Ok(v) => {
-                    req.extensions_mut().insert(v);
-                    inner.call(req).await
-                }
-                Err(r) => Ok(r.into_response()),
+        let state = &self.layer.0;
+        let key = match bearer(req.headers()) {
+            Some(token) => state.requirement.key(token),
+            None => {
+                return ResponseFuture::Refused {
+                    response: Some(Rejection::MissingBearer.into_response()),
+                };
             }
-        })
+        };
+        match state.latchkey.inner.cached(&key, &state.required) {
+            Some(Ok(v)) => {
+                req.extensions_mut().insert(v);
+                ResponseFuture::Inner {
+                    future: self.inner.call(req),
+                }
+            }
+            Some(Err(r)) => ResponseFuture::Refused {
+                response: Some(r.into_response()),
+            },
+            None => {
+                // The clone is the one not yet polled ready; the ready one serves this request.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let layer = self.layer.clone();
+                ResponseFuture::Asking {
+                    future: Box::pin(async move {
+                        let state = &layer.0;
+                        let token = bearer(req.headers()).unwrap_or_default();
+                        let verdict = state
+                            .latchkey
+                            .inner
+                            .ask(token, key, &state.requirement, &state.required)
+                            .await;
+                        match verdict {
+                            Ok(v) => {
+                                req.extensions_mut().insert(v);
+                                inner.call(req).await
+                            }
+                            Err(r) => Ok(r.into_response()),
+                        }
+                    }),
+                }
+            }
+        }
     }
 }
 
