@@ -66,7 +66,8 @@ LK_PORT=$(free_port); BASE_PORT=$(free_port)
 CACHE=$(( TOKENS / 10 > 0 ? TOKENS / 10 : 1 ))
 LATCHKEY_LOG=warn "$BIN/latchkey" serve --listen "127.0.0.1:$LK_PORT" --database-url "$URL" \
   --log-format json --hash sha256 --cache-capacity "$CACHE" --rate-limit-per-second 0 \
-  --rate-limit-mint-per-hour 0 --trusted-proxies 127.0.0.1/32 >"$TMP/lk.log" 2>&1 &
+  --rate-limit-mint-per-hour 0 --rate-limit-mint-per-token-per-hour 0 --trusted-proxies 127.0.0.1/32 \
+  >"$TMP/lk.log" 2>&1 &
 LK_PID=$!; PIDS+=("$LK_PID")
 "$BIN/examples/baseline" --listen "127.0.0.1:$BASE_PORT" >"$TMP/base.log" 2>&1 &
 BASE_PID=$!; PIDS+=("$BASE_PID")
