@@ -4,7 +4,7 @@
 //! allocator, mimalloc), the same serving
 //! loop (`latchkey::server::serve`: hyper-util HTTP/1.1 + HTTP/2, header timeout, connection
 //! bound, the default `ServerLimits`), the same one-port dispatch on the `application/grpc`
-//! content type (`latchkey::server::one_port`), and the tonic-generated `AuthService` server
+//! content type (`latchkey::server::OnePort`, served as it is), and the tonic-generated `AuthService` server
 //! mounted like Latchkey's (`tonic::service::Routes::into_axum_router`). Every answer is fixed
 //! and built once at start:
 //!
@@ -299,7 +299,7 @@ async fn main() -> anyhow::Result<()> {
         .into_axum_router();
     let listener = TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
-    let app = latchkey::server::one_port(rest, grpc, Arc::new(Vec::new()));
+    let app = latchkey::server::OnePort::new(rest, grpc, Arc::new(Vec::new()));
     latchkey::server::serve(
         listener,
         app,

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -40,7 +39,7 @@ pub struct Settings {
 pub struct Application {
     listener: TcpListener,
     clock: Arc<dyn Clock>,
-    router: server::Bounded<Router>,
+    router: server::Bounded<server::OnePort>,
     authority: Arc<Authority>,
     metrics: PrometheusHandle,
     flush_interval: Duration,
@@ -87,7 +86,7 @@ impl Application {
             trusted.clone(),
         )
         .await?;
-        let router = server::bounded(server::one_port(rest, grpc, trusted), &settings.limits);
+        let router = server::bounded(server::OnePort::new(rest, grpc, trusted), &settings.limits);
         Ok(Self {
             listener,
             clock,

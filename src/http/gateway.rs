@@ -2,14 +2,12 @@
 //! the same over gRPC: `grpc/envoy.rs`). Reads the bearer, verifies it through the same service
 //! call as `POST /v1/tokens/verify`, and answers with status and headers only.
 
-use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
-use uuid::Uuid;
 
 use super::AppState;
 use super::error::ErrorBody;
@@ -81,15 +79,16 @@ pub async fn check(
         (VerifyCode::Valid, Some(t)) => {
             let mut out = StatusCode::NO_CONTENT.into_response();
             let h = out.headers_mut();
-            let mut buf = Uuid::encode_buffer();
-            for (name, id) in [(TOKEN_ID, t.token_id), (ORG_ID, t.org_id)] {
-                if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
+            // Rendered once per cache entry; each answer shares the bytes.
+            let text = t.identity();
+            for (name, value) in [
+                (TOKEN_ID, &text.token_id),
+                (ORG_ID, &text.org_id),
+                (SCOPES, &text.scopes),
+            ] {
+                if let Ok(v) = HeaderValue::from_maybe_shared(value.clone()) {
                     h.insert(name, v);
                 }
-            }
-            // The joined string becomes the value as it is, without a copy.
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(t.scopes.join(","))) {
-                h.insert(SCOPES, v);
             }
             Ok(out)
         }

@@ -573,11 +573,42 @@ pub struct VerifiedToken {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     json_fields: JsonFields,
+    #[serde(skip)]
+    identity: Identity,
 }
 
 /// A memo of a [`VerifiedToken`]'s JSON fields; not part of its value.
 #[derive(Clone, Default)]
 struct JsonFields(OnceLock<Box<str>>);
+
+/// A memo of a [`VerifiedToken`]'s identity as text ([`VerifiedToken::identity`]); not part of
+/// its value.
+#[derive(Clone, Default)]
+struct Identity(OnceLock<IdentityText>);
+
+impl PartialEq for Identity {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
+}
+
+/// A verified token's identity as the gateway check's headers carry it: shared bytes, so an
+/// answer takes a reference, not a copy.
+#[derive(Clone, Debug)]
+pub struct IdentityText {
+    /// The token id, hyphenated lowercase.
+    pub token_id: bytes::Bytes,
+    /// The org id, hyphenated lowercase.
+    pub org_id: bytes::Bytes,
+    /// The scope names joined with `,` (empty for none).
+    pub scopes: bytes::Bytes,
+}
 
 impl PartialEq for JsonFields {
     fn eq(&self, _: &Self) -> bool {
@@ -606,7 +637,18 @@ impl VerifiedToken {
             scopes,
             expires_at,
             json_fields: JsonFields::default(),
+            identity: Identity::default(),
         }
+    }
+
+    /// This token's identity as text, for the gateway check's headers. Rendered on first use,
+    /// like [`Self::json_fields`].
+    pub fn identity(&self) -> &IdentityText {
+        self.identity.0.get_or_init(|| IdentityText {
+            token_id: self.token_id.hyphenated().to_string().into(),
+            org_id: self.org_id.hyphenated().to_string().into(),
+            scopes: self.scopes.join(",").into(),
+        })
     }
 
     /// This token's fields as they appear in a JSON verify answer, without the braces

@@ -590,7 +590,7 @@ async fn keys_imported_through_the_api_verify_at_once_and_keep_what_their_source
     let mut lines = lines_of(&keys);
     // Whole seconds: the store keeps microseconds, the JSON would carry nanoseconds.
     let created_at = Utc::now().trunc_subsecs(0) - TimeDelta::days(400);
-    let last_used_at = Utc::now() - TimeDelta::days(3);
+    let last_used_at = Utc::now().trunc_subsecs(0) - TimeDelta::days(3);
     let expires_at = Utc::now().trunc_subsecs(0) + TimeDelta::days(30);
     let extra = json!({
         "created_at": created_at, "last_used_at": last_used_at, "expires_at": expires_at,
