@@ -302,6 +302,18 @@ const USAGE_FAST_UPDATE: &str = "UPDATE token_usage AS c SET \
      RETURNING c.token_id, c.rolled_hour, c.rolled_count";
 
 impl PostgresStore {
+    /// A transaction holding [`USAGE_FLUSH_LOCK`], for writes to `token_usage` that lock rows
+    /// in no fixed order.
+    async fn begin_usage_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(USAGE_FLUSH_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        Ok(tx)
+    }
+
     /// Adds one chunk of usage (tokens in id order) in one transaction, holding
     /// [`USAGE_FLUSH_LOCK`]. Most tokens take [`USAGE_FAST_UPDATE`]; the others (used for the
     /// first time, from a new address, or late) take the locked path: read and lock their rows,
@@ -309,12 +321,7 @@ impl PostgresStore {
     /// `token_usage_hourly` is written only when a token's hour changes (once an hour per token
     /// at most), not on every flush. Usage of a token that is gone is skipped.
     async fn add_usage_chunk(&self, chunk: &[UsageDelta]) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(USAGE_FLUSH_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(other)?;
+        let mut tx = self.begin_usage_write().await?;
         let n = chunk.len();
         let (mut ids, mut counts, mut last_used) = (
             Vec::with_capacity(n),
@@ -1154,13 +1161,8 @@ impl Store for PostgresStore {
     }
 
     async fn delete_usage_hours_before(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
         // Its UPDATE locks rows in no particular order, like a flush's fast path.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(USAGE_FLUSH_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(other)?;
+        let mut tx = self.begin_usage_write().await?;
         let past = sqlx::query("DELETE FROM token_usage_hourly WHERE hour < $1")
             .bind(micros(cutoff))
             .execute(&mut *tx)
