@@ -54,6 +54,14 @@ trap cleanup EXIT
 "$SEED" --database-url "sqlite://$TMP/seed.db" --count "$TOKENS" --hash sha256 \
   --out "$TMP/tokens.txt" --method sql >"$TMP/seed.out" 2>&1 ||
   { cat "$TMP/seed.out" >&2; exit 1; }
+# The seed may have left pages in its write-ahead log, which a copy of the main file alone loses.
+if command -v sqlite3 >/dev/null; then
+  sqlite3 "$TMP/seed.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
+else
+  for f in "$TMP"/seed.db-wal "$TMP"/seed.db-shm; do
+    [ -e "$f" ] && { cp "$f" "$TMP/old.db${f#"$TMP"/seed.db}"; cp "$f" "$TMP/new.db${f#"$TMP"/seed.db}"; }
+  done
+fi
 cp "$TMP/seed.db" "$TMP/old.db"
 cp "$TMP/seed.db" "$TMP/new.db"
 CACHE=$(( TOKENS / 10 ))
