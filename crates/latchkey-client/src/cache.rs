@@ -1,20 +1,28 @@
 //! The middleware's cache of verdicts: pure logic, no I/O, time passed in.
 //!
-//! Keys are a 128-bit keyed hash (two SipHash-1-3 with random keys drawn at start) of the
-//! required scopes and the token string, so the cache never holds a token. The hash keys never
-//! leave the process, so nobody outside can aim two tokens at one cache key, and by chance two
-//! of a million cached keys collide with odds of about 2^-88. SHA-256 did the same job at
+//! Keys are a 128-bit keyed hash of the required scopes and the token string (SipHash-1-3,
+//! a keyed pseudo-random function, with a random key drawn at start, finished twice: after
+//! the token, and after one more byte, 0xFF, which no token string holds), so the cache never
+//! holds a token. The hash key never leaves the process, so nobody outside can aim two tokens
+//! at one cache key, and by chance two of a million cached keys collide with odds of about
+//! 2^-88. SHA-256 did the same job at
 //! several times the cost on every request. It is used only while the change stream is up (`live`); every invalidation bumps
 //! an epoch, and a fill during which the epoch moved (checked after its insert) is taken
 //! back: the answer it holds may predate the change, so it serves its own request only.
+//!
+//! In front of the shared cache, each thread keeps copies of the answers it served lately
+//! (`near`), valid only while the epoch has not moved since they were copied. A hit there
+//! takes no lock and writes no memory another thread reads: with every thread serving the
+//! same few tokens, the shared cache's lock and the answers' reference counts bounced between
+//! the CPUs on every request. Any invalidation, of any token, voids every thread's copies.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use std::hash::{BuildHasher, DefaultHasher, Hasher, RandomState};
-use std::sync::OnceLock;
 use uuid::Uuid;
 
 use crate::types::Verified;
@@ -22,11 +30,41 @@ use crate::types::Verified;
 /// A cache key: the keyed hash of (required scopes, token).
 pub(crate) type Key = [u64; 2];
 
-/// The process's two hash keys, drawn once.
-fn hash_keys() -> &'static (RandomState, RandomState) {
-    static KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
-    KEYS.get_or_init(|| (RandomState::new(), RandomState::new()))
+/// The process's hash key, drawn once.
+fn hash_key() -> &'static RandomState {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    KEY.get_or_init(RandomState::new)
 }
+
+/// A hasher for keys that are random already (a [`Key`], a token id the server drew): it
+/// folds their bytes instead of hashing them again. Only for maps whose keys nobody outside
+/// can choose.
+#[derive(Default)]
+pub(crate) struct Fold(u64);
+
+impl Hasher for Fold {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(29) ^ n;
+    }
+
+    fn write_usize(&mut self, _len: usize) {
+        // Only the length prefix of a slice or array: always the same here.
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FoldState = BuildHasherDefault<Fold>;
 
 /// What the server said about a token, as the cache keeps it.
 #[derive(Debug, Clone)]
@@ -40,6 +78,17 @@ pub(crate) enum Verdict {
 }
 
 impl Verdict {
+    /// A copy sharing no reference count with `self`, for one thread's own use.
+    fn detached(&self) -> Verdict {
+        match self {
+            Verdict::Allowed(v) => Verdict::Allowed(Verified {
+                scopes: Arc::from(v.scopes.to_vec()),
+                ..v.clone()
+            }),
+            other => other.clone(),
+        }
+    }
+
     fn token_id(&self) -> Option<Uuid> {
         match self {
             Verdict::Allowed(v) => Some(v.token_id),
@@ -55,11 +104,11 @@ struct Entry {
     until: Instant,
 }
 
-/// The scopes a route requires, sorted and deduplicated, with the hashers of the key prefix.
+/// The scopes a route requires, sorted and deduplicated, with the hasher of the key prefix.
 #[derive(Clone)]
 pub(crate) struct Requirement {
     pub(crate) scopes: Vec<String>,
-    prefix: [DefaultHasher; 2],
+    prefix: DefaultHasher,
 }
 
 impl Requirement {
@@ -67,33 +116,68 @@ impl Requirement {
         let mut scopes: Vec<String> = scopes.iter().map(|s| s.as_ref().to_string()).collect();
         scopes.sort();
         scopes.dedup();
-        let (a, b) = hash_keys();
-        let mut prefix = [a.build_hasher(), b.build_hasher()];
-        for h in &mut prefix {
-            // Lengths first, so ("ab", "c") and ("a", "bc") differ.
-            h.write_u64(scopes.len() as u64);
-            for s in &scopes {
-                h.write_u64(s.len() as u64);
-                h.write(s.as_bytes());
-            }
+        let mut prefix = hash_key().build_hasher();
+        // Lengths first, so ("ab", "c") and ("a", "bc") differ.
+        prefix.write_u64(scopes.len() as u64);
+        for s in &scopes {
+            prefix.write_u64(s.len() as u64);
+            prefix.write(s.as_bytes());
         }
         Requirement { scopes, prefix }
     }
 
-    /// The key of `token` under this requirement.
+    /// The key of `token` under this requirement: the function's values at two inputs
+    /// (prefix, token) and (prefix, token, 0xFF), distinct for distinct tokens since a
+    /// `&str` never holds the byte 0xFF, so as independent as two keyed hashes.
     pub(crate) fn key(&self, token: &str) -> Key {
-        self.prefix.clone().map(|mut h| {
-            h.write(token.as_bytes());
-            h.finish()
-        })
+        let mut h = self.prefix.clone();
+        h.write(token.as_bytes());
+        let first = h.finish();
+        h.write_u8(0xFF);
+        [first, h.finish()]
     }
 }
 
+/// Entries of a thread's `near` copies, over all caches; beyond, they start again empty.
+const NEAR_CAPACITY: usize = 1024;
+
+struct NearEntry {
+    /// The [`VerdictCache::id`] of the cache copied from.
+    cache: u64,
+    /// The epoch read before the copy was taken.
+    epoch: u64,
+    entry: Entry,
+}
+
+thread_local! {
+    static NEAR: RefCell<HashMap<Key, NearEntry, FoldState>> = RefCell::default();
+}
+
+type Shared<V> = quick_cache::sync::Cache<
+    Key,
+    V,
+    quick_cache::UnitWeighter,
+    FoldState,
+    quick_cache::sync::DefaultLifecycle<Key, V>,
+>;
+
+fn shared<V: Clone>(capacity: usize) -> Shared<V> {
+    quick_cache::sync::Cache::with(
+        capacity,
+        capacity as u64,
+        quick_cache::UnitWeighter,
+        FoldState::default(),
+        quick_cache::sync::DefaultLifecycle::default(),
+    )
+}
+
 pub(crate) struct VerdictCache {
+    /// Tells this cache's `near` copies from another's.
+    id: u64,
     /// Answers about genuine tokens (allowed or forbidden), indexed by token id below.
-    tokens: quick_cache::sync::Cache<Key, Entry>,
+    tokens: Shared<Entry>,
     /// Refusals: nothing ties them to a token id.
-    refusals: quick_cache::sync::Cache<Key, Instant>,
+    refusals: Shared<Instant>,
     index: Mutex<HashMap<Uuid, Vec<Key>>>,
     capacity: usize,
     epoch: AtomicU64,
@@ -102,10 +186,12 @@ pub(crate) struct VerdictCache {
 
 impl VerdictCache {
     pub(crate) fn new(capacity: usize) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         let capacity = capacity.max(1);
         VerdictCache {
-            tokens: quick_cache::sync::Cache::new(capacity),
-            refusals: quick_cache::sync::Cache::new(capacity),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            tokens: shared(capacity),
+            refusals: shared(capacity),
             index: Mutex::new(HashMap::new()),
             capacity,
             epoch: AtomicU64::new(0),
@@ -138,13 +224,27 @@ impl VerdictCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Runs `drop`, an invalidation, between two bumps of the epoch: the first voids the fills
+    /// in flight, the second the `near` copies taken while `drop` ran (a copy taken after the
+    /// first bump may hold an entry `drop` had not removed yet).
+    fn invalidate(&self, drop: impl FnOnce()) {
+        self.bump();
+        drop();
+        self.bump();
+    }
+
     /// The cached verdict for `key`, if the stream is up and it has not run out.
     pub(crate) fn get(&self, key: &Key, now: Instant) -> Option<Verdict> {
         if !self.is_live() {
             return None;
         }
+        let epoch = self.epoch();
+        if let Some(v) = self.near(key, epoch, now) {
+            return Some(v);
+        }
         if let Some(e) = self.tokens.get(key) {
             if e.until > now {
+                self.keep_near(*key, &e, epoch);
                 return Some(e.verdict);
             }
             self.tokens.remove(key);
@@ -156,6 +256,39 @@ impl VerdictCache {
             self.refusals.remove(key);
         }
         None
+    }
+
+    /// This thread's copy of the answer for `key`, if taken at `epoch` and not run out.
+    fn near(&self, key: &Key, epoch: u64, now: Instant) -> Option<Verdict> {
+        NEAR.try_with(|near| {
+            let near = near.borrow();
+            let n = near.get(key)?;
+            (n.cache == self.id && n.epoch == epoch && n.entry.until > now)
+                .then(|| n.entry.verdict.clone())
+        })
+        .ok()
+        .flatten()
+    }
+
+    fn keep_near(&self, key: Key, entry: &Entry, epoch: u64) {
+        let _ = NEAR.try_with(|near| {
+            let mut near = near.borrow_mut();
+            if near.len() >= NEAR_CAPACITY && !near.contains_key(&key) {
+                near.clear();
+            }
+            let entry = Entry {
+                verdict: entry.verdict.detached(),
+                until: entry.until,
+            };
+            near.insert(
+                key,
+                NearEntry {
+                    cache: self.id,
+                    epoch,
+                    entry,
+                },
+            );
+        });
     }
 
     /// Keeps the server's answer until `until`, unless the stream is down or anything was
@@ -206,29 +339,30 @@ impl VerdictCache {
 
     /// Drops every answer about token `id`.
     pub(crate) fn invalidate_token(&self, id: Uuid) {
-        self.bump();
-        let keys = self
-            .index
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        for k in keys.into_iter().flatten() {
-            self.tokens.remove(&k);
-        }
+        self.invalidate(|| {
+            let keys = self
+                .index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            for k in keys.into_iter().flatten() {
+                self.tokens.remove(&k);
+            }
+        });
     }
 
     /// Drops every refusal (a token may have become valid).
     pub(crate) fn drop_refusals(&self) {
-        self.bump();
-        self.refusals.clear();
+        self.invalidate(|| self.refusals.clear());
     }
 
     /// Drops everything.
     pub(crate) fn clear(&self) {
-        self.bump();
-        self.index.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.tokens.clear();
-        self.refusals.clear();
+        self.invalidate(|| {
+            self.index.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.tokens.clear();
+            self.refusals.clear();
+        });
     }
 
     #[cfg(test)]
@@ -239,7 +373,6 @@ impl VerdictCache {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -319,6 +452,65 @@ mod tests {
         assert!(c.get(&k1, now).is_none());
         assert!(c.get(&k2, now).is_none());
         assert!(matches!(c.get(&k3, now), Some(Verdict::Allowed(_))));
+    }
+
+    #[test]
+    fn a_change_voids_the_copies_a_thread_took_of_that_answer() {
+        // Arrange: this thread served the answer once, so it holds its own copy.
+        let c = live_cache();
+        let id = Uuid::now_v7();
+        let key = Requirement::new::<&str>(&[]).key("t");
+        let now = Instant::now();
+        assert!(c.fill(key, allowed(id), now + TTL, c.epoch()));
+        assert!(c.get(&key, now).is_some());
+
+        // Act
+        c.invalidate_token(id);
+
+        // Assert
+        assert!(c.get(&key, now).is_none());
+    }
+
+    #[test]
+    fn a_copy_taken_while_a_change_runs_is_void_once_it_has_run() {
+        // Arrange: the change has bumped the epoch but not removed the entry yet, and a
+        // request copies the entry meanwhile.
+        let c = live_cache();
+        let id = Uuid::now_v7();
+        let key = Requirement::new::<&str>(&[]).key("t");
+        let now = Instant::now();
+        assert!(c.fill(key, allowed(id), now + TTL, c.epoch()));
+        let mut copied = false;
+
+        // Act
+        c.invalidate(|| {
+            copied = c.get(&key, now).is_some();
+            c.tokens.remove(&key);
+        });
+
+        // Assert
+        assert!(copied, "the entry was still there while the change ran");
+        assert!(c.get(&key, now).is_none());
+    }
+
+    #[test]
+    fn copies_of_one_cache_do_not_answer_for_another() {
+        let (a, b) = (live_cache(), live_cache());
+        let key = Requirement::new::<&str>(&[]).key("t");
+        let now = Instant::now();
+        assert!(a.fill(key, allowed(Uuid::now_v7()), now + TTL, a.epoch()));
+        assert!(a.get(&key, now).is_some());
+        assert!(b.get(&key, now).is_none());
+    }
+
+    #[test]
+    fn a_copy_runs_out_with_its_answer() {
+        let c = live_cache();
+        let key = Requirement::new::<&str>(&[]).key("t");
+        let now = Instant::now();
+        assert!(c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch()));
+        assert!(c.get(&key, now).is_some());
+        assert!(c.get(&key, now + TTL).is_none());
     }
 
     #[test]

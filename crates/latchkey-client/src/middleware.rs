@@ -390,13 +390,14 @@ impl Inner {
 
     /// The cached verdict for `key`, counting the use, or `None` to ask the server.
     fn cached(&self, key: &Key, required: &Arc<[String]>) -> Option<Result<Verified, Rejection>> {
-        Some(match self.cache.get(key, Instant::now())? {
+        let now = Instant::now();
+        Some(match self.cache.get(key, now)? {
             Verdict::Allowed(v) => {
-                self.count_use(v.token_id);
+                self.usage.add(v.token_id, 1, now);
                 Ok(v)
             }
             Verdict::Forbidden { token_id } => {
-                self.count_use(token_id);
+                self.usage.add(token_id, 1, now);
                 Err(Rejection::InsufficientScope {
                     token_id,
                     required: required.clone(),
@@ -487,10 +488,6 @@ impl Inner {
         }
     }
 
-    fn count_use(&self, token_id: Uuid) {
-        self.usage.add(token_id, 1, Utc::now());
-    }
-
     /// Reports the uses counted so far; on a failure that may pass, keeps them for the next.
     async fn flush_usage(&self) {
         let Some(watcher) = &self.watcher else { return };
@@ -498,15 +495,21 @@ impl Inner {
         if pending.is_empty() {
             return;
         }
+        let (wall, mono) = (Utc::now(), Instant::now());
         let mut uses = Vec::with_capacity(pending.len());
-        for (token_id, (mut count, last_used_at)) in pending {
+        // The instants, to count the uses again if the report fails.
+        let mut instants = Vec::with_capacity(pending.len());
+        for (token_id, (mut count, at)) in pending {
+            let ago =
+                chrono::Duration::from_std(mono.saturating_duration_since(at)).unwrap_or_default();
             while count > 0 {
                 let n = count.min(MAX_COUNT_PER_USE);
                 uses.push(TokenUse {
                     token_id,
                     count: n,
-                    last_used_at,
+                    last_used_at: wall - ago,
                 });
+                instants.push(at);
                 count -= n;
             }
         }
@@ -515,8 +518,9 @@ impl Inner {
                 Ok(_) => {}
                 Err(e) if e.is_unavailable() || e.code() == Some(&ErrorCode::RateLimited) => {
                     tracing::warn!(error = %e, "latchkey: usage report failed; kept for the next one");
-                    for u in &uses[i * MAX_USES_PER_REPORT..] {
-                        self.usage.add(u.token_id, u.count, u.last_used_at);
+                    let from = i * MAX_USES_PER_REPORT;
+                    for (u, at) in uses[from..].iter().zip(&instants[from..]) {
+                        self.usage.add(u.token_id, u.count, *at);
                     }
                     return;
                 }

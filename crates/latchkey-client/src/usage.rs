@@ -3,9 +3,15 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+use crate::cache::FoldState;
+
+/// Per token: uses, and the latest (a monotonic instant: the caller has one at hand, and
+/// turning it into wall-clock time waits for the report).
+pub(crate) type Uses = HashMap<Uuid, (i64, Instant), FoldState>;
 
 /// Shards of [`UsageCounts`]: more than the request threads of most services.
 const SHARDS: usize = 16;
@@ -14,7 +20,7 @@ const SHARDS: usize = 16;
 /// pull the same line back and forth.
 #[repr(align(128))]
 #[derive(Default)]
-struct Shard(Mutex<HashMap<Uuid, (i64, DateTime<Utc>)>>);
+struct Shard(Mutex<Uses>);
 
 /// Verifications per token (count, latest use), counted by the request threads and taken by
 /// the usage report. Each thread counts in a shard of its own (threads beyond [`SHARDS`]
@@ -44,7 +50,7 @@ impl UsageCounts {
     }
 
     /// Adds `count` uses of `token_id`, the latest at `at`.
-    pub(crate) fn add(&self, token_id: Uuid, count: i64, at: DateTime<Utc>) {
+    pub(crate) fn add(&self, token_id: Uuid, count: i64, at: Instant) {
         let mut shard = self.shards[my_shard()]
             .0
             .lock()
@@ -58,8 +64,8 @@ impl UsageCounts {
     }
 
     /// Everything counted so far, per token (the shards merged); the counts start again at zero.
-    pub(crate) fn take(&self) -> HashMap<Uuid, (i64, DateTime<Utc>)> {
-        let mut all: HashMap<Uuid, (i64, DateTime<Utc>)> = HashMap::new();
+    pub(crate) fn take(&self) -> Uses {
+        let mut all = Uses::default();
         for shard in &self.shards {
             let taken = std::mem::take(&mut *shard.0.lock().unwrap_or_else(|e| e.into_inner()));
             for (id, (count, at)) in taken {
@@ -76,8 +82,9 @@ impl UsageCounts {
 mod tests {
     use super::*;
 
-    fn at(secs: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_767_225_600 + secs, 0).unwrap()
+    fn at(secs: u64) -> Instant {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *START.get_or_init(Instant::now) + std::time::Duration::from_secs(secs)
     }
 
     #[test]
