@@ -174,3 +174,71 @@ async fn hours_counted_by_nodes_of_the_previous_version_add_up_with_the_current_
     assert!(old_after.is_ok(), "{old_after:?}");
     assert_eq!(hours, [HourCount { hour, count: 10 }]);
 }
+
+#[tokio::test]
+async fn the_usage_table_keeps_its_rows_and_leaves_room_for_in_place_updates_after_the_upgrade() {
+    // Arrange: the schema before migration 0007, a token with usage counted by that version.
+    let admin = postgres_admin_url("the_usage_table_leaves_room_for_in_place_updates");
+    let db = TestDatabase::create(&admin).await;
+    migrate_to_previous_version(&db.url, 7).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let (org, token) = (Uuid::now_v7(), Uuid::now_v7());
+    let hour = hour_start(Utc::now());
+    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, 'acme', now())")
+        .bind(org)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, \
+         created_at, created_by, family_id) \
+         VALUES ($1, $2, 'used', 'used', 1, $3, 4, now(), 'system', $1)",
+    )
+    .bind(token)
+    .bind(org)
+    .bind(format!("sha256:{}", "ab".repeat(32)))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO token_usage (token_id, request_count, last_used_at, hour, hour_count) \
+         VALUES ($1, 7, $2, $2, 7)",
+    )
+    .bind(token)
+    .bind(hour)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    // Act: this version migrates and counts two more uses.
+    let store = latchkey::store::connect(&db.url).await.unwrap();
+    store
+        .add_usage(Arc::from([UsageDelta {
+            token_id: token,
+            count: 2,
+            last_used_at: hour,
+            ips: vec![],
+            hours: vec![HourCount { hour, count: 2 }],
+        }]))
+        .await
+        .unwrap();
+
+    // Assert
+    let options: Option<Vec<String>> =
+        sqlx::query_scalar("SELECT reloptions FROM pg_class WHERE relname = 'token_usage'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(options.unwrap_or_default(), ["fillfactor=50"]);
+    let count: i64 =
+        sqlx::query_scalar("SELECT request_count FROM token_usage WHERE token_id = $1")
+            .bind(token)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(count, 9);
+    assert_eq!(
+        store.usage_hours(token, hour).await.unwrap(),
+        [HourCount { hour, count: 9 }]
+    );
+}
