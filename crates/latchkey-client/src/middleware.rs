@@ -782,20 +782,48 @@ where
 impl<S: Send + Sync> FromRequestParts<S> for Verified {
     type Rejection = Rejection;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Rejection> {
-        if let Some(v) = parts.extensions.get::<Verified>() {
-            return Ok(v.clone());
+    fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> impl Future<Output = Result<Self, Rejection>> + Send {
+        // The layer's answer is at hand: a small future. The check (a request to the server)
+        // is boxed, so its state does not make every handler's future kilobytes larger.
+        match parts.extensions.get::<Verified>() {
+            Some(v) => Extracted::Ready(Some(v.clone())),
+            None => Extracted::Checking(Box::pin(check_parts(parts))),
         }
-        let Some(latchkey) = parts.extensions.get::<Latchkey>().cloned() else {
-            tracing::error!(
-                "latchkey: the Verified extractor needs a LatchkeyLayer or a Latchkey extension on the route"
-            );
-            return Err(Rejection::Misconfigured);
-        };
-        let v = latchkey.check(&parts.headers, &[]).await?;
-        parts.extensions.insert(v.clone());
-        Ok(v)
     }
+}
+
+/// The future of the [`Verified`] extractor.
+enum Extracted<'a> {
+    Ready(Option<Verified>),
+    Checking(Pin<Box<dyn Future<Output = Result<Verified, Rejection>> + Send + 'a>>),
+}
+
+impl Future for Extracted<'_> {
+    type Output = Result<Verified, Rejection>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Extracted::Ready(v) => Poll::Ready(v.take().ok_or(Rejection::Misconfigured)),
+            Extracted::Checking(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The extractor on a route without the layer: checks the bearer with the [`Latchkey`] in the
+/// extensions.
+async fn check_parts(parts: &mut Parts) -> Result<Verified, Rejection> {
+    let Some(latchkey) = parts.extensions.get::<Latchkey>().cloned() else {
+        tracing::error!(
+            "latchkey: the Verified extractor needs a LatchkeyLayer or a Latchkey extension on the route"
+        );
+        return Err(Rejection::Misconfigured);
+    };
+    let v = latchkey.check(&parts.headers, &[]).await?;
+    parts.extensions.insert(v.clone());
+    Ok(v)
 }
 
 #[cfg(test)]
