@@ -43,3 +43,29 @@ lowest_p99() { # json json -> the one with the lower p99 (the least disturbed ru
   elif awk -v a="$(num p99_us "$1")" -v b="$(num p99_us "$2")" 'BEGIN { exit !(b < a) }'; then echo "$2";
   else echo "$1"; fi
 }
+
+# bench_database NAME: creates the database NAME_<pid> for a benchmark; sets DB, URL (its URL)
+# and ADMIN_URL, for psql_admin. The server: LATCHKEY_TEST_DATABASE_URL (an admin URL) or, when
+# that is unset and this runs as root, a throwaway cluster on loopback (.ci/postgres.sh). The
+# calling script defines `cleanup` (its EXIT trap), which calls bench_database_drop: the
+# database is dropped and that cluster stopped after the script's own processes.
+bench_database() {
+  if [ -z "${LATCHKEY_TEST_DATABASE_URL:-}" ]; then
+    # shellcheck source=/dev/null
+    source "$ROOT/.ci/postgres.sh" >&2
+    BENCH_OWN_CLUSTER=1
+    trap cleanup EXIT # .ci/postgres.sh put its stop first; bench_database_drop stops it last
+  fi
+  ADMIN_URL="$LATCHKEY_TEST_DATABASE_URL"
+  PSQL=$(command -v psql || find /usr/lib/postgresql -path '*/bin/psql' | sort -V | tail -n1)
+  DB="${1}_$$"
+  psql_admin -c "CREATE DATABASE $DB" >/dev/null
+  URL="${ADMIN_URL%/*}/$DB"
+}
+psql_admin() { "$PSQL" -qtA -d "$ADMIN_URL" "$@"; }
+bench_database_drop() {
+  if [ -n "${DB:-}" ]; then
+    psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  if [ "${BENCH_OWN_CLUSTER:-0}" = 1 ]; then _lk_pg_stop 2>/dev/null || true; fi
+}

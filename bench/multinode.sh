@@ -50,26 +50,14 @@ command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteract
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/latchkey-multinode-bench.XXXXXX")
 PIDS=()
-DB=""
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ -n "$DB" ]; then psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true; fi
+  bench_database_drop
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-
-if [ -z "${LATCHKEY_TEST_DATABASE_URL:-}" ]; then
-  # shellcheck source=/dev/null
-  source .ci/postgres.sh >&2
-  trap 'cleanup; _lk_pg_stop 2>/dev/null || true' EXIT
-fi
-ADMIN_URL="$LATCHKEY_TEST_DATABASE_URL"
-PSQL=$(command -v psql || find /usr/lib/postgresql -path '*/bin/psql' | sort -V | tail -n1)
-psql_admin() { "$PSQL" -qtA -d "$ADMIN_URL" "$@"; }
-DB="latchkey_multinode_$$"
-psql_admin -c "CREATE DATABASE $DB" >/dev/null
-URL="${ADMIN_URL%/*}/$DB"
+bench_database latchkey_multinode
 
 log "building (release)"
 cargo build --release --quiet --bins --examples
