@@ -78,9 +78,8 @@ pub async fn sign_in(
 #[utoipa::path(delete, path = "/v1/auth/session", tag = "auth", security(("session" = [])),
     responses(
         (status = 204, description = "Signed out"),
-        (status = 400, description = "The caller is not a session", body = ErrorBody),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
-        (status = 403, description = "Missing X-CSRF-Token, or from another site", body = ErrorBody),
+        (status = 403, description = "Missing X-CSRF-Token, or from another site; or the caller is a token, not a session", body = ErrorBody),
     ))]
 pub async fn sign_out(
     State(s): State<AppState>,

@@ -26,10 +26,14 @@ pub const SESSION_COOKIE: &str = "latchkey_session";
 fn session_user(caller: &Caller) -> Result<Uuid> {
     match (&caller.session, caller.principal.user_id) {
         (Some(_), Some(user)) => Ok(user),
-        _ => Err(Error::PermissionDenied(
-            "sessions are managed from a signed-in session (the console), not with a token".into(),
-        )),
+        _ => Err(not_a_session()),
     }
+}
+
+fn not_a_session() -> Error {
+    Error::PermissionDenied(
+        "sessions are managed from a signed-in session (the console), not with a token".into(),
+    )
 }
 
 /// The CSRF token a session request presented.
@@ -187,10 +191,10 @@ impl Authority {
     /// Signs the caller's session out (deletes it).
     ///
     /// # Errors
-    /// `invalid_argument` when the caller is not a session.
+    /// `permission_denied` for a caller that is not a session (as for the other session calls).
     pub async fn sign_out(&self, caller: &Caller, now: DateTime<Utc>) -> Result<()> {
         let (Some(s), Some(user)) = (&caller.session, caller.principal.user_id) else {
-            return Err(Error::invalid("the caller is not a session"));
+            return Err(not_a_session());
         };
         let event = audit::event(
             caller.principal.org_id,

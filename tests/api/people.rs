@@ -611,6 +611,11 @@ async fn a_person_lists_ends_and_signs_out_of_its_sessions() {
         StatusCode::FORBIDDEN,
     )
     .await;
+    error_of(
+        app.delete("/v1/auth/session", &token).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
     let still = with_session(&app, Method::GET, "/v1/users/me", &again, true, &[], None).await;
     assert_eq!(still.status(), StatusCode::OK);
     let logout: Value = app
