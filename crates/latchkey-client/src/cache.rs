@@ -11,7 +11,8 @@
 //! back: the answer it holds may predate the change, so it serves its own request only.
 //!
 //! In front of the shared cache, each thread keeps copies of the answers it served lately
-//! (`near`), valid only while the epoch has not moved since they were copied. A hit there
+//! (`near`: direct-mapped slots, a copy taken at a key's second use in a row), valid only while
+//! the epoch has not moved since they were copied. A hit there
 //! takes no lock and writes no memory another thread reads: with every thread serving the
 //! same few tokens, the shared cache's lock and the answers' reference counts bounced between
 //! the CPUs on every request. Any invalidation, of any token, voids every thread's copies.
@@ -138,19 +139,27 @@ impl Requirement {
     }
 }
 
-/// Entries of a thread's `near` copies, over all caches; beyond, they start again empty.
-const NEAR_CAPACITY: usize = 1024;
+/// Slots of a thread's `near` copies, over all caches (a power of two).
+const NEAR_SLOTS: usize = 1024;
 
-struct NearEntry {
-    /// The [`VerdictCache::id`] of the cache copied from.
+/// One slot of a thread's `near` copies: the key last served through it, and once served twice
+/// in a row, a copy of its answer. Copying on the second use keeps a thread that serves many
+/// more tokens than it has slots from copying (allocating) on every request for nothing.
+struct NearSlot {
+    /// The [`VerdictCache::id`] of the cache served from.
     cache: u64,
-    /// The epoch read before the copy was taken.
-    epoch: u64,
-    entry: Entry,
+    key: Key,
+    /// The copy and the epoch read before it was taken; `None` after the first use.
+    copy: Option<(u64, Entry)>,
 }
 
 thread_local! {
-    static NEAR: RefCell<HashMap<Key, NearEntry, FoldState>> = RefCell::default();
+    static NEAR: RefCell<Vec<Option<NearSlot>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn near_slot(key: &Key) -> usize {
+    // The key is a keyed hash: its low bits are as good as any.
+    key[0] as usize & (NEAR_SLOTS - 1)
 }
 
 type Shared<V> = quick_cache::sync::Cache<
@@ -262,32 +271,42 @@ impl VerdictCache {
     fn near(&self, key: &Key, epoch: u64, now: Instant) -> Option<Verdict> {
         NEAR.try_with(|near| {
             let near = near.borrow();
-            let n = near.get(key)?;
-            (n.cache == self.id && n.epoch == epoch && n.entry.until > now)
-                .then(|| n.entry.verdict.clone())
+            let slot = near.get(near_slot(key))?.as_ref()?;
+            let (copied_at, entry) = slot.copy.as_ref()?;
+            (slot.cache == self.id && slot.key == *key && *copied_at == epoch && entry.until > now)
+                .then(|| entry.verdict.clone())
         })
         .ok()
         .flatten()
     }
 
+    /// Notes that this thread served `entry` for `key` from the shared cache; the second time in
+    /// a row, keeps a copy of its own.
     fn keep_near(&self, key: Key, entry: &Entry, epoch: u64) {
         let _ = NEAR.try_with(|near| {
             let mut near = near.borrow_mut();
-            if near.len() >= NEAR_CAPACITY && !near.contains_key(&key) {
-                near.clear();
+            if near.is_empty() {
+                near.resize_with(NEAR_SLOTS, || None);
             }
-            let entry = Entry {
-                verdict: entry.verdict.detached(),
-                until: entry.until,
-            };
-            near.insert(
-                key,
-                NearEntry {
-                    cache: self.id,
+            let slot = &mut near[near_slot(&key)];
+            let again = slot
+                .as_ref()
+                .is_some_and(|s| s.cache == self.id && s.key == key);
+            let copy = again.then(|| {
+                let verdict = entry.verdict.detached();
+                (
                     epoch,
-                    entry,
-                },
-            );
+                    Entry {
+                        verdict,
+                        until: entry.until,
+                    },
+                )
+            });
+            *slot = Some(NearSlot {
+                cache: self.id,
+                key,
+                copy,
+            });
         });
     }
 
@@ -463,6 +482,7 @@ mod tests {
         let now = Instant::now();
         assert!(c.fill(key, allowed(id), now + TTL, c.epoch()));
         assert!(c.get(&key, now).is_some());
+        assert!(c.get(&key, now).is_some());
 
         // Act
         c.invalidate_token(id);
@@ -480,6 +500,7 @@ mod tests {
         let key = Requirement::new::<&str>(&[]).key("t");
         let now = Instant::now();
         assert!(c.fill(key, allowed(id), now + TTL, c.epoch()));
+        assert!(c.get(&key, now).is_some());
         let mut copied = false;
 
         // Act
@@ -494,11 +515,39 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_copies_an_answer_at_its_second_use_in_a_row() {
+        // Arrange
+        let c = live_cache();
+        let (once, twice) = (
+            Requirement::new::<&str>(&[]).key("once"),
+            Requirement::new::<&str>(&[]).key("twice"),
+        );
+        let now = Instant::now();
+        for key in [once, twice] {
+            assert!(c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch()));
+        }
+
+        // Act: served once and twice, then gone from the shared cache (evicted).
+        assert!(c.get(&once, now).is_some());
+        assert!(c.get(&twice, now).is_some());
+        assert!(c.get(&twice, now).is_some());
+        c.tokens.remove(&once);
+        c.tokens.remove(&twice);
+
+        // Assert: only the answer used twice is still at hand, from this thread's copy.
+        assert!(c.get(&once, now).is_none());
+        assert!(c.get(&twice, now).is_some());
+        let elsewhere = std::thread::scope(|t| t.spawn(|| c.get(&twice, now).is_some()).join());
+        assert!(!elsewhere.unwrap(), "another thread has no copy");
+    }
+
+    #[test]
     fn copies_of_one_cache_do_not_answer_for_another() {
         let (a, b) = (live_cache(), live_cache());
         let key = Requirement::new::<&str>(&[]).key("t");
         let now = Instant::now();
         assert!(a.fill(key, allowed(Uuid::now_v7()), now + TTL, a.epoch()));
+        assert!(a.get(&key, now).is_some());
         assert!(a.get(&key, now).is_some());
         assert!(b.get(&key, now).is_none());
     }
@@ -509,6 +558,7 @@ mod tests {
         let key = Requirement::new::<&str>(&[]).key("t");
         let now = Instant::now();
         assert!(c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch()));
+        assert!(c.get(&key, now).is_some());
         assert!(c.get(&key, now).is_some());
         assert!(c.get(&key, now + TTL).is_none());
     }
