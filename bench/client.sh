@@ -3,7 +3,7 @@
 # (`crates/latchkey-client/examples/protected.rs`) against itself, and how fast a revocation
 # reaches it.
 #
-#   bash bench/client.sh [--smoke]
+#   bash bench/client.sh [--smoke] [--pin]
 #
 #   hello_vs_open       GET /hello (bearer checked by the middleware, answered from its cache) against
 #                       GET /open (no check) of the same process, wrk 32 connections, alternating
@@ -14,24 +14,29 @@
 #   revocation_no_stream  the same with the service's watch stream down (its watch token
 #                       revoked): no cache is used, so a revocation is refused on the next request.
 #
-# Latchkey runs on a fresh SQLite database; everything on loopback, sharing the machine's CPUs.
-# Prints one table on stdout.
+# Latchkey runs on a fresh SQLite database; everything on loopback, sharing the machine's CPUs
+# (as bench/run.sh, where the targets were set). --pin gives the example service the first half
+# of the CPUs and wrk (and Latchkey, which the cached /hello does not reach) the rest, as
+# separate machines would. Prints one table on stdout.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-SMOKE=0
+SMOKE=0 PIN=0 THREADS=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --pin) PIN=1; shift ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 if [ "$SMOKE" = 1 ]; then WARMUP=1 DURATION=2 ROUNDS=1 REVOCATIONS=10
 else WARMUP=3 DURATION=10 ROUNDS=2 REVOCATIONS=100; fi
+
+pin_layout "$PIN" bench/client.sh
 
 log() { echo "[client-bench $(date +%H:%M:%S)] $*" >&2; }
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
@@ -51,7 +56,7 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 LK_PORT=$(free_port)
 LK="http://127.0.0.1:$LK_PORT"
-LATCHKEY_LOG=warn "$BIN/latchkey" serve --listen "127.0.0.1:$LK_PORT" \
+LATCHKEY_LOG=warn "${CLIENT_PIN[@]}" "$BIN/latchkey" serve --listen "127.0.0.1:$LK_PORT" \
   --database-url "sqlite://$TMP/lk.db" --log-format json --rate-limit-per-second 0 \
   --rate-limit-mint-per-hour 0 >"$TMP/lk.log" 2>&1 &
 LK_PID=$!; PIDS+=("$LK_PID")
@@ -73,7 +78,7 @@ CALLER=$(mint caller '[]')
 printf '%s\n' "$CALLER" >"$TMP/caller.txt"
 
 start_service() { # watch-token -> SVC (URL), SVC_PID
-  "$BIN/examples/protected" --listen 127.0.0.1:0 --latchkey "$LK" --watch-token "$1" \
+  "${SERVER_PIN[@]}" "$BIN/examples/protected" --listen 127.0.0.1:0 --latchkey "$LK" --watch-token "$1" \
     >"$TMP/svc.out" 2>"$TMP/svc.err" &
   SVC_PID=$!; PIDS+=("$SVC_PID")
   for _ in $(seq 100); do
@@ -89,8 +94,8 @@ start_service "$WATCH"
 # measure MODE: prints the WRKJSON object; fails on any non-2xx answer.
 measure() {
   local j
-  wrk -t2 -c32 -d"${WARMUP}s" -s bench/wrk.lua "$SVC" -- "$1" "$TMP/caller.txt" 2 >/dev/null
-  j=$(wrk -t2 -c32 -d"${DURATION}s" -s bench/wrk.lua "$SVC" -- "$1" "$TMP/caller.txt" 2 |
+  "${CLIENT_PIN[@]}" wrk -t"$THREADS" -c32 -d"${WARMUP}s" -s bench/wrk.lua "$SVC" -- "$1" "$TMP/caller.txt" 2 >/dev/null
+  j=$("${CLIENT_PIN[@]}" wrk -t"$THREADS" -c32 -d"${DURATION}s" -s bench/wrk.lua "$SVC" -- "$1" "$TMP/caller.txt" 2 |
     sed -n 's/^WRKJSON //p')
   [ -n "$j" ] || { echo "wrk printed no result" >&2; return 1; }
   if [ "$(num status_errors "$j")" != 0 ] || [ "$(num socket_errors "$j")" != 0 ]; then
@@ -128,4 +133,5 @@ curl -fsS -X DELETE -H "Authorization: Bearer $ADMIN" "$LK/v1/tokens/$(token_id 
 kill "$SVC_PID"; wait "$SVC_PID" 2>/dev/null || true
 start_service "$WATCH"
 revocations revocation_no_stream 5000 100
+echo "$CPU_LAYOUT; wrk -t$THREADS -c32"
 log "done"

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by bench/run.sh and bench/postgres.sh (sourced, not run).
+# Helpers shared by the bench/ scripts (sourced, not run).
 
 free_port() {
   local p
@@ -68,4 +68,33 @@ bench_database_drop() {
     psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
   fi
   if [ "${BENCH_OWN_CLUSTER:-0}" = 1 ]; then _lk_pg_stop 2>/dev/null || true; fi
+}
+
+# pin_layout PIN SCRIPT: the CPU layout. PIN=0: servers and load generator share every CPU
+# (SERVER_PIN and CLIENT_PIN empty, THREADS unchanged). PIN=1: the servers on the first half of
+# the CPUs this may use, the load generator on the rest (SERVER_PIN and CLIENT_PIN are taskset
+# prefixes; THREADS, the load generator's threads, one per CPU of its half). Sets CPU_LAYOUT to
+# a description. Needs taskset and at least 2 CPUs; SCRIPT names the caller in its errors.
+pin_layout() {
+  SERVER_PIN=()
+  CLIENT_PIN=()
+  CPU_LAYOUT="servers and load generator share every CPU"
+  [ "$1" = 1 ] || return 0
+  local part list="" half cpus server client
+  for part in $(awk '/^Cpus_allowed_list:/ { gsub(",", " ", $2); print $2 }' /proc/self/status); do
+    case "$part" in
+      *-*) list="$list $(seq -s ' ' "${part%-*}" "${part#*-}")" ;;
+      *) list="$list $part" ;;
+    esac
+  done
+  read -r -a cpus <<<"$list"
+  [ ${#cpus[@]} -ge 2 ] || { echo "$2: --pin needs at least 2 CPUs" >&2; exit 2; }
+  command -v taskset >/dev/null 2>&1 || { echo "$2: --pin needs taskset (util-linux)" >&2; exit 2; }
+  half=$(( ${#cpus[@]} / 2 ))
+  server=$(tr ' ' , <<<"${cpus[*]:0:$half}")
+  client=$(tr ' ' , <<<"${cpus[*]:$half}")
+  SERVER_PIN=(taskset -c "$server")
+  CLIENT_PIN=(taskset -c "$client")
+  THREADS=$(( ${#cpus[@]} - half ))
+  CPU_LAYOUT="servers on CPU $server, load generator on CPU $client"
 }

@@ -117,31 +117,7 @@ need_tool curl curl
 # 2-4 ms). --pin separates them, as separate machines would: the servers get the first half of
 # the CPUs and size their runtimes from it (one worker on 2 CPUs), the load generator the rest;
 # both servers get the same layout. Needs taskset and at least 2 CPUs.
-SERVER_PIN=()
-CLIENT_PIN=()
-CPU_LAYOUT="servers and load generator share every CPU"
-cpu_list() { # "0-3,6" -> "0 1 2 3 6"
-  local part out=""
-  for part in ${1//,/ }; do
-    case "$part" in
-      *-*) out="$out $(seq -s ' ' "${part%-*}" "${part#*-}")" ;;
-      *) out="$out $part" ;;
-    esac
-  done
-  echo $out
-}
-if [ "$PIN" = 1 ]; then
-  CPUS=($(cpu_list "$(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status)"))
-  [ ${#CPUS[@]} -ge 2 ] || { echo "bench/run.sh: --pin needs at least 2 CPUs" >&2; exit 2; }
-  command -v taskset >/dev/null 2>&1 || { echo "bench/run.sh: --pin needs taskset (util-linux)" >&2; exit 2; }
-  half=$(( ${#CPUS[@]} / 2 ))
-  SERVER_CPUS=$(tr ' ' , <<<"${CPUS[*]:0:$half}")
-  CLIENT_CPUS=$(tr ' ' , <<<"${CPUS[*]:$half}")
-  SERVER_PIN=(taskset -c "$SERVER_CPUS")
-  CLIENT_PIN=(taskset -c "$CLIENT_CPUS")
-  THREADS=$(( ${#CPUS[@]} - half ))
-  CPU_LAYOUT="servers on CPU $SERVER_CPUS, load generator on CPU $CLIENT_CPUS"
-fi
+pin_layout "$PIN" bench/run.sh
 
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
