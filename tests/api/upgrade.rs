@@ -31,6 +31,36 @@ async fn migrate_to_previous_version(url: &str, before: u32) {
     migrator.run(&mut conn).await.unwrap();
 }
 
+/// A database of the schema before migration `before`, with an org and one of its tokens
+/// (named `used`), written as that version wrote them; a connection to it and the token's id.
+async fn previous_version_with_a_token(
+    test: &str,
+    before: u32,
+) -> (TestDatabase, sqlx::PgConnection, Uuid) {
+    let admin = postgres_admin_url(test);
+    let db = TestDatabase::create(&admin).await;
+    migrate_to_previous_version(&db.url, before).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let (org, token) = (Uuid::now_v7(), Uuid::now_v7());
+    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, 'acme', now())")
+        .bind(org)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, \
+         created_at, created_by, family_id) \
+         VALUES ($1, $2, 'used', 'used', 1, $3, 4, now(), 'system', $1)",
+    )
+    .bind(token)
+    .bind(org)
+    .bind(format!("sha256:{}", "ab".repeat(32)))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    (db, conn, token)
+}
+
 #[tokio::test]
 async fn usage_counted_before_the_narrow_usage_table_is_kept_and_old_nodes_statements_still_run() {
     // Arrange: the schema before migration 0005, an org and a token with usage in its own row.
@@ -120,28 +150,9 @@ async fn hours_counted_by_nodes_of_the_previous_version_add_up_with_the_current_
  {
     // Arrange: the schema before migration 0006, a token whose current hour a node of that
     // version counted in `token_usage_hourly`.
-    let admin = postgres_admin_url("hours_counted_by_nodes_of_the_previous_version_add_up");
-    let db = TestDatabase::create(&admin).await;
-    migrate_to_previous_version(&db.url, 6).await;
-    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let (org, token) = (Uuid::now_v7(), Uuid::now_v7());
+    let (db, mut conn, token) =
+        previous_version_with_a_token("hours_counted_by_nodes_of_the_previous_version", 6).await;
     let hour = hour_start(Utc::now());
-    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, 'acme', now())")
-        .bind(org)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, \
-         created_at, created_by, family_id) \
-         VALUES ($1, $2, 'used', 'used', 1, $3, 4, now(), 'system', $1)",
-    )
-    .bind(token)
-    .bind(org)
-    .bind(format!("sha256:{}", "ab".repeat(32)))
-    .execute(&mut conn)
-    .await
-    .unwrap();
     // What the previous version's flush writes (its statements, as they were).
     let old_flush = |n: i64| {
         sqlx::query(
@@ -178,28 +189,9 @@ async fn hours_counted_by_nodes_of_the_previous_version_add_up_with_the_current_
 #[tokio::test]
 async fn the_usage_table_keeps_its_rows_and_leaves_room_for_in_place_updates_after_the_upgrade() {
     // Arrange: the schema before migration 0007, a token with usage counted by that version.
-    let admin = postgres_admin_url("the_usage_table_leaves_room_for_in_place_updates");
-    let db = TestDatabase::create(&admin).await;
-    migrate_to_previous_version(&db.url, 7).await;
-    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let (org, token) = (Uuid::now_v7(), Uuid::now_v7());
+    let (db, mut conn, token) =
+        previous_version_with_a_token("the_usage_table_leaves_room_for_in_place_updates", 7).await;
     let hour = hour_start(Utc::now());
-    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, 'acme', now())")
-        .bind(org)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO tokens (id, org_id, name, live_name, kind, verifier, permissions, \
-         created_at, created_by, family_id) \
-         VALUES ($1, $2, 'used', 'used', 1, $3, 4, now(), 'system', $1)",
-    )
-    .bind(token)
-    .bind(org)
-    .bind(format!("sha256:{}", "ab".repeat(32)))
-    .execute(&mut conn)
-    .await
-    .unwrap();
     sqlx::query(
         "INSERT INTO token_usage (token_id, request_count, last_used_at, hour, hour_count) \
          VALUES ($1, 7, $2, $2, 7)",

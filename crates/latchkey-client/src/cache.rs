@@ -475,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_change_voids_the_copies_a_thread_took_of_that_answer() {
-        // Arrange: this thread served the answer once, so it holds its own copy.
+        // Arrange: this thread served the answer twice, so it holds its own copy.
         let c = live_cache();
         let id = Uuid::now_v7();
         let key = Requirement::new::<&str>(&[]).key("t");
