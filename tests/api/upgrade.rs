@@ -61,6 +61,17 @@ async fn previous_version_with_a_token(
     (db, conn, token)
 }
 
+/// Two uses of `token` in `hour`, as this version's flush hands them to the store.
+fn two_uses(token: Uuid, hour: chrono::DateTime<Utc>) -> Arc<[UsageDelta]> {
+    Arc::from([UsageDelta {
+        token_id: token,
+        count: 2,
+        last_used_at: hour,
+        ips: vec![],
+        hours: vec![HourCount { hour, count: 2 }],
+    }])
+}
+
 #[tokio::test]
 async fn usage_counted_before_the_narrow_usage_table_is_kept_and_old_nodes_statements_still_run() {
     // Arrange: the schema before migration 0005, an org and a token with usage in its own row.
@@ -168,16 +179,7 @@ async fn hours_counted_by_nodes_of_the_previous_version_add_up_with_the_current_
 
     // Act: this version migrates and counts the same hour; an old node still flushes after.
     let store = latchkey::store::connect(&db.url).await.unwrap();
-    store
-        .add_usage(Arc::from([UsageDelta {
-            token_id: token,
-            count: 2,
-            last_used_at: hour,
-            ips: vec![],
-            hours: vec![HourCount { hour, count: 2 }],
-        }]))
-        .await
-        .unwrap();
+    store.add_usage(two_uses(token, hour)).await.unwrap();
     let old_after = old_flush(5).execute(&mut conn).await;
     let hours = store.usage_hours(token, hour).await.unwrap();
 
@@ -204,16 +206,7 @@ async fn the_usage_table_keeps_its_rows_and_leaves_room_for_in_place_updates_aft
 
     // Act: this version migrates and counts two more uses.
     let store = latchkey::store::connect(&db.url).await.unwrap();
-    store
-        .add_usage(Arc::from([UsageDelta {
-            token_id: token,
-            count: 2,
-            last_used_at: hour,
-            ips: vec![],
-            hours: vec![HourCount { hour, count: 2 }],
-        }]))
-        .await
-        .unwrap();
+    store.add_usage(two_uses(token, hour)).await.unwrap();
 
     // Assert
     let options: Option<Vec<String>> =
