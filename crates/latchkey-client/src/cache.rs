@@ -414,6 +414,14 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(30);
 
+    /// `c` holding an answer about token `id` (string "t", no scope required): its key, and now.
+    fn filled(c: &VerdictCache, id: Uuid) -> (Key, Instant) {
+        let key = Requirement::new::<&str>(&[]).key("t");
+        let now = Instant::now();
+        assert!(c.fill(key, allowed(id), now + TTL, c.epoch()));
+        (key, now)
+    }
+
     #[test]
     fn nothing_is_kept_or_served_while_the_stream_is_down() {
         // Arrange
@@ -478,9 +486,7 @@ mod tests {
         // Arrange: this thread served the answer twice, so it holds its own copy.
         let c = live_cache();
         let id = Uuid::now_v7();
-        let key = Requirement::new::<&str>(&[]).key("t");
-        let now = Instant::now();
-        assert!(c.fill(key, allowed(id), now + TTL, c.epoch()));
+        let (key, now) = filled(&c, id);
         assert!(c.get(&key, now).is_some());
         assert!(c.get(&key, now).is_some());
 
@@ -497,9 +503,7 @@ mod tests {
         // request copies the entry meanwhile.
         let c = live_cache();
         let id = Uuid::now_v7();
-        let key = Requirement::new::<&str>(&[]).key("t");
-        let now = Instant::now();
-        assert!(c.fill(key, allowed(id), now + TTL, c.epoch()));
+        let (key, now) = filled(&c, id);
         assert!(c.get(&key, now).is_some());
         let mut copied = false;
 
