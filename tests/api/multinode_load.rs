@@ -462,7 +462,10 @@ async fn a_node_whose_notification_connection_is_cut_drops_its_cache_and_listens
     let mut pg = PgConnection::connect(&admin_url).await.expect("admin");
     let database = TestDatabase::create(&admin_url).await;
     let db = database_name(&database.url);
-    let first = spawn_node(&database.url, &LONG_TTL).await;
+    // A keeps connections open (its pool would otherwise open one on demand), so it can revoke
+    // while the database refuses new connections.
+    let a_args = [&LONG_TTL[..], &["--db-min-connections", "4"]].concat();
+    let first = spawn_node(&database.url, &a_args).await;
     assert!(
         !first.admin_token.is_empty(),
         "A bootstraps the empty database"
