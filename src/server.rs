@@ -28,16 +28,10 @@ use crate::edge::{ClientIp, ErrorBody, ErrorDetail, client_ip};
 /// ([`serve`]) sets the socket peer, and behind a trusted proxy this replaces it with the client
 /// the proxies name ([`client_ip`]).
 ///
-/// A `Router` around [`OnePort`], for callers that keep a `Router`; serving [`OnePort`] itself
-/// spares every request the outer router (a route match, a URL-parameter extension, a boxed
-/// future and a layer of response mapping: about 2,000 instructions of a warm REST verify's
-/// 32,000 under callgrind).
-pub fn one_port(rest: Router, grpc: Router, trusted: Arc<Vec<IpNet>>) -> Router {
-    Router::new().fallback_service(OnePort::new(rest, grpc, trusted))
-}
-
-/// The REST/gRPC dispatch of [`one_port`] as a plain tower service: the request goes straight to
-/// the router it is for, whose future is the answer (nothing boxed, nothing cloned).
+/// A plain tower service, served as it is: the request goes straight to the router it is for,
+/// whose future is the answer (nothing boxed, nothing cloned). Wrapping it in an outer `Router`
+/// cost every request a route match, a URL-parameter extension, a boxed future and a layer of
+/// response mapping: about 2,000 instructions of a warm REST verify's 32,000 under callgrind.
 #[derive(Clone)]
 pub struct OnePort {
     rest: Router,

@@ -572,27 +572,29 @@ pub struct VerifiedToken {
     /// `null` for a token that does not expire.
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(skip)]
-    json_fields: JsonFields,
+    json_fields: Memo<Box<str>>,
     #[serde(skip)]
-    identity: Identity,
+    identity: Memo<IdentityText>,
 }
 
-/// A memo of a [`VerifiedToken`]'s JSON fields; not part of its value.
-#[derive(Clone, Default)]
-struct JsonFields(OnceLock<Box<str>>);
+/// A value rendered from a [`VerifiedToken`] on first use (its JSON fields, its identity as
+/// text); not part of the token's value, so it compares equal and prints nothing.
+#[derive(Clone)]
+struct Memo<T>(OnceLock<T>);
 
-/// A memo of a [`VerifiedToken`]'s identity as text ([`VerifiedToken::identity`]); not part of
-/// its value.
-#[derive(Clone, Default)]
-struct Identity(OnceLock<IdentityText>);
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo(OnceLock::new())
+    }
+}
 
-impl PartialEq for Identity {
+impl<T> PartialEq for Memo<T> {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl std::fmt::Debug for Identity {
+impl<T> std::fmt::Debug for Memo<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("..")
     }
@@ -610,18 +612,6 @@ pub struct IdentityText {
     pub scopes: bytes::Bytes,
 }
 
-impl PartialEq for JsonFields {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl std::fmt::Debug for JsonFields {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("..")
-    }
-}
-
 impl VerifiedToken {
     pub fn new(
         token_id: Uuid,
@@ -636,8 +626,8 @@ impl VerifiedToken {
             permissions,
             scopes,
             expires_at,
-            json_fields: JsonFields::default(),
-            identity: Identity::default(),
+            json_fields: Memo::default(),
+            identity: Memo::default(),
         }
     }
 

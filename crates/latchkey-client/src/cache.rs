@@ -5,17 +5,19 @@
 //! the token, and after one more byte, 0xFF, which no token string holds), so the cache never
 //! holds a token. The hash key never leaves the process, so nobody outside can aim two tokens
 //! at one cache key, and by chance two of a million cached keys collide with odds of about
-//! 2^-88. SHA-256 did the same job at
-//! several times the cost on every request. It is used only while the change stream is up (`live`); every invalidation bumps
-//! an epoch, and a fill during which the epoch moved (checked after its insert) is taken
-//! back: the answer it holds may predate the change, so it serves its own request only.
+//! 2^-88. SHA-256 did the same job at several times the cost on every request.
+//!
+//! The cache is used only while the change stream is up (`live`). Every invalidation bumps an
+//! epoch before and after it runs, and a fill during which the epoch moved (checked after its
+//! insert) is taken back: the answer it holds may predate the change, so it serves its own
+//! request only.
 //!
 //! In front of the shared cache, each thread keeps copies of the answers it served lately
 //! (`near`: direct-mapped slots, a copy taken at a key's second use in a row), valid only while
-//! the epoch has not moved since they were copied. A hit there
-//! takes no lock and writes no memory another thread reads: with every thread serving the
-//! same few tokens, the shared cache's lock and the answers' reference counts bounced between
-//! the CPUs on every request. Any invalidation, of any token, voids every thread's copies.
+//! the epoch has not moved since they were copied. A hit there takes no lock and writes no
+//! memory another thread reads: with every thread serving the same few tokens, the shared
+//! cache's lock and the answers' reference counts bounced between the CPUs on every request.
+//! Any invalidation, of any token, voids every thread's copies.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
