@@ -129,12 +129,13 @@ impl Requirement {
         Requirement { scopes, prefix }
     }
 
-    /// The key of `token` under this requirement: the function's values at two inputs
-    /// (prefix, token) and (prefix, token, 0xFF), distinct for distinct tokens since a
-    /// `&str` never holds the byte 0xFF, so as independent as two keyed hashes.
-    pub(crate) fn key(&self, token: &str) -> Key {
+    /// The key of `token` under this requirement: the keyed hash's values at (prefix, token)
+    /// and (prefix, token, 0xFF). The prefix encodes its scopes with their lengths, so no
+    /// prefix begins another: two keys are equal only if the hash collides at two pairs of
+    /// distinct inputs.
+    pub(crate) fn key(&self, token: &[u8]) -> Key {
         let mut h = self.prefix.clone();
-        h.write(token.as_bytes());
+        h.write(token);
         let first = h.finish();
         h.write_u8(0xFF);
         [first, h.finish()]
@@ -418,7 +419,7 @@ mod tests {
 
     /// `c` holding an answer about token `id` (string "t", no scope required): its key, and now.
     fn filled(c: &VerdictCache, id: Uuid) -> (Key, Instant) {
-        let key = Requirement::new::<&str>(&[]).key("t");
+        let key = Requirement::new::<&str>(&[]).key(b"t");
         let now = Instant::now();
         assert!(c.fill(key, allowed(id), now + TTL, c.epoch()));
         (key, now)
@@ -428,7 +429,7 @@ mod tests {
     fn nothing_is_kept_or_served_while_the_stream_is_down() {
         // Arrange
         let c = VerdictCache::new(100);
-        let key = Requirement::new::<&str>(&[]).key("t");
+        let key = Requirement::new::<&str>(&[]).key(b"t");
         let now = Instant::now();
 
         // Act
@@ -443,7 +444,7 @@ mod tests {
     #[test]
     fn a_kept_answer_is_served_until_it_runs_out() {
         let c = live_cache();
-        let key = Requirement::new(&["runs:read"]).key("t");
+        let key = Requirement::new(&["runs:read"]).key(b"t");
         let now = Instant::now();
         assert!(c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch()));
         assert!(matches!(c.get(&key, now), Some(Verdict::Allowed(_))));
@@ -453,7 +454,7 @@ mod tests {
     #[test]
     fn going_down_drops_everything_and_stops_serving() {
         let c = live_cache();
-        let key = Requirement::new::<&str>(&[]).key("t");
+        let key = Requirement::new::<&str>(&[]).key(b"t");
         let now = Instant::now();
         assert!(c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch()));
         c.set_live(false);
@@ -467,9 +468,9 @@ mod tests {
         let c = live_cache();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let now = Instant::now();
-        let k1 = Requirement::new::<&str>(&[]).key("a");
-        let k2 = Requirement::new(&["runs:write"]).key("a");
-        let k3 = Requirement::new::<&str>(&[]).key("b");
+        let k1 = Requirement::new::<&str>(&[]).key(b"a");
+        let k2 = Requirement::new(&["runs:write"]).key(b"a");
+        let k3 = Requirement::new::<&str>(&[]).key(b"b");
         assert!(c.fill(k1, allowed(a), now + TTL, c.epoch()));
         assert!(c.fill(k2, Verdict::Forbidden { token_id: a }, now + TTL, c.epoch()));
         assert!(c.fill(k3, allowed(b), now + TTL, c.epoch()));
@@ -525,8 +526,8 @@ mod tests {
         // Arrange
         let c = live_cache();
         let (once, twice) = (
-            Requirement::new::<&str>(&[]).key("once"),
-            Requirement::new::<&str>(&[]).key("twice"),
+            Requirement::new::<&str>(&[]).key(b"once"),
+            Requirement::new::<&str>(&[]).key(b"twice"),
         );
         let now = Instant::now();
         for key in [once, twice] {
@@ -550,7 +551,7 @@ mod tests {
     #[test]
     fn copies_of_one_cache_do_not_answer_for_another() {
         let (a, b) = (live_cache(), live_cache());
-        let key = Requirement::new::<&str>(&[]).key("t");
+        let key = Requirement::new::<&str>(&[]).key(b"t");
         let now = Instant::now();
         assert!(a.fill(key, allowed(Uuid::now_v7()), now + TTL, a.epoch()));
         assert!(a.get(&key, now).is_some());
@@ -561,7 +562,7 @@ mod tests {
     #[test]
     fn a_copy_runs_out_with_its_answer() {
         let c = live_cache();
-        let key = Requirement::new::<&str>(&[]).key("t");
+        let key = Requirement::new::<&str>(&[]).key(b"t");
         let now = Instant::now();
         assert!(c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch()));
         assert!(c.get(&key, now).is_some());
@@ -574,7 +575,7 @@ mod tests {
         // Arrange: the epoch is read before asking the server.
         let c = live_cache();
         let id = Uuid::now_v7();
-        let key = Requirement::new::<&str>(&[]).key("t");
+        let key = Requirement::new::<&str>(&[]).key(b"t");
         let epoch = c.epoch();
 
         // Act: the token changes while the server's answer is on its way.
@@ -590,8 +591,8 @@ mod tests {
     fn refusals_are_dropped_by_a_change_that_may_admit_and_answers_stay() {
         let c = live_cache();
         let now = Instant::now();
-        let bad = Requirement::new::<&str>(&[]).key("garbage");
-        let good = Requirement::new::<&str>(&[]).key("good");
+        let bad = Requirement::new::<&str>(&[]).key(b"garbage");
+        let good = Requirement::new::<&str>(&[]).key(b"good");
         assert!(c.fill(
             bad,
             Verdict::Refused,
@@ -612,13 +613,13 @@ mod tests {
         let a = Requirement::new(&["x", "y"]);
         let b = Requirement::new(&["y", "x", "x"]);
         let c = Requirement::new(&["x"]);
-        assert_eq!(a.key("t"), b.key("t"));
-        assert_ne!(a.key("t"), c.key("t"));
-        assert_ne!(a.key("t"), a.key("u"));
+        assert_eq!(a.key(b"t"), b.key(b"t"));
+        assert_ne!(a.key(b"t"), c.key(b"t"));
+        assert_ne!(a.key(b"t"), a.key(b"u"));
         // Scope names cannot run into the token: ["ab"] + "c" is not ["a"] + "bc".
         assert_ne!(
-            Requirement::new(&["ab"]).key("c"),
-            Requirement::new(&["a"]).key("bc")
+            Requirement::new(&["ab"]).key(b"c"),
+            Requirement::new(&["a"]).key(b"bc")
         );
     }
 
@@ -628,7 +629,7 @@ mod tests {
         c.set_live(true);
         let now = Instant::now();
         for i in 0..5_000 {
-            let key = Requirement::new::<&str>(&[]).key(&format!("t{i}"));
+            let key = Requirement::new::<&str>(&[]).key(format!("t{i}").as_bytes());
             c.fill(key, allowed(Uuid::now_v7()), now + TTL, c.epoch());
         }
         assert!(c.indexed() <= 2 * 10 + 1024 + 1, "{}", c.indexed());

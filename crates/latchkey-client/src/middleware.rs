@@ -117,12 +117,21 @@ impl IntoResponse for Rejection {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
+/// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
+/// regard to case; the token is trimmed; a value that is not ASCII holds no token.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    let token = std::str::from_utf8(bearer_bytes(headers)?).ok()?;
+    token.is_ascii().then_some(token)
+}
+
+/// The bearer's bytes, unchecked: what the cache key is made of on every request (checking
+/// them costs as much as the rest of a cache hit; a token that is not ASCII is never asked
+/// about, so it is never in the cache).
+fn bearer_bytes(headers: &HeaderMap) -> Option<&[u8]> {
+    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = v.split_at_checked(7)?;
+    let token = token.trim_ascii();
+    (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token)
 }
 
 /// How [`Latchkey`] is set up; see [`Latchkey::builder`]. `Debug` does not print the watch
@@ -381,7 +390,7 @@ impl Inner {
         r: &Requirement,
         required: &Arc<[String]>,
     ) -> Result<Verified, Rejection> {
-        let key = r.key(token);
+        let key = r.key(token.as_bytes());
         match self.cached(&key, required) {
             Some(verdict) => verdict,
             None => self.ask(token, key, r, required).await,
@@ -729,7 +738,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let state = &self.layer.0;
-        let key = match bearer(req.headers()) {
+        let key = match bearer_bytes(req.headers()) {
             Some(token) => state.requirement.key(token),
             None => {
                 return ResponseFuture::Refused {
@@ -755,7 +764,9 @@ where
                 ResponseFuture::Asking {
                     future: Box::pin(async move {
                         let state = &layer.0;
-                        let token = bearer(req.headers()).unwrap_or_default();
+                        let Some(token) = bearer(req.headers()) else {
+                            return Ok(Rejection::MissingBearer.into_response());
+                        };
                         let verdict = state
                             .latchkey
                             .inner
@@ -868,6 +879,20 @@ mod tests {
         assert_eq!(bearer(&h), None);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
         assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("BEARER x"));
+        assert_eq!(bearer(&h), Some("x"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer\tabc"),
+        );
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearerabc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes("Bearer ab\u{e9}".as_bytes()).unwrap(),
+        );
+        assert_eq!(bearer(&h), None, "not ASCII");
     }
 
     #[test]
@@ -947,6 +972,11 @@ mod tests {
         assert_eq!(
             status("/layer", Some("t")).await,
             StatusCode::SERVICE_UNAVAILABLE
+        );
+        // Not ASCII: refused as no bearer at all, without asking the server (which would be 503).
+        assert_eq!(
+            status("/layer", Some("t\u{e9}")).await,
+            StatusCode::UNAUTHORIZED
         );
         assert_eq!(status("/extension", None).await, StatusCode::UNAUTHORIZED);
         assert_eq!(
