@@ -514,6 +514,99 @@ async fn the_node_example_of_clients_md_answers_as_documented() {
     );
 }
 
+/// A Go program calling the Go example of docs/clients.md (package `latchkeyauth`): the latchkey
+/// address, then one `Authorization` value per line of output; then the scopes of the first,
+/// then the first again against a Latchkey that does not answer.
+const GO_CALLER: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"example/latchkeyauth"
+)
+
+func main() {
+	latchkeyauth.Latchkey = os.Args[1]
+	required := []string{"tokens:read"}
+	for _, h := range os.Args[2:] {
+		code, _ := latchkeyauth.Authorize(h, required)
+		fmt.Println(code)
+	}
+	_, v := latchkeyauth.Authorize(os.Args[2], required)
+	fmt.Println(strings.Join(v.Scopes, ","))
+	latchkeyauth.Latchkey = "http://127.0.0.1:1"
+	code, _ := latchkeyauth.Authorize(os.Args[2], required)
+	fmt.Println(code)
+}
+"#;
+
+#[tokio::test]
+async fn the_go_example_of_clients_md_answers_as_documented() {
+    // Arrange: the example as a package of a module of its own, offline; the tokens as above.
+    let app = spawn_app().await;
+    let page = page_text("docs/clients.md");
+    let after = &page[page.find("## The same in Go").expect("the Go section")..];
+    let start = after.find("```go\n").expect("a go block") + "```go\n".len();
+    let example = &after[start..start + after[start..].find("```").expect("its end")];
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir(dir.path().join("latchkeyauth")).unwrap();
+    std::fs::write(dir.path().join("latchkeyauth/latchkeyauth.go"), example).unwrap();
+    std::fs::write(dir.path().join("main.go"), GO_CALLER).unwrap();
+    std::fs::write(dir.path().join("go.mod"), "module example\n\ngo 1.19\n").unwrap();
+    let (reader, _) = app
+        .token_with(&app.admin_token, "reader", &["tokens:read"])
+        .await;
+    let (auditor, _) = app
+        .token_with(&app.admin_token, "auditor", &["audit:read"])
+        .await;
+    let (gone, view) = app
+        .token_with(&app.admin_token, "gone", &["tokens:read"])
+        .await;
+    let path = format!("/v1/tokens/{}", view["id"].as_str().unwrap());
+    assert!(
+        app.delete(&path, &app.admin_token)
+            .await
+            .status()
+            .is_success()
+    );
+    let headers = [
+        format!("Bearer {reader}"),
+        format!("Bearer {auditor}"),
+        format!("Bearer {gone}"),
+        "Basic x".to_string(),
+        String::new(),
+    ];
+
+    // Act: the build cache kept under target/, so later runs do not compile net/http again.
+    let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/target/go-cache");
+    let out = Command::new("go")
+        .args(["run", "."])
+        .arg(&app.address)
+        .args(&headers)
+        .current_dir(dir.path())
+        .env("GOCACHE", cache)
+        .env("GOPATH", dir.path().join("gopath"))
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .output()
+        .expect("go (CI installs golang-go)");
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["200", "403", "401", "401", "401", "tokens:read", "503"]
+    );
+}
+
 #[tokio::test]
 async fn the_cli_first_session_runs_as_written() {
     // Arrange
