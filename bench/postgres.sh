@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Latchkey on PostgreSQL against the no-op baseline: warm REST verify, REST verify cycling through
 # every token (cache a tenth of the set), and mint. Same load generator and settings as
-# bench/run.sh (wrk, 32 connections, alternating rounds, best kept), one table on stdout.
+# bench/run.sh (wrk, 32 connections, alternating rounds, best kept), one table on stdout. The
+# warm verify is also measured, in the same rounds, on a Latchkey with the same flags on SQLite
+# (its target is "as on SQLite": the last column of that row is PostgreSQL / SQLite).
 #
 #   bash bench/postgres.sh [--tokens N] [--smoke]
 #
@@ -50,19 +52,27 @@ log "building (release)"
 cargo build --release --quiet --bins --examples
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
-LK_PORT=$(free_port); BASE_PORT=$(free_port)
+LK_PORT=$(free_port); BASE_PORT=$(free_port); SQ_PORT=$(free_port)
 CACHE=$(( TOKENS / 10 > 0 ? TOKENS / 10 : 1 ))
+FLAGS=(--log-format json --hash sha256 --cache-capacity "$CACHE" --rate-limit-per-second 0
+  --rate-limit-mint-per-hour 0 --rate-limit-mint-per-token-per-hour 0 --trusted-proxies 127.0.0.1/32)
 LATCHKEY_LOG=warn "$BIN/latchkey" serve --listen "127.0.0.1:$LK_PORT" --database-url "$URL" \
-  --log-format json --hash sha256 --cache-capacity "$CACHE" --rate-limit-per-second 0 \
-  --rate-limit-mint-per-hour 0 --rate-limit-mint-per-token-per-hour 0 --trusted-proxies 127.0.0.1/32 \
-  >"$TMP/lk.log" 2>&1 &
+  "${FLAGS[@]}" >"$TMP/lk.log" 2>&1 &
 LK_PID=$!; PIDS+=("$LK_PID")
+LATCHKEY_LOG=warn "$BIN/latchkey" serve --listen "127.0.0.1:$SQ_PORT" \
+  --database-url "sqlite://$TMP/sqlite.db" "${FLAGS[@]}" >"$TMP/sq.log" 2>&1 &
+SQ_PID=$!; PIDS+=("$SQ_PID")
 "$BIN/examples/baseline" --listen "127.0.0.1:$BASE_PORT" >"$TMP/base.log" 2>&1 &
 BASE_PID=$!; PIDS+=("$BASE_PID")
 wait_http "http://127.0.0.1:$LK_PORT/healthz" "$LK_PID" 30 || { cat "$TMP/lk.log" >&2; exit 1; }
 wait_http "http://127.0.0.1:$BASE_PORT/healthz" "$BASE_PID" 30 || { cat "$TMP/base.log" >&2; exit 1; }
+wait_http "http://127.0.0.1:$SQ_PORT/healthz" "$SQ_PID" 30 || { cat "$TMP/sq.log" >&2; exit 1; }
 ADMIN=$(grep -a '_pat_' "$TMP/lk.log" | grep -v '^{' | head -n1 | tr -d '[:space:]')
 [ -n "$ADMIN" ] || { echo "no bootstrap token in the server's stderr" >&2; exit 1; }
+SQ_ADMIN=$(grep -a '_pat_' "$TMP/sq.log" | grep -v '^{' | head -n1 | tr -d '[:space:]')
+curl -fsS -H "Authorization: Bearer $SQ_ADMIN" -H 'Content-Type: application/json' \
+  -d '{"name":"warm","scopes":[]}' "http://127.0.0.1:$SQ_PORT/v1/tokens" |
+  sed -E 's/.*"plaintext":"([^"]+)".*/\1/' >"$TMP/sq_warm.txt"
 
 log "seeding $TOKENS tokens through the store (one transaction per token)"
 "$BIN/examples/seed" --database-url "$URL" --count "$TOKENS" --out "$TMP/tokens.txt" \
@@ -77,7 +87,7 @@ measure() {
     sed -n 's/^WRKJSON //p')
   [ -n "$j" ] || { echo "wrk printed no result" >&2; return 1; }
   if [ "$(num status_errors "$j")" != 0 ] || [ "$(num socket_errors "$j")" != 0 ] ||
-    { [ "$1" = "$LK_PORT" ] && [ "$2" = verify ] && [ "$(num invalid "$j")" != 0 ]; }; then
+    { [ "$1" != "$BASE_PORT" ] && [ "$2" = verify ] && [ "$(num invalid "$j")" != 0 ]; }; then
     echo "failed run on port $1 ($2): $j" >&2; return 1
   fi
   echo "$j"
@@ -93,12 +103,18 @@ row() { # name lk-json base-json
 }
 for scenario in warm cycling; do
   file="$TMP/warm.txt"; [ "$scenario" = cycling ] && file="$TMP/tokens.txt"
-  L="" B=""
+  L="" B="" S=""
   for _ in $(seq "$ROUNDS"); do
     B=$(best "$B" "$(measure "$BASE_PORT" verify "$file")")
     L=$(best "$L" "$(measure "$LK_PORT" verify "$file")")
+    [ "$scenario" = warm ] && S=$(best "$S" "$(measure "$SQ_PORT" verify "$TMP/sq_warm.txt")")
   done
   row "rest_verify_$scenario" "$L" "$B"
+  if [ "$scenario" = warm ]; then
+    row rest_verify_warm_sqlite "$S" "$B"
+    printf '%-24s %6s\n' "warm: postgres/sqlite" \
+      "$(awk -v a="$(num rps "$L")" -v b="$(num rps "$S")" 'BEGIN { printf "%.2f", a / b }')"
+  fi
 done
 L=""
 for _ in $(seq "$ROUNDS"); do L=$(best "$L" "$(measure "$LK_PORT" mint "$TMP/warm.txt" "$ADMIN")"); done
