@@ -3,7 +3,7 @@
 # every token (cache a tenth of the set), and mint. Same load generator and settings as
 # bench/run.sh (wrk, 32 connections, alternating rounds, best kept), one table on stdout. The
 # warm verify is also measured, in the same rounds, on a Latchkey with the same flags on SQLite
-# (its target is "as on SQLite": the last column of that row is PostgreSQL / SQLite).
+# (its target is "as on SQLite": the line after it gives PostgreSQL / SQLite).
 #
 #   bash bench/postgres.sh [--tokens N] [--smoke]
 #
@@ -70,6 +70,7 @@ wait_http "http://127.0.0.1:$SQ_PORT/healthz" "$SQ_PID" 30 || { cat "$TMP/sq.log
 ADMIN=$(grep -a '_pat_' "$TMP/lk.log" | grep -v '^{' | head -n1 | tr -d '[:space:]')
 [ -n "$ADMIN" ] || { echo "no bootstrap token in the server's stderr" >&2; exit 1; }
 SQ_ADMIN=$(grep -a '_pat_' "$TMP/sq.log" | grep -v '^{' | head -n1 | tr -d '[:space:]')
+[ -n "$SQ_ADMIN" ] || { cat "$TMP/sq.log" >&2; echo "no bootstrap token from the SQLite server" >&2; exit 1; }
 curl -fsS -H "Authorization: Bearer $SQ_ADMIN" -H 'Content-Type: application/json' \
   -d '{"name":"warm","scopes":[]}' "http://127.0.0.1:$SQ_PORT/v1/tokens" |
   sed -E 's/.*"plaintext":"([^"]+)".*/\1/' >"$TMP/sq_warm.txt"

@@ -246,8 +246,8 @@ pub fn parse(expected: &Prefix, s: &str) -> Result<ParsedToken, InvalidToken> {
 }
 
 fn parse_id(b: &[u8]) -> Result<Uuid, InvalidToken> {
-    // 36 bytes can only be the hyphenated form, which uuid's table-driven parser checks and
-    // decodes (a third of a hand-written loop's instructions); only lowercase is canonical.
+    // 36 bytes can only be the hyphenated form, which uuid's parser checks and decodes (in a
+    // third of a hand-written loop's instructions); only lowercase is canonical.
     if b.len() != UUID_LEN || b.iter().any(u8::is_ascii_uppercase) {
         return Err(InvalidToken);
     }

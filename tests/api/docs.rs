@@ -396,14 +396,18 @@ fn have(tool: &str) {
     );
 }
 
-#[tokio::test]
-async fn the_python_example_of_clients_md_answers_as_documented() {
-    // Arrange: a token with the scope, one without, a revoked one; no server on port 1.
-    let app = spawn_app().await;
+/// The code block (fenced as `fence`) after `heading` in docs/clients.md.
+fn clients_md_block(heading: &str, fence: &str) -> String {
     let page = page_text("docs/clients.md");
-    let after = &page[page.find("## An example").expect("## An example")..];
-    let start = after.find("```python\n").expect("a python block") + "```python\n".len();
-    let example = &after[start..start + after[start..].find("```").expect("its end")];
+    let after = &page[page.find(heading).expect(heading)..];
+    let open = format!("```{fence}\n");
+    let start = after.find(&open).expect("a code block") + open.len();
+    after[start..start + after[start..].find("```").expect("its end")].to_string()
+}
+
+/// The bearers the clients.md examples are run with: one holding `tokens:read`, one holding
+/// only `audit:read`, one revoked.
+async fn clients_md_bearers(app: &crate::helpers::TestApp) -> [String; 3] {
     let (reader, _) = app
         .token_with(&app.admin_token, "reader", &["tokens:read"])
         .await;
@@ -420,6 +424,31 @@ async fn the_python_example_of_clients_md_answers_as_documented() {
             .status()
             .is_success()
     );
+    [reader, auditor, gone]
+}
+
+/// What every clients.md example prints for the reader, the auditor, the revoked one, a Basic
+/// header and none (requiring `tokens:read`), then the reader's scopes as `scopes` spells them,
+/// then the reader against a Latchkey that does not answer.
+fn assert_clients_md_answers(out: &std::process::Output, scopes: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["200", "403", "401", "401", "401", scopes, "503"]
+    );
+}
+
+#[tokio::test]
+async fn the_python_example_of_clients_md_answers_as_documented() {
+    // Arrange: the three bearers; no server on port 1.
+    let app = spawn_app().await;
+    let example = clients_md_block("## An example", "python");
+    let [reader, auditor, gone] = clients_md_bearers(&app).await;
     let script = format!(
         "{example}\nLATCHKEY = {address:?}\n\
          for header in ['Bearer {reader}', 'Bearer {auditor}', 'Bearer {gone}', 'Basic x', None]:\n\
@@ -437,46 +466,19 @@ async fn the_python_example_of_clients_md_answers_as_documented() {
         .expect("python3");
 
     // Assert
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
-        ["200", "403", "401", "401", "401", "['tokens:read']", "503"]
-    );
+    assert_clients_md_answers(&out, "['tokens:read']");
 }
 
 #[tokio::test]
 async fn the_node_example_of_clients_md_answers_as_documented() {
-    // Arrange: a token with the scope, one without, a revoked one; no server on port 1.
+    // Arrange: the three bearers; no server on port 1.
     let app = spawn_app().await;
-    let page = page_text("docs/clients.md");
-    let after = &page[page
-        .find("## The same in Node.js")
-        .expect("the Node.js section")..];
-    let start =
-        after.find("```javascript\n").expect("a javascript block") + "```javascript\n".len();
-    let example = &after[start..start + after[start..].find("```").expect("its end")];
-    let example = example.replacen("const LATCHKEY", "let LATCHKEY", 1);
-    let (reader, _) = app
-        .token_with(&app.admin_token, "reader", &["tokens:read"])
-        .await;
-    let (auditor, _) = app
-        .token_with(&app.admin_token, "auditor", &["audit:read"])
-        .await;
-    let (gone, view) = app
-        .token_with(&app.admin_token, "gone", &["tokens:read"])
-        .await;
-    let path = format!("/v1/tokens/{}", view["id"].as_str().unwrap());
-    assert!(
-        app.delete(&path, &app.admin_token)
-            .await
-            .status()
-            .is_success()
+    let example = clients_md_block("## The same in Node.js", "javascript").replacen(
+        "const LATCHKEY",
+        "let LATCHKEY",
+        1,
     );
+    let [reader, auditor, gone] = clients_md_bearers(&app).await;
     let script = format!(
         "{example}\nLATCHKEY = {address:?};\n(async () => {{\n\
          for (const h of ['Bearer {reader}', 'Bearer {auditor}', 'Bearer {gone}', 'Basic x', undefined]) \
@@ -494,24 +496,7 @@ async fn the_node_example_of_clients_md_answers_as_documented() {
         .expect("node (CI installs it for the browser tests)");
 
     // Assert
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
-        [
-            "200",
-            "403",
-            "401",
-            "401",
-            "401",
-            "[\"tokens:read\"]",
-            "503"
-        ]
-    );
+    assert_clients_md_answers(&out, "[\"tokens:read\"]");
 }
 
 /// A Go program calling the Go example of docs/clients.md (package `latchkeyauth`): the latchkey
@@ -544,33 +529,15 @@ func main() {
 
 #[tokio::test]
 async fn the_go_example_of_clients_md_answers_as_documented() {
-    // Arrange: the example as a package of a module of its own, offline; the tokens as above.
+    // Arrange: the example as a package of a module of its own, offline; the three bearers.
     let app = spawn_app().await;
-    let page = page_text("docs/clients.md");
-    let after = &page[page.find("## The same in Go").expect("the Go section")..];
-    let start = after.find("```go\n").expect("a go block") + "```go\n".len();
-    let example = &after[start..start + after[start..].find("```").expect("its end")];
+    let example = clients_md_block("## The same in Go", "go");
     let dir = tempfile::TempDir::new().unwrap();
     std::fs::create_dir(dir.path().join("latchkeyauth")).unwrap();
     std::fs::write(dir.path().join("latchkeyauth/latchkeyauth.go"), example).unwrap();
     std::fs::write(dir.path().join("main.go"), GO_CALLER).unwrap();
     std::fs::write(dir.path().join("go.mod"), "module example\n\ngo 1.19\n").unwrap();
-    let (reader, _) = app
-        .token_with(&app.admin_token, "reader", &["tokens:read"])
-        .await;
-    let (auditor, _) = app
-        .token_with(&app.admin_token, "auditor", &["audit:read"])
-        .await;
-    let (gone, view) = app
-        .token_with(&app.admin_token, "gone", &["tokens:read"])
-        .await;
-    let path = format!("/v1/tokens/{}", view["id"].as_str().unwrap());
-    assert!(
-        app.delete(&path, &app.admin_token)
-            .await
-            .status()
-            .is_success()
-    );
+    let [reader, auditor, gone] = clients_md_bearers(&app).await;
     let headers = [
         format!("Bearer {reader}"),
         format!("Bearer {auditor}"),
@@ -580,7 +547,7 @@ async fn the_go_example_of_clients_md_answers_as_documented() {
     ];
 
     // Act: the build cache kept under target/, so later runs do not compile net/http again.
-    let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/target/go-cache");
+    let cache = concat!(env!("CARGO_TARGET_TMPDIR"), "/go-cache");
     let out = Command::new("go")
         .args(["run", "."])
         .arg(&app.address)
@@ -595,16 +562,7 @@ async fn the_go_example_of_clients_md_answers_as_documented() {
         .expect("go (CI installs golang-go)");
 
     // Assert
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
-        ["200", "403", "401", "401", "401", "tokens:read", "503"]
-    );
+    assert_clients_md_answers(&out, "tokens:read");
 }
 
 #[tokio::test]

@@ -1,9 +1,9 @@
 //! The middleware's cache of verdicts: pure logic, no I/O, time passed in.
 //!
-//! Keys are a 128-bit keyed hash of the required scopes and the token string (SipHash-1-3,
-//! a keyed pseudo-random function, with a random key drawn at start, finished twice: after
-//! the token, and after one more byte, 0xFF, which no token string holds), so the cache never
-//! holds a token. The hash key never leaves the process, so nobody outside can aim two tokens
+//! Keys are a 128-bit keyed hash of the required scopes and the bearer's bytes (SipHash-1-3,
+//! a keyed pseudo-random function, with a random key drawn at start, over the scopes and the
+//! bearer, each with its length, finished twice: after the bearer, and after one more byte), so
+//! the cache never holds a token. The hash key never leaves the process, so nobody outside can aim two tokens
 //! at one cache key, and by chance two of a million cached keys collide with odds of about
 //! 2^-88. SHA-256 did the same job at several times the cost on every request.
 //!
@@ -129,12 +129,13 @@ impl Requirement {
         Requirement { scopes, prefix }
     }
 
-    /// The key of `token` under this requirement: the keyed hash's values at (prefix, token)
-    /// and (prefix, token, 0xFF). The prefix encodes its scopes with their lengths, so no
-    /// prefix begins another: two keys are equal only if the hash collides at two pairs of
-    /// distinct inputs.
+    /// The key of `token` under this requirement: the keyed hash's values at (prefix, length,
+    /// token) and (prefix, length, token, 0xFF). Scopes and token are each encoded with their
+    /// lengths, so no input is the beginning of another: two keys are equal only if the hash
+    /// collides twice, and one key's halves never share an input with another key's.
     pub(crate) fn key(&self, token: &[u8]) -> Key {
         let mut h = self.prefix.clone();
+        h.write_u64(token.len() as u64);
         h.write(token);
         let first = h.finish();
         h.write_u8(0xFF);

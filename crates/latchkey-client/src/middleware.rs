@@ -120,8 +120,13 @@ impl IntoResponse for Rejection {
 /// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
 /// regard to case; the token is trimmed; a value that is not ASCII holds no token.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let token = std::str::from_utf8(bearer_bytes(headers)?).ok()?;
-    token.is_ascii().then_some(token)
+    let token = bearer_bytes(headers)?;
+    // What `HeaderValue::to_str` accepts: visible ASCII, spaces and tabs.
+    let text = |b: &u8| *b == b'\t' || (0x20..0x7f).contains(b);
+    if !token.iter().all(text) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
 }
 
 /// The bearer's bytes, unchecked: what the cache key is made of on every request (checking
@@ -334,7 +339,9 @@ impl Latchkey {
 
     /// A layer that lets through only requests whose bearer is live and holds every scope of
     /// `scopes`, with [`Verified`] in their extensions. Use it with `Router::route_layer`
-    /// (or `MethodRouter::layer`) so unknown routes stay 404.
+    /// (or `MethodRouter::layer`) so unknown routes stay 404, or on one handler
+    /// (`axum::handler::Handler::layer`), which saves every request an allocation but protects
+    /// that handler only: each method's handler needs its own.
     pub fn require<S: AsRef<str>>(&self, scopes: &[S]) -> LatchkeyLayer {
         let requirement = Requirement::new(scopes);
         LatchkeyLayer(Arc::new(LayerState {
@@ -755,6 +762,10 @@ where
             }
             Some(Err(r)) => ResponseFuture::Refused {
                 response: Some(r.into_response()),
+            },
+            None if bearer(req.headers()).is_none() => ResponseFuture::Refused {
+                // Not text: never asked about, so never cached.
+                response: Some(Rejection::MissingBearer.into_response()),
             },
             None => {
                 // The clone is the one not yet polled ready; the ready one serves this request.
