@@ -51,9 +51,15 @@ impl Drop for Protected {
 impl Protected {
     /// Starts the example on a free port against `latchkey`, and waits for its address.
     fn start(latchkey: &str, watch_token: &str, require: &[&str]) -> Protected {
+        Protected::start_with(latchkey, watch_token, require, &[])
+    }
+
+    /// [`Protected::start`] with more arguments (`--layer`).
+    fn start_with(latchkey: &str, watch_token: &str, require: &[&str], more: &[&str]) -> Protected {
         let mut cmd = Command::new(example_binary());
         cmd.args(["--listen", "127.0.0.1:0", "--latchkey", latchkey])
-            .args(["--watch-token", watch_token]);
+            .args(["--watch-token", watch_token])
+            .args(more);
         for r in require {
             cmd.args(["--require", r]);
         }
@@ -267,6 +273,46 @@ async fn a_revoked_token_is_refused_by_the_example_within_100_ms() {
         "median {:?}",
         delays[delays.len() / 2]
     );
+}
+
+#[tokio::test]
+async fn with_the_layer_instead_of_the_extractor_the_example_answers_alike() {
+    // Arrange: the example guarding /hello with the layer and `Verified`.
+    let app = spawn_app().await;
+    let example = Protected::start_with(
+        &app.address,
+        &watch_token(&app).await,
+        &[REQUIRED],
+        &["--layer"],
+    );
+    let (reader, view) = app
+        .token_with(&app.admin_token, "reader", &[REQUIRED])
+        .await;
+    let (auditor, _) = app
+        .token_with(&app.admin_token, "auditor", &["audit:read"])
+        .await;
+    wait_until_cached(&app, &example, &reader).await;
+
+    // Act
+    let valid = example.hello(Some(&reader)).await;
+    let none = example.hello(None).await.status();
+    let lacking = [
+        example.hello_status(&auditor).await,
+        example.hello_status(&auditor).await,
+    ];
+    let res = app
+        .delete(&format!("/v1/tokens/{}", token_id(&view)), &app.admin_token)
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (delay, revoked) =
+        first_refusal(&example, &reader, Instant::now(), Duration::from_secs(1)).await;
+
+    // Assert
+    assert_eq!(valid.status(), StatusCode::OK);
+    assert_eq!(valid.text().await.unwrap(), token_id(&view));
+    assert_eq!(none, StatusCode::UNAUTHORIZED);
+    assert_eq!(lacking, [StatusCode::FORBIDDEN; 2]);
+    assert_eq!(revoked, StatusCode::UNAUTHORIZED, "after {delay:?}");
 }
 
 #[tokio::test]

@@ -8,13 +8,15 @@
 //!
 //! `GET /hello` answers 200 with the token's id for a live bearer holding every `--require`d
 //! scope, 401 or 403 otherwise, 503 when Latchkey cannot answer; `GET /open` answers 200 with
-//! no check. Prints `listening on ADDR` once bound (`--listen 127.0.0.1:0` picks a port).
+//! no check. `/hello` is guarded by the `RequireToken` extractor, or with `--layer` by the
+//! layer and the `Verified` extractor (the same answers). Prints `listening on ADDR` once bound
+//! (`--listen 127.0.0.1:0` picks a port).
 
 use axum::Router;
 use axum::handler::Handler;
 use axum::routing::get;
 use clap::Parser;
-use latchkey_client::{Latchkey, Verified};
+use latchkey_client::{Latchkey, RequireToken, Verified};
 
 #[derive(Parser)]
 struct Args {
@@ -30,9 +32,20 @@ struct Args {
     /// A scope `/hello` requires (repeat for several).
     #[arg(long = "require")]
     require: Vec<String>,
+    /// Guard `/hello` with the layer rather than the extractor.
+    #[arg(long)]
+    layer: bool,
 }
 
-async fn hello(token: Verified) -> String {
+async fn hello(RequireToken(token): RequireToken) -> String {
+    id(&token)
+}
+
+async fn hello_layered(token: Verified) -> String {
+    id(&token)
+}
+
+fn id(token: &Verified) -> String {
     // `encode_lower`, not `to_string()`: the formatting machinery would be a third of this
     // handler's time.
     let mut buf = uuid::Uuid::encode_buffer();
@@ -56,11 +69,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let latchkey = Latchkey::builder(args.latchkey)
         .watch_token(args.watch_token)
         .build()?;
+    let hello = if args.layer {
+        // The layer on the handler: `route_layer` would box the route once more.
+        get(hello_layered.layer(latchkey.require(&args.require)))
+    } else {
+        get(hello)
+    };
     let app = Router::new()
-        // The layer on the handler (`axum::handler::Handler::layer`): `route_layer` would box
-        // the route once more, an allocation on every request.
-        .route("/hello", get(hello.layer(latchkey.require(&args.require))))
-        .route("/open", get(|| async { "open" }));
+        .route("/hello", hello)
+        .route("/open", get(|| async { "open" }))
+        .with_state(latchkey.guard(&args.require));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app)
