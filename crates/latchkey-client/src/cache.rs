@@ -3,9 +3,9 @@
 //! Keys are a 128-bit keyed hash of the required scopes and the bearer's bytes (SipHash-1-3,
 //! a keyed pseudo-random function, with a random key drawn at start, over the scopes and the
 //! bearer, each with its length, finished twice: after the bearer, and after one more byte), so
-//! the cache never holds a token. The hash key never leaves the process, so nobody outside can aim two tokens
-//! at one cache key, and by chance two of a million cached keys collide with odds of about
-//! 2^-88. SHA-256 did the same job at several times the cost on every request.
+//! the cache never holds a token. The hash key never leaves the process, so nobody outside can
+//! aim two tokens at one cache key, and by chance two of a million cached keys collide with
+//! odds of about 2^-88. SHA-256 did the same job at several times the cost on every request.
 //!
 //! The cache is used only while the change stream is up (`live`). Every invalidation bumps an
 //! epoch before and after it runs, and a fill during which the epoch moved (checked after its

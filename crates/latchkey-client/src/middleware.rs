@@ -680,6 +680,39 @@ struct LayerState {
     required: Arc<[String]>,
 }
 
+/// What [`LayerState::decide`] makes of a request's headers.
+enum Decision {
+    /// The verdict is at hand: no bearer, a bearer that is not text, or a cached answer.
+    Now(Result<Verified, Rejection>),
+    /// Ask the server, with this cache key for its answer.
+    Ask(Key),
+}
+
+impl LayerState {
+    /// The decision the layer and the [`RequireToken`] extractor both make first, without I/O.
+    fn decide(&self, headers: &HeaderMap) -> Decision {
+        let Some(key) = bearer_bytes(headers).map(|t| self.requirement.key(t)) else {
+            return Decision::Now(Err(Rejection::MissingBearer));
+        };
+        if let Some(verdict) = self.latchkey.inner.cached(&key, &self.required) {
+            return Decision::Now(verdict);
+        }
+        if bearer(headers).is_none() {
+            // Not text: never asked about, so never cached.
+            return Decision::Now(Err(Rejection::MissingBearer));
+        }
+        Decision::Ask(key)
+    }
+
+    /// Asks the server about `token` (its cache key `key`), after [`Decision::Ask`].
+    async fn ask(&self, token: &str, key: Key) -> Result<Verified, Rejection> {
+        let inner = &self.latchkey.inner;
+        inner
+            .ask(token, key, &self.requirement, &self.required)
+            .await
+    }
+}
+
 impl<S> tower::Layer<S> for LatchkeyLayer {
     type Service = LatchkeyService<S>;
 
@@ -744,45 +777,27 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let state = &self.layer.0;
-        let key = match bearer_bytes(req.headers()) {
-            Some(token) => state.requirement.key(token),
-            None => {
-                return ResponseFuture::Refused {
-                    response: Some(Rejection::MissingBearer.into_response()),
-                };
-            }
-        };
-        match state.latchkey.inner.cached(&key, &state.required) {
-            Some(Ok(v)) => {
+        match self.layer.0.decide(req.headers()) {
+            Decision::Now(Ok(v)) => {
                 req.extensions_mut().insert(v);
                 ResponseFuture::Inner {
                     future: self.inner.call(req),
                 }
             }
-            Some(Err(r)) => ResponseFuture::Refused {
+            Decision::Now(Err(r)) => ResponseFuture::Refused {
                 response: Some(r.into_response()),
             },
-            None if bearer(req.headers()).is_none() => ResponseFuture::Refused {
-                // Not text: never asked about, so never cached.
-                response: Some(Rejection::MissingBearer.into_response()),
-            },
-            None => {
+            Decision::Ask(key) => {
                 // The clone is the one not yet polled ready; the ready one serves this request.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let layer = self.layer.clone();
                 ResponseFuture::Asking {
                     future: Box::pin(async move {
-                        let state = &layer.0;
-                        let Some(token) = bearer(req.headers()) else {
-                            return Ok(Rejection::MissingBearer.into_response());
+                        let verdict = match bearer(req.headers()) {
+                            Some(token) => layer.0.ask(token, key).await,
+                            None => Err(Rejection::MissingBearer),
                         };
-                        let verdict = state
-                            .latchkey
-                            .inner
-                            .ask(token, key, &state.requirement, &state.required)
-                            .await;
                         match verdict {
                             Ok(v) => {
                                 req.extensions_mut().insert(v);
@@ -839,24 +854,16 @@ where
         state: &S,
     ) -> impl Future<Output = Result<Self, Rejection>> + Send {
         let guard = <Guard as axum::extract::FromRef<S>>::from_ref(state);
-        let g = &guard.0;
-        let Some(key) = bearer_bytes(&parts.headers).map(|t| g.requirement.key(t)) else {
-            return Extracted::Ready(Some(Err(Rejection::MissingBearer)));
+        let key = match guard.0.decide(&parts.headers) {
+            Decision::Now(verdict) => return Extracted::Ready(Some(verdict.map(RequireToken))),
+            Decision::Ask(key) => key,
         };
-        if let Some(verdict) = g.latchkey.inner.cached(&key, &g.required) {
-            return Extracted::Ready(Some(verdict.map(RequireToken)));
-        }
-        // Not text: never asked about, so never cached.
-        let Some(token) = bearer(&parts.headers).map(str::to_owned) else {
-            return Extracted::Ready(Some(Err(Rejection::MissingBearer)));
-        };
+        let token = bearer(&parts.headers).map(str::to_owned);
         Extracted::Checking(Box::pin(async move {
-            let g = &guard.0;
-            g.latchkey
-                .inner
-                .ask(&token, key, &g.requirement, &g.required)
-                .await
-                .map(RequireToken)
+            match token {
+                Some(token) => guard.0.ask(&token, key).await.map(RequireToken),
+                None => Err(Rejection::MissingBearer),
+            }
         }))
     }
 }
@@ -1053,36 +1060,24 @@ mod tests {
 
     #[tokio::test]
     async fn routes_fail_closed_whichever_way_they_are_protected() {
-        assert_eq!(status("/layer", None).await, StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            status("/layer", Some("t")).await,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        // Not ASCII: refused as no bearer at all, without asking the server (which would be 503).
-        assert_eq!(
-            status("/layer", Some("t\u{e9}")).await,
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(status("/guarded", None).await, StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            status("/guarded", Some("t")).await,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            status("/guarded", Some("t\u{e9}")).await,
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(status("/extension", None).await, StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            status("/extension", Some("t")).await,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            status("/forgotten", Some("t")).await,
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
-        assert_eq!(status("/open", None).await, StatusCode::OK);
-        assert_eq!(status("/nowhere", None).await, StatusCode::NOT_FOUND);
+        const NOT_ASCII: &str = "t\u{e9}";
+        let cases = [
+            ("/layer", None, StatusCode::UNAUTHORIZED),
+            ("/layer", Some("t"), StatusCode::SERVICE_UNAVAILABLE),
+            // Not ASCII: refused as no bearer at all, without asking the server (503).
+            ("/layer", Some(NOT_ASCII), StatusCode::UNAUTHORIZED),
+            ("/guarded", None, StatusCode::UNAUTHORIZED),
+            ("/guarded", Some("t"), StatusCode::SERVICE_UNAVAILABLE),
+            ("/guarded", Some(NOT_ASCII), StatusCode::UNAUTHORIZED),
+            ("/extension", None, StatusCode::UNAUTHORIZED),
+            ("/extension", Some("t"), StatusCode::SERVICE_UNAVAILABLE),
+            ("/forgotten", Some("t"), StatusCode::INTERNAL_SERVER_ERROR),
+            ("/open", None, StatusCode::OK),
+            ("/nowhere", None, StatusCode::NOT_FOUND),
+        ];
+        for (path, bearer, expected) in cases {
+            assert_eq!(status(path, bearer).await, expected, "{path} {bearer:?}");
+        }
     }
 
     #[tokio::test]
