@@ -1,6 +1,7 @@
 //! Serving: one listener for REST and gRPC, the client-IP rule, and the bounds on what clients
 //! can hold (header and request timeouts, open connections, requests in flight).
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +20,7 @@ use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::edge::{ClientIp, ErrorBody, ErrorDetail, client_ip};
 
@@ -90,7 +91,9 @@ impl Service<Request> for OnePort {
 #[derive(Clone)]
 pub struct Bounded<S> {
     inner: S,
-    in_flight: Arc<InFlight>,
+    // `'static` (one small leak per server built) so that a request's slot copies a pointer:
+    // an `Arc` clone and drop are two more writes to a count that every worker thread shares.
+    in_flight: &'static InFlight,
     timeout: Duration,
 }
 
@@ -102,15 +105,15 @@ struct InFlight {
 }
 
 /// One request's place in [`InFlight`], given back on drop.
-struct Slot(Arc<InFlight>);
+struct Slot(&'static InFlight);
 
 impl Slot {
-    fn take(in_flight: &Arc<InFlight>) -> Option<Slot> {
+    fn take(in_flight: &'static InFlight) -> Option<Slot> {
         if in_flight.count.fetch_add(1, Ordering::Acquire) >= in_flight.max {
             in_flight.count.fetch_sub(1, Ordering::Release);
             return None;
         }
-        Some(Slot(in_flight.clone()))
+        Some(Slot(in_flight))
     }
 }
 
@@ -134,7 +137,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let Some(slot) = Slot::take(&self.in_flight) else {
+        let Some(slot) = Slot::take(self.in_flight) else {
             metrics::counter!("latchkey_overload_rejected_total").increment(1);
             let mut res = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -252,10 +255,10 @@ impl Default for ServerLimits {
 pub fn bounded<S>(app: S, limits: &ServerLimits) -> Bounded<S> {
     Bounded {
         inner: app,
-        in_flight: Arc::new(InFlight {
+        in_flight: Box::leak(Box::new(InFlight {
             count: AtomicUsize::new(0),
             max: limits.max_in_flight,
-        }),
+        })),
         timeout: limits.request_timeout,
     }
 }
@@ -265,6 +268,9 @@ pub fn bounded<S>(app: S, limits: &ServerLimits) -> Bounded<S> {
 /// the header timeout (from its start, or from the end of the previous answer), and one that has
 /// not said which HTTP it speaks is held to the same ([`Watch`]); at most `max_connections` are
 /// open at once (the rest wait in the listen backlog).
+///
+/// `app` must always be ready (`poll_ready` answers `Ready` at once, as for [`Bounded`] and
+/// axum's `Router`): each connection calls its copy without asking.
 ///
 /// # Errors
 /// Only if accepting fails for a reason other than a transient one.
@@ -312,7 +318,7 @@ where
         let _ = stream.set_nodelay(true);
         let watch = Arc::new(Watch::new());
         let svc = PerConnection {
-            app: app.clone(),
+            app: RefCell::new(app.clone()),
             // The socket peer is the client until the client-IP rule says otherwise (`OnePort`).
             peer: ClientIp(peer.ip()),
             watch: watch.clone(),
@@ -392,15 +398,19 @@ impl Watch {
 
 /// The hyper service of one connection: gives every request its [`ClientIp`] (the socket peer)
 /// and counts it in the connection's [`Watch`] until its answer is complete.
+///
+/// The connection keeps its own copy of the app and calls it in place: the app is always ready
+/// (see [`serve`]), and cloning it for each request (as `oneshot` needs) would write to its
+/// reference counts, which every worker thread shares, twice per request.
 struct PerConnection<S> {
-    app: S,
+    app: RefCell<S>,
     peer: ClientIp,
     watch: Arc<Watch>,
 }
 
 impl<S> hyper::service::Service<Request<hyper::body::Incoming>> for PerConnection<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone,
+    S: Service<Request, Response = Response, Error = Infallible>,
     S::Future: Unpin,
 {
     type Response = Response;
@@ -411,8 +421,11 @@ where
         self.watch.answering.fetch_add(1, Ordering::Relaxed);
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut().insert(self.peer);
+        // Held only for this call (hyper never calls it from inside another), so it cannot be
+        // borrowed twice.
+        let answer = self.app.borrow_mut().call(req);
         Answering {
-            answer: self.app.clone().oneshot(req),
+            answer,
             watch: Some(self.watch.clone()),
         }
     }
@@ -420,7 +433,7 @@ where
 
 /// One request's answer; once it is complete (or dropped), the connection waits for a head.
 struct Answering<S: Service<Request>> {
-    answer: tower::util::Oneshot<S, Request>,
+    answer: S::Future,
     watch: Option<Arc<Watch>>,
 }
 

@@ -176,7 +176,12 @@ impl TokenCache {
     }
 }
 
-/// The verify path's metric handles, looked up once instead of on every verification.
+/// The verify path's metrics. Each thread tallies into its own shard (as usage is counted),
+/// and a shard is handed to the `metrics` registry every [`PUBLISH_EVERY`] verifications and
+/// whenever the metrics are read ([`Authority::publish_metrics`], before each `/metrics`
+/// answer and each usage flush): the registry's counters and histogram are shared by every
+/// worker thread, and writing to them on every verification passed their cache lines from
+/// core to core several times per request.
 pub(super) struct VerifyMetrics {
     valid: metrics::Counter,
     invalid: metrics::Counter,
@@ -186,7 +191,26 @@ pub(super) struct VerifyMetrics {
     argon2_checks: metrics::Counter,
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
+    tallies: [Padded<Mutex<Tally>>; USAGE_SHARDS],
 }
+
+/// Verifications a shard tallies before it hands them to the registry.
+const PUBLISH_EVERY: usize = 256;
+
+/// One thread's verify metrics not yet in the registry.
+#[derive(Default)]
+struct Tally {
+    results: [u64; 4],
+    cache_hits: u64,
+    cache_misses: u64,
+    /// Verify durations in seconds.
+    durations: Vec<f64>,
+}
+
+/// A value alone on its cache lines, so that two threads' shards are never on one line.
+#[repr(align(128))]
+#[derive(Default)]
+pub(super) struct Padded<T>(pub(super) T);
 
 impl VerifyMetrics {
     pub(super) fn new() -> Self {
@@ -200,6 +224,74 @@ impl VerifyMetrics {
             argon2_checks: metrics::counter!("latchkey_argon2_checks_total"),
             cache_hits: metrics::counter!("latchkey_token_cache_total", "result" => "hit"),
             cache_misses: metrics::counter!("latchkey_token_cache_total", "result" => "miss"),
+            tallies: Default::default(),
+        }
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tallies[usage_shard()]
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one cache lookup of the verify path.
+    fn cache(&self, hit: bool) {
+        let mut t = self.tally();
+        if hit {
+            t.cache_hits += 1;
+        } else {
+            t.cache_misses += 1;
+        }
+    }
+
+    /// Counts one verification's answer and how long it took.
+    fn verified(&self, code: VerifyCode, took: std::time::Duration) {
+        let mut t = self.tally();
+        let i = match code {
+            VerifyCode::Valid => 0,
+            VerifyCode::Invalid => 1,
+            VerifyCode::InsufficientPermissions => 2,
+            VerifyCode::RateLimited => 3,
+        };
+        t.results[i] += 1;
+        t.durations.push(took.as_secs_f64());
+        if t.durations.len() >= PUBLISH_EVERY {
+            self.publish(&mut t);
+        }
+    }
+
+    /// Hands a tally to the registry and empties it.
+    fn publish(&self, t: &mut Tally) {
+        let counters = [
+            &self.valid,
+            &self.invalid,
+            &self.insufficient,
+            &self.rate_limited,
+        ];
+        for (counter, n) in counters.into_iter().zip(std::mem::take(&mut t.results)) {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+        for (counter, n) in [
+            (&self.cache_hits, std::mem::take(&mut t.cache_hits)),
+            (&self.cache_misses, std::mem::take(&mut t.cache_misses)),
+        ] {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+        for d in t.durations.drain(..) {
+            self.duration.record(d);
+        }
+    }
+
+    /// Hands every shard's tally to the registry.
+    fn publish_all(&self) {
+        for shard in &self.tallies {
+            let mut t = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.publish(&mut t);
         }
     }
 }
@@ -258,7 +350,10 @@ impl PendingUsage {
     }
 }
 
-type UsageMap = HashMap<Uuid, PendingUsage>;
+/// Keyed by foldhash, not SipHash: the ids are of tokens this server issued and verified (or
+/// reported by a client holding `tokens:watch`), not keys an attacker picks to collide, and
+/// the map takes an entry per verification.
+type UsageMap = HashMap<Uuid, PendingUsage, foldhash::fast::RandomState>;
 
 /// Shards of the usage buffer. Each thread counts into its own shard, so the worker threads
 /// never wait for each other's lock, and a hot token's counter is not a cache line they pass
@@ -266,11 +361,11 @@ type UsageMap = HashMap<Uuid, PendingUsage>;
 const USAGE_SHARDS: usize = 8;
 
 /// Usage counted in memory since the last flush.
-pub(super) struct UsageBuffer([Mutex<UsageMap>; USAGE_SHARDS]);
+pub(super) struct UsageBuffer([Padded<Mutex<UsageMap>>; USAGE_SHARDS]);
 
 impl Default for UsageBuffer {
     fn default() -> Self {
-        Self(std::array::from_fn(|_| Mutex::default()))
+        Self(std::array::from_fn(|_| Padded::default()))
     }
 }
 
@@ -283,8 +378,8 @@ fn usage_shard() -> usize {
     SHARD.with(|s| *s)
 }
 
-fn lock(shard: &Mutex<UsageMap>) -> std::sync::MutexGuard<'_, UsageMap> {
-    shard.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(shard: &Padded<Mutex<UsageMap>>) -> std::sync::MutexGuard<'_, UsageMap> {
+    shard.0.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Adds `u` to what `map` holds for `id`.
@@ -324,12 +419,12 @@ impl UsageBuffer {
     /// jumping around it (on SQLite that halves the flush), and gives concurrent flushes of
     /// several nodes one lock order on PostgreSQL.
     fn take(&self) -> Vec<UsageDelta> {
-        let mut all = UsageMap::new();
+        let mut all = UsageMap::default();
         for shard in &self.0 {
             // The next second's map starts at this one's size (allocated outside the lock):
             // growing a map of thousands of tokens, one rehash after another, would happen on
             // the request threads.
-            let fresh = UsageMap::with_capacity(lock(shard).len());
+            let fresh = UsageMap::with_capacity_and_hasher(lock(shard).len(), Default::default());
             let map = std::mem::replace(&mut *lock(shard), fresh);
             if all.is_empty() {
                 all = map;
@@ -644,15 +739,15 @@ impl Authority {
         let m = &self.verify_metrics;
         match self.cache.get(&id) {
             Some(e) => {
-                m.cache_hits.increment(1);
+                m.cache(true);
                 Ok(Some(e))
             }
             None if self.cache.known_missing(&id) => {
-                m.cache_hits.increment(1);
+                m.cache(true);
                 Ok(None)
             }
             None => {
-                m.cache_misses.increment(1);
+                m.cache(false);
                 self.load(id).await
             }
         }
@@ -693,10 +788,10 @@ impl Authority {
         if let Some((id, at)) = self.cache.legacy_ids.get(&key)
             && (id.is_some() || at.elapsed() < self.cache.ttl)
         {
-            self.verify_metrics.cache_hits.increment(1);
+            self.verify_metrics.cache(true);
             return Ok(id);
         }
-        self.verify_metrics.cache_misses.increment(1);
+        self.verify_metrics.cache(false);
         let id = self.store.find_lookup(&p.lookup()).await?;
         self.cache.legacy_ids.insert(key, (id, Instant::now()));
         Ok(id)
@@ -870,14 +965,7 @@ impl Authority {
                 }
             }
         };
-        let m = &self.verify_metrics;
-        match res.code {
-            VerifyCode::Valid => m.valid.increment(1),
-            VerifyCode::Invalid => m.invalid.increment(1),
-            VerifyCode::InsufficientPermissions => m.insufficient.increment(1),
-            VerifyCode::RateLimited => m.rate_limited.increment(1),
-        }
-        m.duration.record(started.elapsed().as_secs_f64());
+        self.verify_metrics.verified(res.code, started.elapsed());
         Ok(res)
     }
 
@@ -899,12 +987,20 @@ impl Authority {
         }
     }
 
+    /// Hands every thread's tally of verify metrics to the `metrics` registry, so that what it
+    /// renders next counts every verification answered so far (tallies otherwise reach it every
+    /// 256 verifications of a thread and at each usage flush).
+    pub fn publish_metrics(&self) {
+        self.verify_metrics.publish_all();
+    }
+
     /// Writes the usage counted since the last flush. On failure the counts are kept for the
     /// next flush, so none are lost.
     ///
     /// # Errors
     /// The store's error.
     pub async fn flush_usage(&self) -> Result<usize> {
+        self.publish_metrics();
         if self.usage.is_empty() {
             return Ok(0);
         }

@@ -139,19 +139,30 @@ impl Verifier {
     }
 }
 
+/// The value of one hex digit, either case.
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 impl FromStr for Verifier {
     type Err = BadVerifier;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(hex) = s.strip_prefix("sha256:") {
-            // Hex digits only: slicing a multi-byte character would panic, and `from_str_radix`
-            // alone would take `+a` for a digit pair (two spellings of one digest).
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // Hex digits only, either case (every cache miss parses one of these).
+            let hex = hex.as_bytes();
+            if hex.len() != 64 {
                 return Err(BadVerifier);
             }
             let mut d = [0u8; 32];
-            for (i, byte) in d.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| BadVerifier)?;
+            for (byte, pair) in d.iter_mut().zip(hex.chunks_exact(2)) {
+                *byte = (hex_digit(pair[0]).ok_or(BadVerifier)? << 4)
+                    | hex_digit(pair[1]).ok_or(BadVerifier)?;
             }
             Ok(Verifier::Sha256(d))
         } else if s.starts_with("$argon2id$") {
@@ -191,6 +202,21 @@ mod tests {
         assert_eq!(multi_byte.len(), "sha256:".len() + 64);
         assert!(multi_byte.parse::<Verifier>().is_err());
         assert!(plus.parse::<Verifier>().is_err());
+    }
+
+    #[test]
+    fn a_sha256_verifier_reads_hex_digits_of_either_case() {
+        // Arrange
+        let v = Verifier::Sha256(std::array::from_fn(|i| (i as u8).wrapping_mul(37)));
+        let lower = v.encode();
+
+        // Act
+        let upper = format!("sha256:{}", lower["sha256:".len()..].to_ascii_uppercase());
+
+        // Assert
+        assert_ne!(upper, lower);
+        assert_eq!(upper.parse::<Verifier>().unwrap(), v);
+        assert_eq!(lower.parse::<Verifier>().unwrap(), v);
     }
 
     #[test]

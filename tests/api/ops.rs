@@ -93,6 +93,39 @@ async fn the_counters_of_the_design_move() {
 }
 
 #[tokio::test]
+async fn every_verification_is_counted_by_the_next_scrape_however_many_there_were() {
+    // Arrange: more verifications than a thread tallies before it hands them to the registry.
+    let app = spawn_app().await;
+    let scrape = || async {
+        app.request(Method::GET, "/metrics", None, None)
+            .await
+            .text()
+            .await
+            .unwrap()
+    };
+    let (t, _) = app.token_with(&app.admin_token, "m", &[]).await;
+    let before = scrape().await;
+
+    // Act
+    for _ in 0..300 {
+        app.verify(&t, &[]).await;
+    }
+    let after = scrape().await;
+
+    // Assert
+    for name in [
+        "latchkey_verify_total{result=\"valid\"}",
+        "latchkey_verify_duration_seconds_count",
+    ] {
+        assert_eq!(
+            counter(&after, name) - counter(&before, name),
+            300.0,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_every_route_and_each_one_exists() {
     // Arrange
     let app = spawn_app().await;

@@ -1557,6 +1557,40 @@ async fn a_lost_postgres_listener_connection_is_followed_by_a_full_invalidation(
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_read_outlives_the_database_dropping_every_pooled_connection() {
+    // Arrange: connections in the pool, used a moment ago (so not pinged before the next use).
+    let backend = Backend::postgres(module_path!()).await;
+    let org = org_in(&backend.store, "acme").await;
+    let token = inserted(&backend.store, new_token(&org, "t")).await;
+    let ids = [token.id];
+    let read = || backend.store.get_tokens_for_verify(&ids);
+    let warm = tokio::join!(read(), read(), read(), read());
+    let warm = [warm.0, warm.1, warm.2, warm.3];
+    let mut conn = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&backend.url).await.unwrap()
+    };
+    let ended = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND backend_type = 'client backend' AND application_name <> 'latchkey-listener'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+
+    // Act
+    let after = read().await;
+
+    // Assert
+    assert!(warm.iter().all(Result::is_ok));
+    assert!(!ended.is_empty(), "the pool's connections were ended");
+    let rows = after.expect("read on a new connection");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].id, token.id);
+}
+
 #[tokio::test]
 async fn an_unknown_database_url_scheme_is_refused() {
     // Act
