@@ -16,7 +16,13 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now().trunc_subsecs(6)
+        // Microseconds, as both databases store them; built once from the system time rather
+        // than built and then truncated (every request reads the clock).
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let micros = i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX);
+        DateTime::from_timestamp_micros(micros).unwrap_or_else(|| Utc::now().trunc_subsecs(6))
     }
 }
 
@@ -46,5 +52,25 @@ impl Default for ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_clock_reads_whole_microseconds_of_the_current_time() {
+        // Act
+        let before = Utc::now().trunc_subsecs(6);
+        let now = SystemClock.now();
+        let after = Utc::now();
+
+        // Assert
+        assert_eq!(now.timestamp_subsec_nanos() % 1_000, 0);
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
+        );
     }
 }

@@ -319,10 +319,18 @@ impl PendingUsage {
     fn count(&mut self, n: i64, at: DateTime<Utc>) {
         self.count += n;
         self.last_used_at = self.last_used_at.max(at);
-        let hour = hour_start(at);
+        // Same hour as the last count: compared as seconds, without building the hour's time.
         match self.hours.last_mut() {
-            Some(last) if last.hour == hour => last.count += n,
-            _ => merge_hours(&mut self.hours, &[HourCount { hour, count: n }]),
+            Some(last) if at.timestamp().div_euclid(3600) * 3600 == last.hour.timestamp() => {
+                last.count += n;
+            }
+            _ => merge_hours(
+                &mut self.hours,
+                &[HourCount {
+                    hour: hour_start(at),
+                    count: n,
+                }],
+            ),
         }
     }
 
