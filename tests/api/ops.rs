@@ -1,7 +1,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, spawn_app};
 
 #[tokio::test]
 async fn health_and_readiness_answer_200() {
@@ -36,6 +36,15 @@ async fn a_wrong_method_is_a_json_405() {
     }
 }
 
+/// The `/metrics` text of `app`.
+async fn scrape(app: &TestApp) -> String {
+    app.request(Method::GET, "/metrics", None, None)
+        .await
+        .text()
+        .await
+        .unwrap()
+}
+
 fn counter(metrics: &str, line_prefix: &str) -> f64 {
     metrics
         .lines()
@@ -49,14 +58,7 @@ fn counter(metrics: &str, line_prefix: &str) -> f64 {
 async fn the_counters_of_the_design_move() {
     // Arrange
     let app = spawn_app().await;
-    let scrape = || async {
-        app.request(Method::GET, "/metrics", None, None)
-            .await
-            .text()
-            .await
-            .unwrap()
-    };
-    let before = scrape().await;
+    let before = scrape(&app).await;
 
     // Act
     let (t, view) = app.token_with(&app.admin_token, "m", &[]).await;
@@ -69,7 +71,7 @@ async fn the_counters_of_the_design_move() {
         &app.admin_token,
     )
     .await;
-    let after = scrape().await;
+    let after = scrape(&app).await;
 
     // Assert
     for (name, delta) in [
@@ -96,21 +98,14 @@ async fn the_counters_of_the_design_move() {
 async fn every_verification_is_counted_by_the_next_scrape_however_many_there_were() {
     // Arrange: more verifications than a thread tallies before it hands them to the registry.
     let app = spawn_app().await;
-    let scrape = || async {
-        app.request(Method::GET, "/metrics", None, None)
-            .await
-            .text()
-            .await
-            .unwrap()
-    };
     let (t, _) = app.token_with(&app.admin_token, "m", &[]).await;
-    let before = scrape().await;
+    let before = scrape(&app).await;
 
     // Act
     for _ in 0..300 {
         app.verify(&t, &[]).await;
     }
-    let after = scrape().await;
+    let after = scrape(&app).await;
 
     // Assert
     for name in [
