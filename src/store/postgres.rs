@@ -934,20 +934,20 @@ impl Store for PostgresStore {
             }
         };
         rows.iter()
+            // By position, in the SELECT's order: every cache miss decodes a row, and a name is
+            // a lookup per column.
             .map(|row| -> anyhow::Result<VerifyRecord> {
-                let kind: i16 = row.try_get("kind")?;
+                let kind: i16 = row.try_get(2)?;
                 Ok(VerifyRecord {
-                    id: row.try_get("id")?,
-                    org_id: row.try_get("org_id")?,
+                    id: row.try_get(0)?,
+                    org_id: row.try_get(1)?,
                     kind: TokenKind::from_code(i64::from(kind))
                         .context("unknown token kind in database")?,
-                    verifier: row.try_get("verifier")?,
-                    permissions: Permissions::from_bits(
-                        row.try_get::<i64, _>("permissions")? as u64
-                    ),
-                    expires_at: row.try_get("expires_at")?,
-                    blocked: row.try_get("blocked")?,
-                    user_id: row.try_get("user_id")?,
+                    verifier: row.try_get(3)?,
+                    permissions: Permissions::from_bits(row.try_get::<i64, _>(4)? as u64),
+                    expires_at: row.try_get(5)?,
+                    user_id: row.try_get(6)?,
+                    blocked: row.try_get(7)?,
                 })
             })
             .collect::<anyhow::Result<_>>()
