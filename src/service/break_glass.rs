@@ -35,16 +35,7 @@ impl BreakGlassDigest {
     /// Parses exactly 64 hex digits (either case; surrounding whitespace ignored); `None` for
     /// anything else.
     pub fn from_hex(hex: &str) -> Option<Self> {
-        let hex = hex.trim().as_bytes();
-        if hex.len() != 64 {
-            return None;
-        }
-        let mut digest = [0u8; 32];
-        for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
-            let digit = |c: u8| char::from(c).to_digit(16);
-            *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
-        }
-        Some(Self(digest))
+        crate::token::hash::unhex(hex.trim()).map(Self)
     }
 
     /// Whether the SHA-256 of `presented` is this digest, compared in constant time.

@@ -210,7 +210,7 @@ struct Tally {
 /// A value alone on its cache lines, so that two threads' shards are never on one line.
 #[repr(align(128))]
 #[derive(Default)]
-pub(super) struct Padded<T>(pub(super) T);
+struct Padded<T>(T);
 
 impl VerifyMetrics {
     pub(super) fn new() -> Self {
@@ -229,10 +229,7 @@ impl VerifyMetrics {
     }
 
     fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
-        self.tallies[usage_shard()]
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.tallies[usage_shard()])
     }
 
     /// Counts one cache lookup of the verify path.
@@ -263,18 +260,12 @@ impl VerifyMetrics {
 
     /// Hands a tally to the registry and empties it.
     fn publish(&self, t: &mut Tally) {
-        let counters = [
-            &self.valid,
-            &self.invalid,
-            &self.insufficient,
-            &self.rate_limited,
-        ];
-        for (counter, n) in counters.into_iter().zip(std::mem::take(&mut t.results)) {
-            if n > 0 {
-                counter.increment(n);
-            }
-        }
+        let [valid, invalid, insufficient, rate_limited] = std::mem::take(&mut t.results);
         for (counter, n) in [
+            (&self.valid, valid),
+            (&self.invalid, invalid),
+            (&self.insufficient, insufficient),
+            (&self.rate_limited, rate_limited),
             (&self.cache_hits, std::mem::take(&mut t.cache_hits)),
             (&self.cache_misses, std::mem::take(&mut t.cache_misses)),
         ] {
@@ -290,8 +281,7 @@ impl VerifyMetrics {
     /// Hands every shard's tally to the registry.
     fn publish_all(&self) {
         for shard in &self.tallies {
-            let mut t = shard.0.lock().unwrap_or_else(|e| e.into_inner());
-            self.publish(&mut t);
+            self.publish(&mut lock(shard));
         }
     }
 }
@@ -386,7 +376,8 @@ fn usage_shard() -> usize {
     SHARD.with(|s| *s)
 }
 
-fn lock(shard: &Padded<Mutex<UsageMap>>) -> std::sync::MutexGuard<'_, UsageMap> {
+/// A shard's lock; a panic elsewhere while holding it leaves counts, which stay usable.
+fn lock<T>(shard: &Padded<Mutex<T>>) -> std::sync::MutexGuard<'_, T> {
     shard.0.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -48,26 +48,42 @@ impl StoreError {
     }
 }
 
+/// Whether `e` says the connection itself is gone: the socket broke, or PostgreSQL ended the
+/// session (connection exceptions, 08; operator intervention, 57P01-57P03: shutdown, crash,
+/// cannot connect now). The same statement may then succeed on another connection.
+pub(crate) fn sqlx_connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+                && db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0"))
+        }
+        _ => false,
+    }
+}
+
 /// Whether `e` means "the database is not available now" rather than a bug or bad data.
 fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    if sqlx_connection_lost(e) {
+        return true;
+    }
     match e {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => match db.code() {
-            // PostgreSQL: connection exceptions (08), operator intervention (57P01-57P03:
-            // shutdown, crash, cannot connect now), too many connections (53300), disk full
-            // (53100), read-only transaction (25006, a standby after a failover).
+            // PostgreSQL: too many connections (53300), disk full (53100), read-only
+            // transaction (25006, a standby after a failover).
             Some(code)
                 if db
                     .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
                     .is_some() =>
             {
-                code.starts_with("08")
-                    || code.starts_with("57P0")
-                    || matches!(code.as_ref(), "53300" | "53100" | "25006")
+                matches!(code.as_ref(), "53300" | "53100" | "25006")
             }
             // SQLite primary result codes (extended codes keep them in the low byte): BUSY,
             // LOCKED, READONLY, IOERR, FULL, CANTOPEN.

@@ -305,18 +305,6 @@ const USAGE_FAST_UPDATE: &str = "UPDATE token_usage AS c SET \
        OR (c.client_ips->0->>'ip' = u.ip AND c.last_used_at < u.seen)) \
      RETURNING c.token_id, c.rolled_hour, c.rolled_count";
 
-/// Whether `e` says the connection itself is gone (the database ended the session, or the
-/// socket broke), so the same statement may succeed on another connection.
-fn connection_lost(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")),
-        _ => false,
-    }
-}
-
 impl PostgresStore {
     /// A transaction holding [`USAGE_FLUSH_LOCK`], for writes to `token_usage` that lock rows
     /// in no fixed order.
@@ -929,7 +917,7 @@ impl Store for PostgresStore {
         let mut attempts = self.pool.options().get_max_connections();
         let rows = loop {
             match read().await {
-                Err(e) if attempts > 0 && connection_lost(&e) => attempts -= 1,
+                Err(e) if attempts > 0 && super::sqlx_connection_lost(&e) => attempts -= 1,
                 res => break res.map_err(other)?,
             }
         };

@@ -139,14 +139,18 @@ impl Verifier {
     }
 }
 
-/// The value of one hex digit, either case.
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
+/// Exactly `2 * N` hex digits (either case); `None` for anything else.
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let b = s.as_bytes();
+    if b.len() != 2 * N {
+        return None;
     }
+    let digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 impl FromStr for Verifier {
@@ -154,17 +158,8 @@ impl FromStr for Verifier {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(hex) = s.strip_prefix("sha256:") {
-            // Hex digits only, either case (every cache miss parses one of these).
-            let hex = hex.as_bytes();
-            if hex.len() != 64 {
-                return Err(BadVerifier);
-            }
-            let mut d = [0u8; 32];
-            for (byte, pair) in d.iter_mut().zip(hex.chunks_exact(2)) {
-                *byte = (hex_digit(pair[0]).ok_or(BadVerifier)? << 4)
-                    | hex_digit(pair[1]).ok_or(BadVerifier)?;
-            }
-            Ok(Verifier::Sha256(d))
+            // A digit table, not `from_str_radix` per pair: every cache miss parses one.
+            unhex(hex).map(Verifier::Sha256).ok_or(BadVerifier)
         } else if s.starts_with("$argon2id$") {
             PasswordHash::new(s).map_err(|_| BadVerifier)?;
             Ok(Verifier::Argon2id(s.to_string()))

@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use super::hash::unhex;
+
 /// The verifier schemes of imported keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
@@ -402,20 +404,6 @@ fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[usize::from(b & 15)] as char);
     }
     s
-}
-
-/// Exactly `2 * N` hex digits (either case).
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let b = s.as_bytes();
-    if b.len() != 2 * N {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = (digit(b[2 * i])? << 4) | digit(b[2 * i + 1])?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn health_and_readiness_answer_200() {
@@ -36,15 +36,6 @@ async fn a_wrong_method_is_a_json_405() {
     }
 }
 
-/// The `/metrics` text of `app`.
-async fn scrape(app: &TestApp) -> String {
-    app.request(Method::GET, "/metrics", None, None)
-        .await
-        .text()
-        .await
-        .unwrap()
-}
-
 fn counter(metrics: &str, line_prefix: &str) -> f64 {
     metrics
         .lines()
@@ -58,7 +49,14 @@ fn counter(metrics: &str, line_prefix: &str) -> f64 {
 async fn the_counters_of_the_design_move() {
     // Arrange
     let app = spawn_app().await;
-    let before = scrape(&app).await;
+    let scrape = || async {
+        app.request(Method::GET, "/metrics", None, None)
+            .await
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = scrape().await;
 
     // Act
     let (t, view) = app.token_with(&app.admin_token, "m", &[]).await;
@@ -71,7 +69,7 @@ async fn the_counters_of_the_design_move() {
         &app.admin_token,
     )
     .await;
-    let after = scrape(&app).await;
+    let after = scrape().await;
 
     // Assert
     for (name, delta) in [
@@ -99,24 +97,23 @@ async fn every_verification_is_counted_by_the_next_scrape_however_many_there_wer
     // Arrange: more verifications than a thread tallies before it hands them to the registry.
     let app = spawn_app().await;
     let (t, _) = app.token_with(&app.admin_token, "m", &[]).await;
-    let before = scrape(&app).await;
+    let names = [
+        "latchkey_verify_total{result=\"valid\"}",
+        "latchkey_verify_duration_seconds_count",
+    ];
+    let mut before = Vec::new();
+    for name in names {
+        before.push(app.metric(name).await);
+    }
 
     // Act
     for _ in 0..300 {
         app.verify(&t, &[]).await;
     }
-    let after = scrape(&app).await;
 
     // Assert
-    for name in [
-        "latchkey_verify_total{result=\"valid\"}",
-        "latchkey_verify_duration_seconds_count",
-    ] {
-        assert_eq!(
-            counter(&after, name) - counter(&before, name),
-            300.0,
-            "{name}"
-        );
+    for (name, was) in names.into_iter().zip(before) {
+        assert_eq!(app.metric(name).await - was, 300.0, "{name}");
     }
 }
 
