@@ -9,7 +9,9 @@
 //! - `POST /v1/tokens/verify`: reads the whole body (axum's `Bytes` extractor, with axum's
 //!   default 2 MB limit) without parsing it, and answers 200 with a fixed `VALID` JSON body of
 //!   the same shape and length as Latchkey's answer for a token with two scopes and no expiry;
-//! - anything else, `GET /v1/auth/check` included: 204 with no body and no header of its own.
+//! - anything else, `GET /v1/auth/check` included: 204 with no body and the three identity
+//!   headers Latchkey's check answers for that token (`X-Latchkey-Token-Id`, `-Org-Id`,
+//!   `-Scopes`), fixed.
 //!
 //! `examples/baseline.rs` is the other baseline: the same serving code as Latchkey (its accept
 //! loop, the one-port dispatch, tonic mounted beside REST). Latchkey / bare counts that plumbing
@@ -49,8 +51,25 @@ async fn verify(body: Bytes) -> Response {
         .into_response()
 }
 
-async fn no_content() -> StatusCode {
-    StatusCode::NO_CONTENT
+/// The headers Latchkey's gateway check answers for that token: the check's answer is its
+/// headers, as the verify's is its body, so both servers put the same bytes on the wire.
+const IDENTITY: [(header::HeaderName, HeaderValue); 3] = [
+    (
+        header::HeaderName::from_static("x-latchkey-token-id"),
+        HeaderValue::from_static("0192f3c4-1111-7222-8333-444455556666"),
+    ),
+    (
+        header::HeaderName::from_static("x-latchkey-org-id"),
+        HeaderValue::from_static("0192f3c4-0000-7000-8000-000000000001"),
+    ),
+    (
+        header::HeaderName::from_static("x-latchkey-scopes"),
+        HeaderValue::from_static("tokens:create,tokens:read"),
+    ),
+];
+
+async fn no_content() -> impl IntoResponse {
+    (StatusCode::NO_CONTENT, IDENTITY)
 }
 
 fn listen_arg() -> anyhow::Result<SocketAddr> {

@@ -39,7 +39,7 @@ pub struct Settings {
 pub struct Application {
     listener: TcpListener,
     clock: Arc<dyn Clock>,
-    router: server::Bounded<server::OnePort>,
+    router: server::Bounded<server::OnePort<http::Rest>>,
     authority: Arc<Authority>,
     metrics: PrometheusHandle,
     flush_interval: Duration,

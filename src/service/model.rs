@@ -600,16 +600,16 @@ impl<T> std::fmt::Debug for Memo<T> {
     }
 }
 
-/// A verified token's identity as the gateway check's headers carry it: shared bytes, so an
-/// answer takes a reference, not a copy.
+/// A verified token's identity as the gateway check's headers carry it: header values checked
+/// once and sharing their bytes, so an answer takes a reference, not a copy, and checks nothing.
 #[derive(Clone, Debug)]
 pub struct IdentityText {
     /// The token id, hyphenated lowercase.
-    pub token_id: bytes::Bytes,
+    pub token_id: http::HeaderValue,
     /// The org id, hyphenated lowercase.
-    pub org_id: bytes::Bytes,
+    pub org_id: http::HeaderValue,
     /// The scope names joined with `,` (empty for none).
-    pub scopes: bytes::Bytes,
+    pub scopes: http::HeaderValue,
 }
 
 impl VerifiedToken {
@@ -634,10 +634,15 @@ impl VerifiedToken {
     /// This token's identity as text, for the gateway check's headers. Rendered on first use,
     /// like [`Self::json_fields`].
     pub fn identity(&self) -> &IdentityText {
+        // Ids and scope names are visible ASCII (`ScopeName` checks it), so no value is ever
+        // refused; an empty one stands in if that changed.
+        let value = |text: String| {
+            http::HeaderValue::try_from(text).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+        };
         self.identity.0.get_or_init(|| IdentityText {
-            token_id: self.token_id.hyphenated().to_string().into(),
-            org_id: self.org_id.hyphenated().to_string().into(),
-            scopes: self.scopes.join(",").into(),
+            token_id: value(self.token_id.hyphenated().to_string()),
+            org_id: value(self.org_id.hyphenated().to_string()),
+            scopes: value(self.scopes.join(",")),
         })
     }
 
