@@ -573,8 +573,10 @@ pub struct VerifiedToken {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     json_fields: Memo<Box<str>>,
+    // Boxed: a cache entry that only REST verifies answer never renders it, and inline it
+    // would be 120 bytes of every entry.
     #[serde(skip)]
-    identity: Memo<IdentityText>,
+    identity: Memo<Box<IdentityText>>,
 }
 
 /// A value rendered from a [`VerifiedToken`] on first use (its JSON fields, its identity as
@@ -639,10 +641,12 @@ impl VerifiedToken {
         let value = |text: String| {
             http::HeaderValue::try_from(text).unwrap_or_else(|_| http::HeaderValue::from_static(""))
         };
-        self.identity.0.get_or_init(|| IdentityText {
-            token_id: value(self.token_id.hyphenated().to_string()),
-            org_id: value(self.org_id.hyphenated().to_string()),
-            scopes: value(self.scopes.join(",")),
+        self.identity.0.get_or_init(|| {
+            Box::new(IdentityText {
+                token_id: value(self.token_id.hyphenated().to_string()),
+                org_id: value(self.org_id.hyphenated().to_string()),
+                scopes: value(self.scopes.join(",")),
+            })
         })
     }
 

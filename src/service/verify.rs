@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use smallvec::SmallVec;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -287,12 +288,14 @@ impl VerifyMetrics {
 }
 
 /// Usage of one token counted in memory; addresses stay `IpAddr` until the flush.
+// The address and hour lists almost always hold one entry, kept inline: a token's first
+// verification of a flush interval allocates nothing but its map slot.
 struct PendingUsage {
     count: i64,
     last_used_at: DateTime<Utc>,
-    ips: Vec<(IpAddr, DateTime<Utc>)>,
-    /// The same count by hour; almost always one entry, two when a flush spans an hour's end.
-    hours: Vec<HourCount>,
+    ips: SmallVec<[(IpAddr, DateTime<Utc>); 1]>,
+    /// The same count by hour; two entries only when a flush spans an hour's end.
+    hours: SmallVec<[HourCount; 1]>,
 }
 
 impl PendingUsage {
@@ -300,8 +303,8 @@ impl PendingUsage {
         Self {
             count: 0,
             last_used_at: at,
-            ips: Vec::new(),
-            hours: Vec::new(),
+            ips: SmallVec::new(),
+            hours: SmallVec::new(),
         }
     }
 
@@ -418,23 +421,31 @@ impl UsageBuffer {
     /// jumping around it (on SQLite that halves the flush), and gives concurrent flushes of
     /// several nodes one lock order on PostgreSQL.
     fn take(&self) -> Vec<UsageDelta> {
-        let mut all = UsageMap::default();
-        for shard in &self.0 {
+        let maps = self.0.each_ref().map(|shard| {
             // The next second's map starts at this one's size (allocated outside the lock):
             // growing a map of thousands of tokens, one rehash after another, would happen on
             // the request threads.
             let fresh = UsageMap::with_capacity_and_hasher(lock(shard).len(), Default::default());
-            let map = std::mem::replace(&mut *lock(shard), fresh);
-            if all.is_empty() {
-                all = map;
-                continue;
-            }
-            for (id, u) in map {
-                add_usage(&mut all, id, u);
-            }
+            std::mem::replace(&mut *lock(shard), fresh)
+        });
+        // One list sorted by id rather than a merged map: no rehash as it grows, and a token
+        // counted on two threads has its entries side by side, to be folded into one.
+        let mut all: Vec<(Uuid, PendingUsage)> =
+            Vec::with_capacity(maps.iter().map(UsageMap::len).sum());
+        for map in maps {
+            all.extend(map);
         }
-        let mut batch = all
-            .into_iter()
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                let at = later.1.last_used_at;
+                let u = std::mem::replace(&mut later.1, PendingUsage::new(at));
+                earlier.1.absorb(u);
+            }
+            same
+        });
+        all.into_iter()
             .map(|(token_id, u)| {
                 let mut ips = Vec::new();
                 let seen: Vec<ClientIp> = u
@@ -451,12 +462,10 @@ impl UsageBuffer {
                     count: u.count,
                     last_used_at: u.last_used_at,
                     ips,
-                    hours: u.hours,
+                    hours: u.hours.into_vec(),
                 }
             })
-            .collect::<Vec<_>>();
-        batch.sort_unstable_by_key(|u| u.token_id);
-        batch
+            .collect()
     }
 
     /// Puts a batch that could not be written back, to be counted in the next flush.
@@ -465,7 +474,7 @@ impl UsageBuffer {
         for u in batch {
             let mut back = PendingUsage::new(u.last_used_at);
             back.count = u.count;
-            back.hours = u.hours.clone();
+            back.hours = SmallVec::from_slice(&u.hours);
             for c in &u.ips {
                 if let Ok(ip) = c.ip.parse() {
                     back.saw(ip, c.last_seen_at);

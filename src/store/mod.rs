@@ -423,11 +423,14 @@ pub fn hour_start(t: DateTime<Utc>) -> DateTime<Utc> {
 pub const USAGE_HOURS_KEPT: chrono::TimeDelta = chrono::TimeDelta::days(7);
 
 /// Adds `more` to `hours`, keeping one entry per hour, oldest first.
-pub fn merge_hours(hours: &mut Vec<HourCount>, more: &[HourCount]) {
+pub fn merge_hours<H>(hours: &mut H, more: &[HourCount])
+where
+    H: std::ops::DerefMut<Target = [HourCount]> + Extend<HourCount>,
+{
     for m in more {
         match hours.iter_mut().find(|h| h.hour == m.hour) {
             Some(h) => h.count += m.count,
-            None => hours.push(*m),
+            None => hours.extend([*m]),
         }
     }
     hours.sort_by_key(|h| h.hour);
