@@ -1,5 +1,6 @@
 //! Latchkey: a self-hosted API token authority. See `ARCHITECTURE.md` for the code map.
 
+pub mod allocator;
 pub mod cli;
 pub mod client;
 pub mod clock;
