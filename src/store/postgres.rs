@@ -560,8 +560,18 @@ impl PostgresStore {
         Ok(Self { pool, options })
     }
 
+    /// A transaction on a pooled connection. A connection the database dropped while it sat in
+    /// the pool (a restart, a failover) fails its `BEGIN`, before anything was done on it, so the
+    /// next connection is tried, as the verify read does: after a restart, writes do not fail
+    /// once per pooled connection.
     async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
-        self.pool.begin().await.map_err(other)
+        let mut attempts = self.pool.options().get_max_connections();
+        loop {
+            match self.pool.begin().await {
+                Err(e) if attempts > 0 && super::sqlx_connection_lost(&e) => attempts -= 1,
+                res => return res.map_err(other),
+            }
+        }
     }
 
     /// Connects a listener on its own single-connection pool and subscribes it.

@@ -1591,6 +1591,57 @@ async fn a_verify_read_outlives_the_database_dropping_every_pooled_connection() 
     assert_eq!(rows[0].id, token.id);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_outlives_the_database_dropping_every_pooled_connection() {
+    // Arrange: connections in the pool, used a moment ago (so not pinged before the next use).
+    let backend = Backend::postgres(module_path!()).await;
+    let org = org_in(&backend.store, "acme").await;
+    let tokens = [
+        new_token(&org, "a"),
+        new_token(&org, "b"),
+        new_token(&org, "c"),
+        new_token(&org, "d"),
+    ];
+    let store = &backend.store;
+    let warm = tokio::join!(
+        store.insert_token(&tokens[0], &[], at(1)),
+        store.insert_token(&tokens[1], &[], at(1)),
+        store.insert_token(&tokens[2], &[], at(1)),
+        store.insert_token(&tokens[3], &[], at(1))
+    );
+    let mut conn = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&backend.url).await.unwrap()
+    };
+    let ended = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND backend_type = 'client backend' AND application_name <> 'latchkey-listener'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+
+    // Act
+    let revoked = backend
+        .store
+        .revoke_token(
+            tokens[0].id,
+            at(5),
+            &event(&org, "token_revoked", None, at(5)),
+        )
+        .await;
+
+    // Assert
+    assert!(warm.0.is_ok() && warm.1.is_ok() && warm.2.is_ok() && warm.3.is_ok());
+    assert!(!ended.is_empty(), "the pool's connections were ended");
+    assert!(
+        revoked.expect("revoked on a new connection"),
+        "this call revoked it"
+    );
+    assert!(get(&backend.store, tokens[0].id).await.revoked_at.is_some());
+}
+
 #[tokio::test]
 async fn an_unknown_database_url_scheme_is_refused() {
     // Act
