@@ -565,9 +565,21 @@ impl PostgresStore {
     /// next connection is tried, as the verify read does: after a restart, writes do not fail
     /// once per pooled connection.
     async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        self.on_a_live_connection(|| self.pool.begin()).await
+    }
+
+    /// Runs `op` (one statement, or a `BEGIN`: nothing that could have taken effect when its
+    /// connection turns out dropped) again on the next connection while it fails because the
+    /// database dropped the one it got: at most once per connection the pool can hold, and then
+    /// on a new one.
+    async fn on_a_live_connection<T, F, Fut>(&self, mut op: F) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
         let mut attempts = self.pool.options().get_max_connections();
         loop {
-            match self.pool.begin().await {
+            match op().await {
                 Err(e) if attempts > 0 && super::sqlx_connection_lost(&e) => attempts -= 1,
                 res => return res.map_err(other),
             }
@@ -932,16 +944,8 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
         };
         // A connection in steady use is not pinged before a query (see `connect`): one that the
-        // database dropped a moment ago fails its read, and is discarded. The read is tried
-        // again, on the next connection, until one answers: at most once per connection the
-        // pool can hold, and then it opens a new one.
-        let mut attempts = self.pool.options().get_max_connections();
-        let rows = loop {
-            match read().await {
-                Err(e) if attempts > 0 && super::sqlx_connection_lost(&e) => attempts -= 1,
-                res => break res.map_err(other)?,
-            }
-        };
+        // database dropped a moment ago fails its read, and is discarded.
+        let rows = self.on_a_live_connection(read).await?;
         rows.iter()
             // By position, in the SELECT's order: every cache miss decodes a row, and a name is
             // a lookup per column.
@@ -1164,20 +1168,7 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(());
         }
-        // The service's flush hands over one delta per token in id order already; folding
-        // tens of thousands of deltas again (a map insert and copies of each) would be
-        // milliseconds on a request thread for nothing.
-        let combined: Vec<UsageDelta>;
-        let in_order = batch.windows(2).all(|w| w[0].token_id < w[1].token_id)
-            && batch
-                .iter()
-                .all(|d| d.hours.windows(2).all(|h| h[0].hour < h[1].hour));
-        let deltas: &[UsageDelta] = if in_order {
-            &batch
-        } else {
-            combined = combine_usage(&batch).into_values().collect();
-            &combined
-        };
+        let deltas = combine_usage(&batch);
         // Bounded transactions, in token id order (like every other multi-row lock here), so
         // that no flush holds many row locks for long and nodes flushing at once cannot
         // deadlock. A failed chunk fails the flush: the chunks before it are committed, and
