@@ -586,6 +586,19 @@ impl PostgresStore {
         }
     }
 
+    /// [`Self::on_a_live_connection`] for a query made by a `QueryBuilder`, which builds only
+    /// once: `make` builds it afresh for each attempt.
+    async fn fetch_all_built(
+        &self,
+        make: impl Fn() -> sqlx::QueryBuilder<Postgres>,
+    ) -> StoreResult<Vec<PgRow>> {
+        self.on_a_live_connection(|| {
+            let mut qb = make();
+            async move { qb.build().fetch_all(&self.pool).await }
+        })
+        .await
+    }
+
     /// Connects a listener on its own single-connection pool and subscribes it.
     async fn listen(&self) -> Result<PgListener, sqlx::Error> {
         let pool = PgPoolOptions::new()
@@ -835,40 +848,43 @@ async fn delete_sessions(
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(other)?;
+        self.on_a_live_connection(|| sqlx::query("SELECT 1").execute(&self.pool))
+            .await?;
         Ok(())
     }
 
     async fn org_count(&self) -> StoreResult<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM orgs")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(other)?;
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query("SELECT COUNT(*) AS n FROM orgs").fetch_one(&self.pool)
+            })
+            .await?;
         row.try_get("n").map_err(other)
     }
 
     async fn get_org(&self, id: Uuid) -> StoreResult<Option<OrgRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ORG_COLUMNS} FROM orgs WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ORG_COLUMNS} FROM orgs WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(&self.pool)
+            })
+            .await?;
         Ok(row.as_ref().map(org_from_row).transpose()?)
     }
 
     async fn find_org_by_name(&self, name: &str) -> StoreResult<Option<OrgRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ORG_COLUMNS} FROM orgs WHERE name = $1"
-        )))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ORG_COLUMNS} FROM orgs WHERE name = $1"
+                )))
+                .bind(name)
+                .fetch_optional(&self.pool)
+            })
+            .await?;
         Ok(row.as_ref().map(org_from_row).transpose()?)
     }
 
@@ -920,13 +936,15 @@ impl Store for PostgresStore {
     }
 
     async fn get_token(&self, id: Uuid) -> StoreResult<Option<TokenRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(&self.pool)
+            })
+            .await?;
         Ok(row.as_ref().map(token_from_row).transpose()?)
     }
 
@@ -968,24 +986,29 @@ impl Store for PostgresStore {
     }
 
     async fn find_lookup(&self, lookup: &str) -> StoreResult<Option<Uuid>> {
-        let row = sqlx::query("SELECT id FROM tokens WHERE lookup = $1")
-            .bind(lookup)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(other)?;
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query("SELECT id FROM tokens WHERE lookup = $1")
+                    .bind(lookup)
+                    .fetch_optional(&self.pool)
+            })
+            .await?;
         row.map(|r| r.try_get::<Uuid, _>(0))
             .transpose()
             .map_err(other)
     }
 
     async fn any_lookup_in(&self, start: &str, end: &str) -> StoreResult<bool> {
-        let row =
-            sqlx::query("SELECT EXISTS (SELECT 1 FROM tokens WHERE lookup >= $1 AND lookup < $2)")
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query(
+                    "SELECT EXISTS (SELECT 1 FROM tokens WHERE lookup >= $1 AND lookup < $2)",
+                )
                 .bind(start)
                 .bind(end)
                 .fetch_one(&self.pool)
-                .await
-                .map_err(other)?;
+            })
+            .await?;
         row.try_get::<bool, _>(0).map_err(other)
     }
 
@@ -1064,74 +1087,77 @@ impl Store for PostgresStore {
         // Only the filters that are present go into the SQL, so the planner can pick
         // tokens_org_creator, tokens_org_user or tokens_org_id and walk it backwards from the
         // cursor.
-        let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
-            "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE org_id = "
-        ));
-        qb.push_bind(q.org_id);
-        if let Some(v) = &q.visible_to {
-            match v.user_id {
-                Some(user) => {
-                    qb.push(" AND (created_by = ")
-                        .push_bind(v.actor.clone())
-                        .push(" OR (user_id IS NOT NULL AND user_id = ")
-                        .push_bind(user)
-                        .push("))");
+        let make = || {
+            let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
+                "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE org_id = "
+            ));
+            qb.push_bind(q.org_id);
+            if let Some(v) = &q.visible_to {
+                match v.user_id {
+                    Some(user) => {
+                        qb.push(" AND (created_by = ")
+                            .push_bind(v.actor.clone())
+                            .push(" OR (user_id IS NOT NULL AND user_id = ")
+                            .push_bind(user)
+                            .push("))");
+                    }
+                    None => {
+                        qb.push(" AND created_by = ").push_bind(v.actor.clone());
+                    }
                 }
-                None => {
-                    qb.push(" AND created_by = ").push_bind(v.actor.clone());
+            }
+            if let Some(owner) = q.owner {
+                qb.push(" AND user_id = ").push_bind(owner);
+            }
+            if let Some(text) = &q.name_contains {
+                // A substring match, not LIKE: the text may hold % or _.
+                qb.push(" AND strpos(lower(name), lower(")
+                    .push_bind(text.clone())
+                    .push(")) > 0");
+            }
+            if let Some(before) = q.before_id {
+                qb.push(" AND id < ").push_bind(before);
+            }
+            match &q.format {
+                None => {}
+                Some(FormatFilter::Native) => {
+                    qb.push(" AND lookup IS NULL");
+                }
+                Some(FormatFilter::Lookup { start, end }) => {
+                    qb.push(" AND lookup >= ")
+                        .push_bind(start.clone())
+                        .push(" AND lookup < ")
+                        .push_bind(end.clone());
                 }
             }
-        }
-        if let Some(owner) = q.owner {
-            qb.push(" AND user_id = ").push_bind(owner);
-        }
-        if let Some(text) = &q.name_contains {
-            // A substring match, not LIKE: the text may hold % or _.
-            qb.push(" AND strpos(lower(name), lower(")
-                .push_bind(text.clone())
-                .push(")) > 0");
-        }
-        if let Some(before) = q.before_id {
-            qb.push(" AND id < ").push_bind(before);
-        }
-        match &q.format {
-            None => {}
-            Some(FormatFilter::Native) => {
-                qb.push(" AND lookup IS NULL");
+            let now = micros(q.now);
+            match q.state {
+                None => {}
+                Some(StateFilter::Active) => {
+                    qb.push(" AND revoked_at IS NULL AND disabled_at IS NULL")
+                        .push(" AND (expires_at IS NULL OR expires_at > ")
+                        .push_bind(now)
+                        .push(")");
+                }
+                Some(StateFilter::Expired) => {
+                    qb.push(" AND revoked_at IS NULL AND expires_at <= ")
+                        .push_bind(now);
+                }
+                Some(StateFilter::Disabled) => {
+                    qb.push(" AND revoked_at IS NULL AND disabled_at IS NOT NULL")
+                        .push(" AND (expires_at IS NULL OR expires_at > ")
+                        .push_bind(now)
+                        .push(")");
+                }
+                Some(StateFilter::Revoked) => {
+                    qb.push(" AND revoked_at IS NOT NULL");
+                }
             }
-            Some(FormatFilter::Lookup { start, end }) => {
-                qb.push(" AND lookup >= ")
-                    .push_bind(start.clone())
-                    .push(" AND lookup < ")
-                    .push_bind(end.clone());
-            }
-        }
-        let now = micros(q.now);
-        match q.state {
-            None => {}
-            Some(StateFilter::Active) => {
-                qb.push(" AND revoked_at IS NULL AND disabled_at IS NULL")
-                    .push(" AND (expires_at IS NULL OR expires_at > ")
-                    .push_bind(now)
-                    .push(")");
-            }
-            Some(StateFilter::Expired) => {
-                qb.push(" AND revoked_at IS NULL AND expires_at <= ")
-                    .push_bind(now);
-            }
-            Some(StateFilter::Disabled) => {
-                qb.push(" AND revoked_at IS NULL AND disabled_at IS NOT NULL")
-                    .push(" AND (expires_at IS NULL OR expires_at > ")
-                    .push_bind(now)
-                    .push(")");
-            }
-            Some(StateFilter::Revoked) => {
-                qb.push(" AND revoked_at IS NOT NULL");
-            }
-        }
-        qb.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(q.limit));
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+            qb.push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(q.limit));
+            qb
+        };
+        let rows = self.fetch_all_built(make).await?;
         rows.iter()
             .map(|r| token_from_row(r).map_err(StoreError::Other))
             .collect()
@@ -1182,13 +1208,15 @@ impl Store for PostgresStore {
     }
 
     async fn list_family(&self, family_id: Uuid) -> StoreResult<Vec<TokenRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE family_id = $1 ORDER BY id"
-        )))
-        .bind(family_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?;
+        let rows = self
+            .on_a_live_connection(|| {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {TOKEN_COLUMNS} FROM {TOKEN_ROWS} WHERE family_id = $1 ORDER BY id"
+                )))
+                .bind(family_id)
+                .fetch_all(&self.pool)
+            })
+            .await?;
         Ok(rows.iter().map(token_from_row).collect::<Result<_, _>>()?)
     }
 
@@ -1197,21 +1225,23 @@ impl Store for PostgresStore {
         token_id: Uuid,
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<HourCount>> {
-        let rows = sqlx::query(
-            // The current hour is in the usage row; a node of a version before migration 0006
-            // may still have written the same hour to `token_usage_hourly`, hence the sum.
-            "SELECT hour, sum(count)::bigint AS count FROM ( \
+        // The current hour is in the usage row; a node of a version before migration 0006
+        // may still have written the same hour to `token_usage_hourly`, hence the sum.
+        let rows = self
+            .on_a_live_connection(|| {
+                sqlx::query(
+                    "SELECT hour, sum(count)::bigint AS count FROM ( \
                SELECT hour, count FROM token_usage_hourly WHERE token_id = $1 AND hour >= $2 \
                UNION ALL \
                SELECT hour, hour_count FROM token_usage \
                WHERE token_id = $1 AND hour >= $2 AND hour_count <> 0 \
              ) AS h GROUP BY hour ORDER BY hour",
-        )
-        .bind(token_id)
-        .bind(micros(since))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?;
+                )
+                .bind(token_id)
+                .bind(micros(since))
+                .fetch_all(&self.pool)
+            })
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(HourCount {
@@ -1343,31 +1373,34 @@ impl Store for PostgresStore {
     }
 
     async fn list_audit(&self, q: &AuditListQuery) -> StoreResult<Vec<AuditRecord>> {
-        let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE org_id = "
-        ));
-        qb.push_bind(q.org_id);
-        if let Some(t) = q.token_id {
-            qb.push(" AND token_id = ").push_bind(t);
-        }
-        if let Some(a) = &q.action {
-            qb.push(" AND action = ").push_bind(a.clone());
-        }
-        if let Some(a) = &q.actor {
-            qb.push(" AND actor = ").push_bind(a.clone());
-        }
-        if let Some(t) = q.since {
-            qb.push(" AND occurred_at >= ").push_bind(micros(t));
-        }
-        if let Some(t) = q.until {
-            qb.push(" AND occurred_at < ").push_bind(micros(t));
-        }
-        if let Some(b) = q.before_id {
-            qb.push(" AND id < ").push_bind(b);
-        }
-        qb.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(q.limit));
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+        let make = || {
+            let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE org_id = "
+            ));
+            qb.push_bind(q.org_id);
+            if let Some(t) = q.token_id {
+                qb.push(" AND token_id = ").push_bind(t);
+            }
+            if let Some(a) = &q.action {
+                qb.push(" AND action = ").push_bind(a.clone());
+            }
+            if let Some(a) = &q.actor {
+                qb.push(" AND actor = ").push_bind(a.clone());
+            }
+            if let Some(t) = q.since {
+                qb.push(" AND occurred_at >= ").push_bind(micros(t));
+            }
+            if let Some(t) = q.until {
+                qb.push(" AND occurred_at < ").push_bind(micros(t));
+            }
+            if let Some(b) = q.before_id {
+                qb.push(" AND id < ").push_bind(b);
+            }
+            qb.push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(q.limit));
+            qb
+        };
+        let rows = self.fetch_all_built(make).await?;
         rows.iter()
             .map(|r| audit_from_row(r).map_err(StoreError::Other))
             .collect()
@@ -1381,18 +1414,21 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> StoreResult<Vec<AuditRecord>> {
         let actions: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
-        let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE id > "
-        ));
-        qb.push_bind(after);
-        if let Some(org) = org_id {
-            qb.push(" AND org_id = ").push_bind(org);
-        }
-        qb.push(" AND token_id IS NOT NULL AND action = ANY(")
-            .push_bind(actions)
-            .push(") ORDER BY id LIMIT ")
-            .push_bind(i64::from(limit));
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+        let make = || {
+            let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE id > "
+            ));
+            qb.push_bind(after);
+            if let Some(org) = org_id {
+                qb.push(" AND org_id = ").push_bind(org);
+            }
+            qb.push(" AND token_id IS NOT NULL AND action = ANY(")
+                .push_bind(actions.clone())
+                .push(") ORDER BY id LIMIT ")
+                .push_bind(i64::from(limit));
+            qb
+        };
+        let rows = self.fetch_all_built(make).await?;
         rows.iter()
             .map(|r| audit_from_row(r).map_err(StoreError::Other))
             .collect()
@@ -1437,63 +1473,74 @@ impl Store for PostgresStore {
     }
 
     async fn get_user(&self, id: Uuid) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(&self.pool)
+            })
+            .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
     async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE email_key = $1"
-        )))
-        .bind(email_key(email))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE email_key = $1"
+                )))
+                .bind(email_key(email))
+                .fetch_optional(&self.pool)
+            })
+            .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
     async fn find_user_by_setup_hash(&self, setup_hash: &str) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE setup_hash = $1"
-        )))
-        .bind(setup_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE setup_hash = $1"
+                )))
+                .bind(setup_hash)
+                .fetch_optional(&self.pool)
+            })
+            .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
     async fn list_users(&self, q: &UserListQuery) -> StoreResult<Vec<UserRecord>> {
-        let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE org_id = "
-        ));
-        qb.push_bind(q.org_id);
-        if let Some(before) = q.before_id {
-            qb.push(" AND id < ").push_bind(before);
-        }
-        qb.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(q.limit));
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(other)?;
+        let make = || {
+            let mut qb = sqlx::QueryBuilder::<Postgres>::new(format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE org_id = "
+            ));
+            qb.push_bind(q.org_id);
+            if let Some(before) = q.before_id {
+                qb.push(" AND id < ").push_bind(before);
+            }
+            qb.push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(q.limit));
+            qb
+        };
+        let rows = self.fetch_all_built(make).await?;
         rows.iter()
             .map(|r| user_from_row(r).map_err(StoreError::Other))
             .collect()
     }
 
     async fn count_active_admins(&self, org_id: Uuid) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM users \
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query(
+                    "SELECT COUNT(*) AS n FROM users \
              WHERE org_id = $1 AND role = 'admin' AND disabled_at IS NULL",
-        )
-        .bind(org_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(other)?;
+                )
+                .bind(org_id)
+                .fetch_one(&self.pool)
+            })
+            .await?;
         row.try_get("n").map_err(other)
     }
 
@@ -1584,35 +1631,40 @@ impl Store for PostgresStore {
     }
 
     async fn get_session(&self, secret_hash: &str) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE secret_hash = $1"
-        )))
-        .bind(secret_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE secret_hash = $1"
+                )))
+                .bind(secret_hash)
+                .fetch_optional(&self.pool)
+            })
+            .await?;
         Ok(row.as_ref().map(session_from_row).transpose()?)
     }
 
     async fn touch_session(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<()> {
         // Never backwards: two requests of one session may finish out of order.
-        sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1")
-            .bind(micros(at))
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(other)?;
+        self.on_a_live_connection(|| {
+            sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1")
+                .bind(micros(at))
+                .bind(id)
+                .execute(&self.pool)
+        })
+        .await?;
         Ok(())
     }
 
     async fn list_sessions(&self, user_id: Uuid) -> StoreResult<Vec<SessionRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY id DESC"
-        )))
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?;
+        let rows = self
+            .on_a_live_connection(|| {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY id DESC"
+                )))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+            })
+            .await?;
         rows.iter()
             .map(|r| session_from_row(r).map_err(StoreError::Other))
             .collect()
@@ -1638,12 +1690,14 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
         idle_cutoff: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        let res = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2")
-            .bind(micros(now))
-            .bind(micros(idle_cutoff))
-            .execute(&self.pool)
-            .await
-            .map_err(other)?;
+        let res = self
+            .on_a_live_connection(|| {
+                sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2")
+                    .bind(micros(now))
+                    .bind(micros(idle_cutoff))
+                    .execute(&self.pool)
+            })
+            .await?;
         Ok(res.rows_affected())
     }
 
@@ -1652,14 +1706,17 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
         idle_cutoff: DateTime<Utc>,
     ) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM sessions WHERE expires_at > $1 AND last_seen_at >= $2",
-        )
-        .bind(micros(now))
-        .bind(micros(idle_cutoff))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(other)?;
+        let row = self
+            .on_a_live_connection(|| {
+                sqlx::query(
+                    "SELECT COUNT(*) AS n FROM sessions \
+                     WHERE expires_at > $1 AND last_seen_at >= $2",
+                )
+                .bind(micros(now))
+                .bind(micros(idle_cutoff))
+                .fetch_one(&self.pool)
+            })
+            .await?;
         row.try_get("n").map_err(other)
     }
 

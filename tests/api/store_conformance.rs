@@ -1638,6 +1638,44 @@ async fn a_write_outlives_the_database_dropping_every_pooled_connection() {
     assert!(get(&backend.store, tokens[0].id).await.revoked_at.is_some());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_statements_outlive_the_database_dropping_every_pooled_connection() {
+    // Arrange: before each call, connections in the pool used a moment ago (so not pinged
+    // before the next use), then ended by the database.
+    let backend = Backend::postgres(module_path!()).await;
+    let store = &backend.store;
+    let org = org_in(store, "acme").await;
+    let token = inserted(store, new_token(&org, "t")).await;
+    let drop_warm_connections = || async {
+        let warm = tokio::join!(
+            store.get_token(token.id),
+            store.get_token(token.id),
+            store.get_token(token.id),
+            store.get_token(token.id)
+        );
+        assert!(warm.0.is_ok() && warm.1.is_ok() && warm.2.is_ok() && warm.3.is_ok());
+        end_pooled_connections(&backend.url).await
+    };
+
+    // Act: a read by id, a query made by a builder, and the readiness ping.
+    let ended_before_get = drop_warm_connections().await;
+    let got = store.get_token(token.id).await;
+    let ended_before_list = drop_warm_connections().await;
+    let listed = store.list_tokens(&tokens_of(&org)).await;
+    let ended_before_ping = drop_warm_connections().await;
+    let pinged = store.ping().await;
+
+    // Assert
+    assert!(ended_before_get > 0 && ended_before_list > 0 && ended_before_ping > 0);
+    assert_eq!(
+        got.expect("read on a new connection").map(|t| t.id),
+        Some(token.id)
+    );
+    let listed = listed.expect("listed on a new connection");
+    assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), [token.id]);
+    pinged.expect("pinged on a new connection");
+}
+
 #[tokio::test]
 async fn an_unknown_database_url_scheme_is_refused() {
     // Act
