@@ -612,7 +612,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCHKEY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
-    /// Seconds a client may take to send a request's headers.
+    /// Seconds a client may take to send a request's headers; also how long an idle HTTP/1.1
+    /// keep-alive connection is kept open.
     #[arg(long, env = "LATCHKEY_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
     pub header_timeout_seconds: u64,
 

@@ -17,6 +17,16 @@ use uuid::Uuid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
 
+/// The tests' HTTP client. Its idle connections are dropped after 5 s, before the server's header
+/// timeout (10 s) closes them: a request sent on a connection as the server closes it fails with
+/// `IncompleteMessage` (seen after a walkthrough that ran longer than 10 s on a busy machine).
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .expect("building the tests' HTTP client")
+}
+
 /// A running server under test. The process is killed (or the task stopped) on drop.
 pub struct TestApp {
     pub address: String,
@@ -150,7 +160,7 @@ async fn spawn_process(
         .unwrap_or_default();
     let mut app = TestApp {
         address: format!("http://{addr}"),
-        client: reqwest::Client::new(),
+        client: http_client(),
         admin_token,
         org_id: Uuid::nil(),
         dir,
@@ -201,7 +211,7 @@ pub async fn spawn_with_clock() -> TestApp {
     }));
     TestApp {
         address: format!("http://{addr}"),
-        client: reqwest::Client::new(),
+        client: http_client(),
         admin_token: boot.plaintext.expose().clone(),
         org_id: boot.org.id,
         dir,

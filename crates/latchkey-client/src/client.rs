@@ -96,8 +96,12 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
+        // Latchkey closes an HTTP/1.1 connection that sends no request for its header timeout
+        // (10 s by default): an idle connection kept longer may be reused just as it closes, and
+        // the request fails.
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(5))
             .user_agent(concat!("latchkey-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(Error::from_reqwest)?;
