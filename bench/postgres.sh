@@ -3,7 +3,11 @@
 # every token (cache a tenth of the set), and mint. Same load generator and settings as
 # bench/run.sh (wrk, 32 connections, alternating rounds, best kept), one table on stdout. The
 # warm verify is also measured, in the same rounds, on a Latchkey with the same flags on SQLite
-# (its target is "as on SQLite": the line after it gives PostgreSQL / SQLite).
+# (its target is "as on SQLite": the line after it gives PostgreSQL / SQLite). Cycling is also
+# measured, in the same rounds, on a second PostgreSQL node that writes no usage during the run
+# (`rest_verify_cycling_no_usage`, `--usage-flush-ms` of an hour): not a way to run Latchkey
+# (usage is written at least every second), but the ceiling of what a cheaper usage write could
+# give.
 #
 #   bash bench/postgres.sh [--tokens N] [--smoke]
 #
@@ -52,7 +56,7 @@ log "building (release)"
 cargo build --release --quiet --bins --examples
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
-LK_PORT=$(free_port); BASE_PORT=$(free_port); SQ_PORT=$(free_port)
+LK_PORT=$(free_port); BASE_PORT=$(free_port); SQ_PORT=$(free_port); LK1M_PORT=$(free_port)
 CACHE=$(( TOKENS / 10 > 0 ? TOKENS / 10 : 1 ))
 FLAGS=(--log-format json --hash sha256 --cache-capacity "$CACHE" --rate-limit-per-second 0
   --rate-limit-mint-per-hour 0 --rate-limit-mint-per-token-per-hour 0 --trusted-proxies 127.0.0.1/32)
@@ -65,8 +69,13 @@ SQ_PID=$!; PIDS+=("$SQ_PID")
 "$BIN/examples/baseline" --listen "127.0.0.1:$BASE_PORT" >"$TMP/base.log" 2>&1 &
 BASE_PID=$!; PIDS+=("$BASE_PID")
 wait_http "http://127.0.0.1:$LK_PORT/healthz" "$LK_PID" 30 || { cat "$TMP/lk.log" >&2; exit 1; }
+# The second node starts on the migrated, bootstrapped database (the token is in lk.log).
+LATCHKEY_LOG=warn "$BIN/latchkey" serve --listen "127.0.0.1:$LK1M_PORT" --database-url "$URL" \
+  "${FLAGS[@]}" --usage-flush-ms 3600000 >"$TMP/lk1m.log" 2>&1 &
+LK1M_PID=$!; PIDS+=("$LK1M_PID")
 wait_http "http://127.0.0.1:$BASE_PORT/healthz" "$BASE_PID" 30 || { cat "$TMP/base.log" >&2; exit 1; }
 wait_http "http://127.0.0.1:$SQ_PORT/healthz" "$SQ_PID" 30 || { cat "$TMP/sq.log" >&2; exit 1; }
+wait_http "http://127.0.0.1:$LK1M_PORT/healthz" "$LK1M_PID" 30 || { cat "$TMP/lk1m.log" >&2; exit 1; }
 ADMIN=$(grep -a '_pat_' "$TMP/lk.log" | grep -v '^{' | head -n1 | tr -d '[:space:]')
 [ -n "$ADMIN" ] || { echo "no bootstrap token in the server's stderr" >&2; exit 1; }
 SQ_ADMIN=$(grep -a '_pat_' "$TMP/sq.log" | grep -v '^{' | head -n1 | tr -d '[:space:]')
@@ -104,13 +113,15 @@ row() { # name lk-json base-json
 }
 for scenario in warm cycling; do
   file="$TMP/warm.txt"; [ "$scenario" = cycling ] && file="$TMP/tokens.txt"
-  L="" B="" S=""
+  L="" B="" S="" M=""
   for _ in $(seq "$ROUNDS"); do
     B=$(best "$B" "$(measure "$BASE_PORT" verify "$file")")
     L=$(best "$L" "$(measure "$LK_PORT" verify "$file")")
     [ "$scenario" = warm ] && S=$(best "$S" "$(measure "$SQ_PORT" verify "$TMP/sq_warm.txt")")
+    [ "$scenario" = cycling ] && M=$(best "$M" "$(measure "$LK1M_PORT" verify "$file")")
   done
   row "rest_verify_$scenario" "$L" "$B"
+  [ "$scenario" = cycling ] && row rest_verify_cycling_no_usage "$M" "$B"
   if [ "$scenario" = warm ]; then
     row rest_verify_warm_sqlite "$S" "$B"
     printf '%-24s %6s\n' "warm: postgres/sqlite" \
