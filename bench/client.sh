@@ -52,9 +52,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "building (release)"
-cargo build --release --quiet --bins --examples
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+log "building ($BENCH_PROFILE)"
+cargo build --profile "$BENCH_PROFILE" --quiet --bins --examples
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$BENCH_PROFILE_DIR"
 
 LK_PORT=$(free_port)
 LK="http://127.0.0.1:$LK_PORT"

@@ -98,3 +98,14 @@ pin_layout() {
   THREADS=$(( ${#cpus[@]} - half ))
   CPU_LAYOUT="servers on CPU $server, load generator on CPU $client"
 }
+
+# The cargo profile the scripts build and run: `release` by default, the only one whose figures
+# mean anything. LATCHKEY_BENCH_PROFILE=dev runs the debug build instead, which CI's smoke runs
+# do: they check that a script works, not how fast, and `cargo test` has just built it, where a
+# release build of the whole tree took 13 minutes of CI on a slow machine.
+BENCH_PROFILE=${LATCHKEY_BENCH_PROFILE:-release}
+case "$BENCH_PROFILE" in
+  release) BENCH_PROFILE_DIR=release ;;
+  dev) BENCH_PROFILE_DIR=debug ;;
+  *) echo "LATCHKEY_BENCH_PROFILE must be release or dev, not $BENCH_PROFILE" >&2; exit 2 ;;
+esac

@@ -59,9 +59,9 @@ cleanup() {
 trap cleanup EXIT
 bench_database latchkey_multinode
 
-log "building (release)"
-cargo build --release --quiet --bins --examples
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+log "building ($BENCH_PROFILE)"
+cargo build --profile "$BENCH_PROFILE" --quiet --bins --examples
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$BENCH_PROFILE_DIR"
 
 # start_node NAME: starts a node on the shared database; sets PORT_<NAME> and PID_<NAME>.
 start_node() {

@@ -52,9 +52,9 @@ cleanup() {
 trap cleanup EXIT
 bench_database latchkey_bench
 
-log "building (release)"
-cargo build --release --quiet --bins --examples
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+log "building ($BENCH_PROFILE)"
+cargo build --profile "$BENCH_PROFILE" --quiet --bins --examples
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$BENCH_PROFILE_DIR"
 
 LK_PORT=$(free_port); BASE_PORT=$(free_port); SQ_PORT=$(free_port); LK1M_PORT=$(free_port)
 CACHE=$(( TOKENS / 10 > 0 ? TOKENS / 10 : 1 ))

@@ -1,7 +1,7 @@
 //! N warm verifications in-process, for counting instructions under callgrind.
 //!
 //! ```text
-//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*hot_loop*' \
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*hot_loop' \
 //!     target/release/examples/verify_count 1000
 //! ```
 //!

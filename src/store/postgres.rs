@@ -568,10 +568,11 @@ impl PostgresStore {
         self.on_a_live_connection(|| self.pool.begin()).await
     }
 
-    /// Runs `op` (one statement, or a `BEGIN`: nothing that could have taken effect when its
-    /// connection turns out dropped) again on the next connection while it fails because the
-    /// database dropped the one it got: at most once per connection the pool can hold, and then
-    /// on a new one.
+    /// Runs `op` again on the next connection while it fails because the database dropped the
+    /// one it got: at most once per connection the pool can hold, and then on a new one. `op` is
+    /// one statement that is safe to repeat (a read, a `BEGIN`, or a write whose second run
+    /// changes nothing more: a last-seen time that never goes back, the purge of expired
+    /// sessions); never a statement inside a transaction.
     async fn on_a_live_connection<T, F, Fut>(&self, mut op: F) -> StoreResult<T>
     where
         F: FnMut() -> Fut,
