@@ -531,18 +531,13 @@ mod throwaway_cluster {
                 .command("initdb")
                 .arg("-D")
                 .arg(&data)
-                .args([
-                    "-U",
-                    "latchkey",
-                    "--auth-local=peer",
-                    "--auth-host=scram-sha-256",
-                ])
+                .args(["-U", "latchkey", "--auth-local=peer", "--auth-host=md5"])
                 .arg(format!("--pwfile={}", pwfile.display()))
                 .args(["--no-sync", "--encoding=UTF8", "--locale=C"]))?;
             let options = format!(
                 "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
                  -c max_connections=500 -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off",
+                 -c full_page_writes=off -c password_encryption=md5",
                 self.dir.display()
             );
             let log = self.dir.join("server.log");
@@ -557,6 +552,16 @@ mod throwaway_cluster {
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
                 format!("{e}\n{log}")
             })?;
+            // initdb stored the password as SCRAM-SHA-256; stored again as MD5 it makes each of
+            // the tests' many logins one hash instead of sqlx's 4,096 rounds (see .ci/postgres.sh).
+            run(self
+                .command("psql")
+                .env("PGPASSWORD", &password)
+                .args(["-qtA", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-U", "latchkey", "-d", "postgres"])
+                .arg(format!(
+                    "--command=ALTER ROLE latchkey PASSWORD '{password}'"
+                )))?;
             eprintln!(
                 "PostgreSQL for the tests: a throwaway cluster on 127.0.0.1:{port} (data in {}), \
                  removed at exit",
@@ -625,32 +630,77 @@ pub struct TestDatabase {
     pub url: String,
     admin_url: String,
     name: String,
+    /// The login role that owns the database, dropped with it ([`Self::create_with_scram_owner`]).
+    owner: Option<String>,
 }
 
 impl TestDatabase {
     pub async fn create(admin_url: &str) -> Self {
-        use sqlx::Connection;
         let name = format!("lk_test_{}", Uuid::now_v7().simple());
-        let mut admin = sqlx::PgConnection::connect(admin_url)
-            .await
-            .expect("connecting to LATCHKEY_TEST_DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("CREATE DATABASE");
-        let _ = admin.close().await;
+        admin_sql(admin_url, &[format!("CREATE DATABASE {name}")]).await;
         Self {
             url: with_database(admin_url, &name),
             admin_url: admin_url.to_string(),
             name,
+            owner: None,
         }
     }
+
+    /// A fresh database owned by a new login role whose password is stored as SCRAM-SHA-256
+    /// (the test clusters store their own role's as MD5, see .ci/postgres.sh). `url` logs in as
+    /// that role; also returns the role and its password.
+    pub async fn create_with_scram_owner(admin_url: &str) -> (Self, String, String) {
+        let id = Uuid::now_v7().simple().to_string();
+        let (name, role, password) = (format!("lk_test_{id}"), format!("lk_owner_{id}"), id);
+        admin_sql(
+            admin_url,
+            &[
+                "SET password_encryption = 'scram-sha-256'".to_string(),
+                format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+                format!("CREATE DATABASE {name} OWNER {role}"),
+            ],
+        )
+        .await;
+        let mut url = reqwest::Url::parse(&with_database(admin_url, &name)).expect("a URL");
+        url.set_username(&role).expect("a user name");
+        url.set_password(Some(&password)).expect("a password");
+        let db = Self {
+            url: url.to_string(),
+            admin_url: admin_url.to_string(),
+            name,
+            owner: Some(role.clone()),
+        };
+        (db, role, password)
+    }
+}
+
+/// Runs `statements` in order on one connection to the cluster at `admin_url`.
+async fn admin_sql(admin_url: &str, statements: &[String]) {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("connecting to LATCHKEY_TEST_DATABASE_URL");
+    for sql in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let _ = admin.close().await;
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // One statement at a time: several in one message would share a transaction, which
+        // DROP DATABASE refuses.
+        let mut statements = vec![format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )];
+        if let Some(owner) = &self.owner {
+            statements.push(format!("DROP ROLE IF EXISTS {owner}"));
+        }
         // Drop may run inside the test's runtime: do the async work on a thread of its own.
         let _ = std::thread::spawn(move || {
             use sqlx::Connection;
@@ -660,9 +710,11 @@ impl Drop for TestDatabase {
                 .expect("runtime");
             rt.block_on(async move {
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut admin)
-                        .await;
+                    for sql in statements {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut admin)
+                            .await;
+                    }
                     let _ = admin.close().await;
                 }
             });

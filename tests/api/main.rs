@@ -33,6 +33,7 @@ mod ops;
 mod orgs;
 mod outage;
 mod people;
+mod postgres_auth;
 mod properties;
 mod python_client;
 mod quickstart;
