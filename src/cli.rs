@@ -476,7 +476,8 @@ pub struct CommonArgs {
     #[arg(long, env = "LATCHKEY_DB_MIN_CONNECTIONS", default_value_t = 0)]
     pub db_min_connections: u32,
 
-    /// PostgreSQL: seconds a query waits for a free connection before it fails.
+    /// PostgreSQL: seconds a query waits for a free connection before it fails, and that a
+    /// starting node waits for the database to answer before it exits saying why.
     #[arg(long, env = "LATCHKEY_DB_ACQUIRE_TIMEOUT_SECONDS", default_value_t = 5)]
     pub db_acquire_timeout_seconds: u64,
 

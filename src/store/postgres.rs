@@ -510,8 +510,12 @@ impl PostgresStore {
     /// Connects to the database at `url` (`postgres://` or `postgresql://`) with a pool shaped by
     /// `pool`, and applies the migrations (see the module docs for how concurrent nodes agree).
     ///
+    /// At start it waits up to `pool.acquire_timeout` for the database to take a connection
+    /// (one starting beside the node), then gives up.
+    ///
     /// # Errors
-    /// A malformed URL, an unreachable database, or a failed migration.
+    /// A malformed URL, a database that refused the login or did not answer in time (with the
+    /// reason: refused, unknown host, wrong password...), or a failed migration.
     pub async fn connect(url: &str, pool: &PoolOptions) -> anyhow::Result<Self> {
         let mut options =
             PgConnectOptions::from_str(url).context("malformed postgres database URL")?;
@@ -522,11 +526,33 @@ impl PostgresStore {
 
         // A one-connection pool of its own: closing it ends the session, which releases the
         // migration lock whatever happened.
-        let migrations = PgPoolOptions::new()
+        let migrations = match PgPoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(pool.acquire_timeout)
             .connect_with(options.clone())
             .await
-            .with_context(|| format!("connecting to PostgreSQL {target}"))?;
+        {
+            Ok(migrations) => migrations,
+            // sqlx retries a connection that fails to open until the timeout and then says only
+            // that it timed out: one more attempt gives the reason.
+            Err(sqlx::Error::PoolTimedOut) => {
+                let why =
+                    match <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await {
+                        Err(e) => connect_error(e),
+                        Ok(connection) => {
+                            let _ = sqlx::Connection::close(connection).await;
+                            anyhow::anyhow!("no connection opened in time")
+                        }
+                    };
+                return Err(why.context(format!(
+                    "connecting to PostgreSQL {target} (gave up after {} s)",
+                    pool.acquire_timeout.as_secs()
+                )));
+            }
+            Err(e) => {
+                return Err(connect_error(e).context(format!("connecting to PostgreSQL {target}")));
+            }
+        };
         let migrated = sqlx::migrate!("./migrations/postgres")
             .run(&migrations)
             .await
@@ -620,6 +646,21 @@ impl PostgresStore {
 }
 
 /// Host, port and database, for error messages (never the password).
+/// An error connecting, for the operator starting a node, said once. sqlx's text of an error
+/// already includes its cause, which the cause chain would print again (`error communicating
+/// with database: Connection refused (os error 111): Connection refused (os error 111)`), and an
+/// error the database returned ends with a line of PostgreSQL's C source (`at line 334`), which
+/// reads as if it were in the operator's configuration: this gives its message and SQLSTATE.
+fn connect_error(e: sqlx::Error) -> anyhow::Error {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => anyhow::anyhow!("{} (SQLSTATE {code})", db.message()),
+            None => anyhow::anyhow!("{}", db.message()),
+        },
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
 fn describe(o: &PgConnectOptions) -> String {
     format!(
         "{}:{}/{}",

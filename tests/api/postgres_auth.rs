@@ -1,5 +1,6 @@
-//! Logging in to PostgreSQL: a node logs in with SCRAM-SHA-256 (PostgreSQL's default since 14),
-//! and a wrong password stops it at start with the cause, never the password. The test clusters
+//! Connecting to PostgreSQL: a node logs in with SCRAM-SHA-256 (PostgreSQL's default since 14);
+//! a wrong password, or no database where the URL points, stops it at start with the reason on
+//! one line, never the password. The test clusters
 //! store their own role's password as MD5 to keep the suite's thousands of logins cheap
 //! (.ci/postgres.sh); these tests use a role of their own whose password is stored as SCRAM.
 
@@ -81,12 +82,54 @@ async fn a_wrong_postgresql_password_stops_the_node_at_start_with_the_cause_and_
     // Assert
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.contains(&format!(
-            "password authentication failed for user \"{role}\""
-        )),
-        "{stderr}"
+    let at = reqwest::Url::parse(&db.url).unwrap();
+    let (host, port, database) = (at.host_str().unwrap(), at.port().unwrap_or(5432), at.path());
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: connecting to PostgreSQL {host}:{port}{database}: password authentication \
+             failed for user \"{role}\" (SQLSTATE 28P01)"
+        ),
+        "one line: where, PostgreSQL's message and its code, once"
     );
     assert!(!stderr.contains(&wrong_password), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_node_pointed_where_nothing_listens_gives_up_after_the_acquire_timeout_saying_why() {
+    // Arrange: a port nothing listens on any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://latchkey:secret-{port}@127.0.0.1:{port}/latchkey");
+
+    // Act
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+            .args(["--db-acquire-timeout-seconds", "1"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+
+    // Assert
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "gave up in time"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: connecting to PostgreSQL 127.0.0.1:{port}/latchkey (gave up after 1 s): \
+             error communicating with database: Connection refused (os error 111)"
+        )
+    );
 }
