@@ -453,7 +453,7 @@ pub async fn token(args: &ClientArgs, cmd: TokenCommand) -> anyhow::Result<()> {
                     Ok(v) if args.json => print_json(&v)?,
                     Ok(v) => print(&format!("revoked {}\n", s(&v["id"])))?,
                     Err(e) => {
-                        eprintln!("error: {id}: {e:#}");
+                        eprintln!("error: {id}: {}", crate::error::one_line(&e));
                         failed += 1;
                     }
                 }

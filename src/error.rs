@@ -81,6 +81,40 @@ impl Error {
 /// The retry time an `unavailable` answer names: a database restart or failover takes seconds.
 pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+impl Error {
+    /// Logs the cause of an internal error (at error level) or of an unavailable database (at
+    /// warn), on one line; any other error has nothing to log. Each transport calls it once, as
+    /// it turns the error into its answer, which never carries the cause.
+    pub fn log_cause(&self) {
+        match self {
+            Error::Internal(cause) => tracing::error!(error = one_line(cause), "internal error"),
+            Error::Unavailable { cause, .. } => {
+                tracing::warn!(error = one_line(cause), "database unavailable");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `e` and its causes on one line, `a: b: c`, each said once: a cause whose text the line
+/// already ends with is left out. sqlx's errors and many others include their cause in their
+/// own text, so `{:#}` printed it twice (`error communicating with database: Connection refused
+/// (os error 111): Connection refused (os error 111)`).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !text.is_empty() && line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
@@ -98,3 +132,38 @@ impl From<crate::store::StoreError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_the_text_before_it_already_ends_with_is_said_once() {
+        // Arrange: sqlx's text of an I/O error ends with the I/O error, which is also its cause.
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(sqlx::Error::Io(io)).context("reading tokens to verify");
+
+        // Act
+        let line = one_line(&e);
+
+        // Assert
+        assert_eq!(
+            format!("{e:#}"),
+            "reading tokens to verify: error communicating with database: Connection refused: \
+             Connection refused"
+        );
+        assert_eq!(
+            line,
+            "reading tokens to verify: error communicating with database: Connection refused"
+        );
+    }
+
+    #[test]
+    fn distinct_causes_are_all_kept_in_order() {
+        let e = anyhow::anyhow!("disk full")
+            .context("writing the usage flush")
+            .context("flush");
+
+        assert_eq!(one_line(&e), "flush: writing the usage flush: disk full");
+    }
+}

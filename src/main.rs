@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", latchkey::error::one_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -83,13 +83,7 @@ impl ErrorPage {
 /// An error's status, heading and sentence; an internal error's cause is logged here, once.
 fn described(e: &Error) -> (StatusCode, &'static str, String) {
     let (status, title) = status_of(e);
-    match e {
-        Error::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "internal error"),
-        Error::Unavailable { cause, .. } => {
-            tracing::warn!(error = format!("{cause:#}"), "database unavailable");
-        }
-        _ => {}
-    }
+    e.log_cause();
     (status, title, sentence(&e.public_message()))
 }
 

@@ -15,15 +15,10 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::PayloadTooLarge | Error::RateLimited { .. } => Code::ResourceExhausted,
-            Error::Unavailable { cause, .. } => {
-                tracing::warn!(error = format!("{cause:#}"), "database unavailable");
-                Code::Unavailable
-            }
-            Error::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "internal error");
-                Code::Internal
-            }
+            Error::Unavailable { .. } => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
         };
+        e.log_cause();
         let mut status = Status::new(code, e.public_message());
         if let Error::RateLimited { retry_after } | Error::Unavailable { retry_after, .. } = &e
             && let Ok(v) = retry_after.as_secs().max(1).to_string().parse()

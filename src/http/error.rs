@@ -18,15 +18,10 @@ impl IntoResponse for Error {
             Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable { cause, .. } => {
-                tracing::warn!(error = format!("{cause:#}"), "database unavailable");
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Error::Internal(e) => {
-                tracing::error!(error = format!("{e:#}"), "internal error");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        self.log_cause();
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code().to_string(),

@@ -540,7 +540,7 @@ async fn load_batch(store: &dyn Store, cache: &TokenCache, misses: Vec<Miss>) {
             // Every waiting miss gets the same answer: unavailable (503, retry) when the
             // database cannot be reached, internal otherwise.
             let unavailable = matches!(e, StoreError::Unavailable(_));
-            let cause = format!("{:#}", anyhow::Error::new(e));
+            let cause = crate::error::one_line(&anyhow::Error::new(e));
             for m in misses {
                 let err = anyhow::anyhow!("{cause}").context("reading tokens to verify");
                 let answer = if unavailable {

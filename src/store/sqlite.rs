@@ -1734,7 +1734,17 @@ mod tests {
             }
         };
         let writer = store.writer.clone().lock_owned().await;
-        let pilot = spawn_insert(token("pilot", None));
+        // The pilot is put in the queue here, not by a spawned task: an empty queue must mean
+        // the group commit took it, not that a task has yet to send it (then the group commit
+        // could take it together with some of the four, and the queue never holds four).
+        let (done, pilot) = oneshot::channel();
+        let pilot_insert = PendingInsert {
+            token: token("pilot", None),
+            events: Vec::new(),
+            now: at,
+            done,
+        };
+        assert!(store.inserts.send(pilot_insert).await.is_ok());
         queued(0).await;
         let group = [
             token("ann's", Some(ann.id)),
