@@ -159,6 +159,20 @@ mod tests {
     }
 
     #[test]
+    fn an_unavailable_database_says_its_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let cause = anyhow::Error::new(sqlx::Error::Io(io));
+        let e = anyhow::Error::new(crate::store::StoreError::Unavailable(cause))
+            .context("reading tokens to verify");
+
+        assert_eq!(
+            one_line(&e),
+            "reading tokens to verify: database unavailable: error communicating with database: \
+             Connection refused"
+        );
+    }
+
+    #[test]
     fn distinct_causes_are_all_kept_in_order() {
         let e = anyhow::anyhow!("disk full")
             .context("writing the usage flush")

@@ -30,8 +30,8 @@ pub enum StoreError {
     OwnerDisabled,
     /// The database cannot be reached or written right now: down, restarting, out of
     /// connections, locked past the busy timeout, read-only or full. Worth retrying.
-    #[error("database unavailable: {}", crate::error::one_line(.0))]
-    Unavailable(anyhow::Error),
+    #[error("database unavailable")]
+    Unavailable(#[source] anyhow::Error),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
