@@ -76,12 +76,7 @@ impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
     }
-}
 
-/// The retry time an `unavailable` answer names: a database restart or failover takes seconds.
-pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
-
-impl Error {
     /// Logs the cause of an internal error (at error level) or of an unavailable database (at
     /// warn), on one line; any other error has nothing to log. Each transport calls it once, as
     /// it turns the error into its answer, which never carries the cause.
@@ -95,6 +90,9 @@ impl Error {
         }
     }
 }
+
+/// The retry time an `unavailable` answer names: a database restart or failover takes seconds.
+pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// `e` and its causes on one line, `a: b: c`, each said once: a cause whose text the line
 /// already ends with is left out. sqlx's errors and many others include their cause in their

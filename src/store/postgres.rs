@@ -645,22 +645,21 @@ impl PostgresStore {
     }
 }
 
-/// Host, port and database, for error messages (never the password).
-/// An error connecting, for the operator starting a node, said once. sqlx's text of an error
-/// already includes its cause, which the cause chain would print again (`error communicating
-/// with database: Connection refused (os error 111): Connection refused (os error 111)`), and an
-/// error the database returned ends with a line of PostgreSQL's C source (`at line 334`), which
-/// reads as if it were in the operator's configuration: this gives its message and SQLSTATE.
+/// An error connecting, for the operator starting a node. sqlx's text of an error the database
+/// returned repeats it and ends with a line of PostgreSQL's C source (`at line 334`), which reads
+/// as if it were in the operator's configuration: this gives its message and SQLSTATE. Other
+/// errors stay as they are (`error::one_line` says a repeated cause once).
 fn connect_error(e: sqlx::Error) -> anyhow::Error {
     match e {
         sqlx::Error::Database(db) => match db.code() {
             Some(code) => anyhow::anyhow!("{} (SQLSTATE {code})", db.message()),
             None => anyhow::anyhow!("{}", db.message()),
         },
-        other => anyhow::anyhow!("{other}"),
+        other => other.into(),
     }
 }
 
+/// Host, port and database, for error messages (never the password).
 fn describe(o: &PgConnectOptions) -> String {
     format!(
         "{}:{}/{}",
