@@ -448,7 +448,8 @@ pub enum LogFormat {
 /// Flags shared by every command that opens the database.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
-    /// Database URL: `sqlite://PATH` (created if missing) or `postgres://...`.
+    /// Database URL: `sqlite://PATH` (created if missing) or `postgres://...` (TLS as its
+    /// `sslmode` says: `prefer` when absent; use `verify-full`, see docs/postgresql.md).
     #[arg(
         long,
         env = "LATCHKEY_DATABASE_URL",

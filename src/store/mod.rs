@@ -75,6 +75,11 @@ fn sqlx_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
+        // A new PostgreSQL connection first asks whether the server speaks TLS (`sslmode`
+        // `prefer`, the default). A peer that closes at once (a proxy or load balancer with no
+        // database behind it) ends that read with no byte, which sqlx reports as this
+        // "unexpected response", not as the I/O error that a closed connection is.
+        sqlx::Error::Protocol(msg) => msg.starts_with("unexpected response from SSLRequest"),
         sqlx::Error::Database(db) => match db.code() {
             // PostgreSQL: too many connections (53300), disk full (53100), read-only
             // transaction (25006, a standby after a failover).

@@ -509,6 +509,8 @@ impl PostgresStore {
 
     /// Connects to the database at `url` (`postgres://` or `postgresql://`) with a pool shaped by
     /// `pool`, and applies the migrations (see the module docs for how concurrent nodes agree).
+    /// Every connection uses TLS as the URL's `sslmode` says (libpq's `prefer` when it says
+    /// nothing), trusting the system's authorities and those of `sslrootcert`.
     ///
     /// At start it waits up to `pool.acquire_timeout` for the database to take a connection
     /// (one starting beside the node), then gives up.

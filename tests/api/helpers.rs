@@ -439,7 +439,8 @@ pub fn postgres_admin_url(test: &str) -> String {
     match CLUSTER.get_or_init(throwaway_cluster::start) {
         Ok(url) => url.clone(),
         Err(why) => panic!(
-            "{test} needs PostgreSQL, and none could be had: {why}.\n\
+            "{test} needs PostgreSQL, and none could be had: LATCHKEY_TEST_DATABASE_URL is not \
+             set and {why}.\n\
              Install PostgreSQL's server (Debian: `apt-get install postgresql`) and the tests \
              start a throwaway cluster of their own; or point LATCHKEY_TEST_DATABASE_URL at a \
              server (an admin URL; `source .ci/postgres.sh` starts one); or leave these tests \
@@ -453,23 +454,37 @@ pub fn postgres_admin_url(test: &str) -> String {
 /// root (PostgreSQL refuses root), stopped and removed at exit (`atexit`; a process killed by a
 /// signal leaves it behind, in `$TMPDIR/latchkey-test-pg-*`).
 mod throwaway_cluster {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
-    use std::sync::OnceLock;
+    use std::sync::Mutex;
 
     struct Cluster {
         bin: PathBuf,
         dir: PathBuf,
         as_postgres: bool,
+        tls: bool,
     }
 
-    static STARTED: OnceLock<Cluster> = OnceLock::new();
+    /// Every cluster started, for `stop_at_exit`.
+    static STARTED: Mutex<Vec<Cluster>> = Mutex::new(Vec::new());
 
     /// Starts the cluster; returns its admin URL, or why it could not.
     pub fn start() -> Result<String, String> {
+        start_cluster(false).map(|(url, _)| url)
+    }
+
+    /// Starts a cluster that also serves TLS (clients choose; loopback logins still need the
+    /// password), with a certificate for 127.0.0.1 and `localhost` signed by a test authority.
+    /// It also listens on 127.0.0.2, an address of the same host the certificate does not name.
+    /// Returns its admin URL and its directory, which holds `ca.crt` (that authority) and
+    /// `other-ca.crt` (one that signed nothing here).
+    pub fn start_tls() -> Result<(String, PathBuf), String> {
+        start_cluster(true)
+    }
+
+    fn start_cluster(tls: bool) -> Result<(String, PathBuf), String> {
         let bin = server_binaries().ok_or(
-            "LATCHKEY_TEST_DATABASE_URL is not set and PostgreSQL's server binaries \
-             (/usr/lib/postgresql/*/bin/initdb) are not installed",
+            "PostgreSQL's server binaries (/usr/lib/postgresql/*/bin/initdb) are not installed",
         )?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let as_postgres = unsafe { libc::geteuid() } == 0;
@@ -482,19 +497,99 @@ mod throwaway_cluster {
             bin,
             dir,
             as_postgres,
+            tls,
         };
         match cluster.init_and_start() {
             Ok(url) => {
-                let _ = STARTED.set(cluster);
-                // SAFETY: `stop_at_exit` is an `extern "C" fn()` that does not unwind.
-                unsafe { libc::atexit(stop_at_exit) };
-                Ok(url)
+                let dir = cluster.dir.clone();
+                let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+                if started.is_empty() {
+                    // SAFETY: `stop_at_exit` is an `extern "C" fn()` that does not unwind.
+                    unsafe { libc::atexit(stop_at_exit) };
+                }
+                started.push(cluster);
+                Ok((url, dir))
             }
             Err(e) => {
                 cluster.stop();
                 Err(e)
             }
         }
+    }
+
+    /// A certificate authority (`ca.crt`), the server's key and certificate signed by it
+    /// (`server.key`, `server.crt`: 127.0.0.1 and `localhost`), and a second authority
+    /// (`other-ca.crt`), in `dir`, by the `openssl` command. P-256 keys: made in milliseconds.
+    fn make_certificates(dir: &Path) -> Result<(), String> {
+        let openssl = |args: &[&str]| {
+            run(Command::new("openssl")
+                .current_dir(dir)
+                .args(args)
+                .stdin(Stdio::null()))
+        };
+        let key = [
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ];
+        for (name, cn) in [("ca", "Latchkey test CA"), ("other-ca", "Another test CA")] {
+            let (keyout, out, subj) = (
+                format!("{name}.key"),
+                format!("{name}.crt"),
+                format!("/CN={cn}"),
+            );
+            let mut args = vec!["req", "-x509", "-new"];
+            args.extend(key);
+            args.extend([
+                "-keyout", &keyout, "-out", &out, "-days", "2", "-subj", &subj,
+            ]);
+            args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+            args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            openssl(&args)?;
+        }
+        let mut args = vec!["req", "-new"];
+        args.extend(key);
+        args.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&args)?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n\
+             basicConstraints=critical,CA:FALSE\n",
+        )
+        .map_err(|e| format!("writing server.ext: {e}"))?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ])?;
+        // PostgreSQL refuses a key others can read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .map_err(|e| format!("chmod server.key: {e}"))
     }
 
     /// The newest installed version's `bin` directory.
@@ -517,6 +612,9 @@ mod throwaway_cluster {
             let password = uuid::Uuid::now_v7().simple().to_string();
             let pwfile = self.dir.join("password");
             std::fs::write(&pwfile, &password).map_err(|e| format!("writing {pwfile:?}: {e}"))?;
+            if self.tls {
+                make_certificates(&self.dir)?;
+            }
             if self.as_postgres {
                 run(Command::new("chown")
                     .args(["-R", "postgres:postgres"])
@@ -540,6 +638,15 @@ mod throwaway_cluster {
                  -c full_page_writes=off -c password_encryption=md5",
                 self.dir.display()
             );
+            let options = if self.tls {
+                format!(
+                    "{options} -c ssl=on -c ssl_cert_file={dir}/server.crt \
+                     -c ssl_key_file={dir}/server.key -c listen_addresses=127.0.0.1,127.0.0.2",
+                    dir = self.dir.display()
+                )
+            } else {
+                options
+            };
             let log = self.dir.join("server.log");
             run(self
                 .command("pg_ctl")
@@ -617,8 +724,46 @@ mod throwaway_cluster {
     }
 
     extern "C" fn stop_at_exit() {
-        if let Some(c) = STARTED.get() {
-            c.stop();
+        if let Ok(started) = STARTED.try_lock() {
+            for c in started.iter() {
+                c.stop();
+            }
+        }
+    }
+}
+
+/// A PostgreSQL cluster of this test process's own that serves TLS, for the tests of `sslmode`:
+/// started on first use like the throwaway cluster (whatever `LATCHKEY_TEST_DATABASE_URL` says),
+/// with a certificate for 127.0.0.1 signed by a test authority.
+pub struct TlsCluster {
+    /// An admin URL, with no `sslmode` (so sqlx's default, `prefer`).
+    pub admin_url: String,
+    /// The PEM file of the authority that signed the server's certificate.
+    pub ca: std::path::PathBuf,
+    /// The PEM file of an authority that signed nothing here.
+    pub other_ca: std::path::PathBuf,
+}
+
+/// The [`TlsCluster`], or `None` (the test then returns, saying why) where PostgreSQL's server
+/// binaries or `openssl` are missing. In CI, where they are installed, it fails instead.
+pub fn postgres_tls_cluster(test: &str) -> Option<&'static TlsCluster> {
+    static CLUSTER: OnceLock<Result<TlsCluster, String>> = OnceLock::new();
+    let started = CLUSTER.get_or_init(|| {
+        throwaway_cluster::start_tls().map(|(admin_url, dir)| TlsCluster {
+            admin_url,
+            ca: dir.join("ca.crt"),
+            other_ca: dir.join("other-ca.crt"),
+        })
+    });
+    match started {
+        Ok(cluster) => Some(cluster),
+        Err(why) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test} needs a PostgreSQL cluster with TLS, which CI must be able to start: {why}"
+            );
+            eprintln!("skipped {test}: no PostgreSQL cluster with TLS could be started: {why}");
+            None
         }
     }
 }
@@ -744,6 +889,11 @@ fn with_database(url: &str, database: &str) -> String {
 /// sharing a database. Only the first node on an empty database prints a bootstrap token; on the
 /// others `admin_token` is empty and `org_id` nil (copy them from the first node).
 pub async fn spawn_node(url: &str, extra: &[&str]) -> TestApp {
+    spawn_node_with_env(url, extra, &[]).await
+}
+
+/// [`spawn_node`] with environment variables.
+pub async fn spawn_node_with_env(url: &str, extra: &[&str], env: &[(&str, &str)]) -> TestApp {
     let dir = Arc::new(TempDir::new().expect("temp dir"));
-    spawn_process(url, dir, None, extra, &[]).await
+    spawn_process(url, dir, None, extra, env).await
 }

@@ -34,6 +34,7 @@ mod orgs;
 mod outage;
 mod people;
 mod postgres_auth;
+mod postgres_tls;
 mod properties;
 mod python_client;
 mod quickstart;

@@ -1,0 +1,225 @@
+//! TLS to PostgreSQL: the URL's `sslmode` and `sslrootcert` decide, as with libpq. These tests run
+//! on a cluster of their own that serves TLS with a certificate for 127.0.0.1 signed by a test
+//! authority (helpers::postgres_tls_cluster); the refusal of a server without TLS runs on the
+//! suite's usual cluster, which has none.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sqlx::Connection;
+
+use crate::helpers::{
+    BIN, TestDatabase, postgres_admin_url, postgres_tls_cluster, spawn_node, spawn_node_with_env,
+};
+
+/// `url` with `params` as its query string.
+fn with_params(url: &str, params: &[(&str, &str)]) -> String {
+    let mut url = reqwest::Url::parse(url).unwrap();
+    url.query_pairs_mut().clear().extend_pairs(params);
+    url.to_string()
+}
+
+/// Runs `latchkey serve` on `url` until it exits (or for at most a minute: a node that wrongly
+/// connected would serve forever, and `timeout` then ends it with status 124).
+async fn serve_until_it_exits(url: String) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .arg("60")
+            .arg(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+            .args(["--db-acquire-timeout-seconds", "2"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// How many of the sessions on `database` other than the asking one use TLS, and how many there
+/// are.
+async fn sessions_over_tls(admin_url: &str, database: &str) -> (i64, i64) {
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) \
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap()
+}
+
+fn database_name(url: &str) -> String {
+    reqwest::Url::parse(url).unwrap().path()[1..].to_string()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_node_told_to_verify_the_certificate_reaches_postgresql_over_tls_and_serves() {
+    // Arrange
+    let Some(cluster) = postgres_tls_cluster("a_node_told_to_verify_the_certificate") else {
+        return;
+    };
+    let db = TestDatabase::create(&cluster.admin_url).await;
+    let url = with_params(
+        &db.url,
+        &[
+            ("sslmode", "verify-full"),
+            ("sslrootcert", path(&cluster.ca)),
+        ],
+    );
+
+    // Act
+    let node = spawn_node(&url, &[]).await;
+    let (token, _) = node.token_with(&node.admin_token, "over tls", &[]).await;
+
+    // Assert
+    assert_eq!(node.verify(&token, &[]).await["valid"], true);
+    let (encrypted, all) = sessions_over_tls(&cluster.admin_url, &database_name(&db.url)).await;
+    assert!(all >= 1, "the node is connected");
+    assert_eq!(encrypted, all, "every session of the node uses TLS");
+}
+
+#[tokio::test]
+async fn without_sslrootcert_a_node_trusts_the_authorities_of_the_system_store() {
+    // Arrange: SSL_CERT_FILE stands for the system's store (as it does for OpenSSL).
+    let Some(cluster) = postgres_tls_cluster("without_sslrootcert_a_node_trusts_the_system") else {
+        return;
+    };
+    let db = TestDatabase::create(&cluster.admin_url).await;
+    let url = with_params(&db.url, &[("sslmode", "verify-full")]);
+
+    // Act
+    let node = spawn_node_with_env(&url, &[], &[("SSL_CERT_FILE", path(&cluster.ca))]).await;
+
+    // Assert
+    assert_eq!(node.verify(&node.admin_token, &[]).await["valid"], true);
+    let (encrypted, all) = sessions_over_tls(&cluster.admin_url, &database_name(&db.url)).await;
+    assert!(all >= 1, "the node is connected");
+    assert_eq!(encrypted, all, "every session of the node uses TLS");
+}
+
+#[tokio::test]
+async fn a_node_with_no_sslmode_uses_tls_where_the_server_offers_it() {
+    // Arrange: the URL says nothing of TLS (libpq's default, `prefer`).
+    let Some(cluster) = postgres_tls_cluster("a_node_with_no_sslmode_uses_tls") else {
+        return;
+    };
+    let db = TestDatabase::create(&cluster.admin_url).await;
+
+    // Act
+    let node = spawn_node(&db.url, &[]).await;
+
+    // Assert
+    assert_eq!(node.verify(&node.admin_token, &[]).await["valid"], true);
+    let (encrypted, all) = sessions_over_tls(&cluster.admin_url, &database_name(&db.url)).await;
+    assert!(all >= 1, "the node is connected");
+    assert_eq!(encrypted, all, "every session of the node uses TLS");
+}
+
+#[tokio::test]
+async fn a_certificate_from_an_authority_the_node_does_not_trust_stops_it_at_start_saying_so() {
+    // Arrange
+    let Some(cluster) = postgres_tls_cluster("a_certificate_from_an_untrusted_authority") else {
+        return;
+    };
+    let db = TestDatabase::create(&cluster.admin_url).await;
+    let password = reqwest::Url::parse(&db.url)
+        .unwrap()
+        .password()
+        .unwrap()
+        .to_string();
+    let url = with_params(
+        &db.url,
+        &[
+            ("sslmode", "verify-full"),
+            ("sslrootcert", path(&cluster.other_ca)),
+        ],
+    );
+
+    // Act
+    let out = serve_until_it_exits(url).await;
+
+    // Assert
+    assert_eq!(out.status.code(), Some(1), "it stopped by itself");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let database = database_name(&db.url);
+    let port = reqwest::Url::parse(&db.url).unwrap().port().unwrap();
+    assert!(
+        stderr.trim_end().starts_with(&format!(
+            "error: connecting to PostgreSQL 127.0.0.1:{port}/{database}"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("invalid peer certificate: UnknownIssuer"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains(&password), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_host_name_stops_a_node_that_verifies_the_name() {
+    // Arrange: the certificate names 127.0.0.1 and localhost; the cluster also listens on
+    // 127.0.0.2, which it does not name.
+    let Some(cluster) = postgres_tls_cluster("a_certificate_for_another_host_name") else {
+        return;
+    };
+    let db = TestDatabase::create(&cluster.admin_url).await;
+    let mut elsewhere = reqwest::Url::parse(&db.url).unwrap();
+    elsewhere.set_host(Some("127.0.0.2")).unwrap();
+    let ca = path(&cluster.ca);
+    let verify_full = with_params(
+        elsewhere.as_str(),
+        &[("sslmode", "verify-full"), ("sslrootcert", ca)],
+    );
+    let verify_ca = with_params(
+        elsewhere.as_str(),
+        &[("sslmode", "verify-ca"), ("sslrootcert", ca)],
+    );
+
+    // Act
+    let out = serve_until_it_exits(verify_full).await;
+    let node = spawn_node(&verify_ca, &[]).await;
+
+    // Assert: the name is wrong; the authority is right, which is all verify-ca checks.
+    assert_eq!(out.status.code(), Some(1), "it stopped by itself");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("invalid peer certificate: certificate not valid for name"),
+        "{stderr}"
+    );
+    assert_eq!(node.verify(&node.admin_token, &[]).await["valid"], true);
+}
+
+#[tokio::test]
+async fn a_node_that_requires_tls_is_stopped_by_a_postgresql_without_it() {
+    // Arrange: the suite's usual cluster, which serves no TLS.
+    let admin_url = postgres_admin_url("a_node_that_requires_tls_is_stopped");
+    let db = TestDatabase::create(&admin_url).await;
+    if sqlx::PgConnection::connect(&with_params(&db.url, &[("sslmode", "require")]))
+        .await
+        .is_ok()
+    {
+        eprintln!("skipped: this PostgreSQL serves TLS");
+        return;
+    }
+
+    // Act
+    let out = serve_until_it_exits(with_params(&db.url, &[("sslmode", "require")])).await;
+
+    // Assert
+    assert_eq!(out.status.code(), Some(1), "it stopped by itself");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: connecting to PostgreSQL "),
+        "{stderr}"
+    );
+    assert!(stderr.to_lowercase().contains("tls"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
