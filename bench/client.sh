@@ -53,8 +53,7 @@ cleanup() {
 trap cleanup EXIT
 
 log "building ($BENCH_PROFILE)"
-cargo build --profile "$BENCH_PROFILE" --quiet --bins --examples
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$BENCH_PROFILE_DIR"
+bench_build
 
 LK_PORT=$(free_port)
 LK="http://127.0.0.1:$LK_PORT"

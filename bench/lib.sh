@@ -109,3 +109,9 @@ case "$BENCH_PROFILE" in
   dev) BENCH_PROFILE_DIR=debug ;;
   *) echo "LATCHKEY_BENCH_PROFILE must be release or dev, not $BENCH_PROFILE" >&2; exit 2 ;;
 esac
+
+# Builds the binaries and the examples in $BENCH_PROFILE; BIN is then the folder they are in.
+bench_build() {
+  cargo build --profile "$BENCH_PROFILE" --quiet --bins --examples
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$BENCH_PROFILE_DIR"
+}

@@ -60,8 +60,7 @@ trap cleanup EXIT
 bench_database latchkey_multinode
 
 log "building ($BENCH_PROFILE)"
-cargo build --profile "$BENCH_PROFILE" --quiet --bins --examples
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$BENCH_PROFILE_DIR"
+bench_build
 
 # start_node NAME: starts a node on the shared database; sets PORT_<NAME> and PID_<NAME>.
 start_node() {

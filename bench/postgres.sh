@@ -53,8 +53,7 @@ trap cleanup EXIT
 bench_database latchkey_bench
 
 log "building ($BENCH_PROFILE)"
-cargo build --profile "$BENCH_PROFILE" --quiet --bins --examples
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$BENCH_PROFILE_DIR"
+bench_build
 
 LK_PORT=$(free_port); BASE_PORT=$(free_port); SQ_PORT=$(free_port); LK1M_PORT=$(free_port)
 CACHE=$(( TOKENS / 10 > 0 ? TOKENS / 10 : 1 ))
