@@ -53,7 +53,9 @@ impl StoreError {
 /// cannot connect now). The same statement may then succeed on another connection.
 pub(crate) fn sqlx_connection_lost(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) => true,
+        // Except a TLS refusal (a certificate that expired or is not trusted any more), which
+        // sqlx reports as invalid data: every new connection would be refused the same way.
+        sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
         sqlx::Error::Database(db) => {
             db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
                 .is_some()
@@ -71,14 +73,16 @@ fn sqlx_unavailable(e: &sqlx::Error) -> bool {
         return true;
     }
     match e {
-        sqlx::Error::PoolTimedOut
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
         // A new PostgreSQL connection first asks whether the server speaks TLS (`sslmode`
         // `prefer`, the default). A peer that closes at once (a proxy or load balancer with no
-        // database behind it) ends that read with no byte, which sqlx reports as this
-        // "unexpected response", not as the I/O error that a closed connection is.
+        // database behind it) ends that read with no byte, which sqlx reports as the
+        // "unexpected response" 0x00, not as the I/O error that a closed connection is; a
+        // server that cannot start a session answers with an error message instead (0x45).
         sqlx::Error::Protocol(msg) => msg.starts_with("unexpected response from SSLRequest"),
         sqlx::Error::Database(db) => match db.code() {
             // PostgreSQL: too many connections (53300), disk full (53100), read-only
@@ -801,5 +805,46 @@ pub async fn connect_with(url: &str, pool: &PoolOptions) -> anyhow::Result<Arc<d
         Ok(Arc::new(PostgresStore::connect(url, pool).await?))
     } else {
         anyhow::bail!("unsupported database URL scheme (expected sqlite: or postgres:)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_certificate_is_unavailable_but_not_a_lost_connection_to_retry() {
+        // Arrange: how sqlx reports a TLS handshake that rustls refused.
+        let refused = || {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "invalid peer certificate: Expired",
+            ))
+        };
+        let reset = sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+
+        // Act / Assert
+        assert!(!sqlx_connection_lost(&refused()));
+        assert!(matches!(
+            StoreError::from_sqlx(refused()),
+            StoreError::Unavailable(_)
+        ));
+        assert!(sqlx_connection_lost(&reset));
+    }
+
+    #[test]
+    fn a_peer_that_closes_before_answering_the_tls_question_is_unavailable() {
+        // Arrange
+        let closed = sqlx::Error::Protocol(
+            "unexpected response from SSLRequest: 0x00 (sqlx_postgres::connection::tls:95)".into(),
+        );
+        let other = sqlx::Error::Protocol("unexpected message".into());
+
+        // Act / Assert
+        assert!(matches!(
+            StoreError::from_sqlx(closed),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(StoreError::from_sqlx(other), StoreError::Other(_)));
     }
 }

@@ -1,16 +1,14 @@
 //! TLS to PostgreSQL: the URL's `sslmode` and `sslrootcert` decide, as with libpq. These tests run
 //! on a cluster of their own that serves TLS with a certificate for 127.0.0.1 signed by a test
-//! authority (helpers::postgres_tls_cluster); the refusal of a server without TLS runs on the
-//! suite's usual cluster, which has none.
+//! authority (helpers::postgres_tls_cluster); servers that offer no TLS, or close at once, are
+//! played by a few lines of Tokio.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use sqlx::Connection;
 
-use crate::helpers::{
-    BIN, TestDatabase, postgres_admin_url, postgres_tls_cluster, spawn_node, spawn_node_with_env,
-};
+use crate::helpers::{BIN, TestDatabase, postgres_tls_cluster, spawn_node, spawn_node_with_env};
 
 /// `url` with `params` as its query string.
 fn with_params(url: &str, params: &[(&str, &str)]) -> String {
@@ -35,27 +33,61 @@ async fn serve_until_it_exits(url: String) -> Output {
     .unwrap()
 }
 
-/// How many of the sessions on `database` other than the asking one use TLS, and how many there
-/// are.
-async fn sessions_over_tls(admin_url: &str, database: &str) -> (i64, i64) {
+/// Asserts that the node on `database` has sessions there, its notification listener's among
+/// them (it connects in the background: waited for, up to 30 s), and that every one uses TLS.
+async fn assert_every_session_uses_tls(admin_url: &str, database: &str) {
     let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
-    sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE s.ssl), count(*) \
-         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
-         WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
-    )
-    .bind(database)
-    .fetch_one(&mut admin)
-    .await
-    .unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (encrypted, all, listeners): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*), \
+             count(*) FILTER (WHERE a.application_name = 'latchkey-listener') \
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+        )
+        .bind(database)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(encrypted, all, "every session of the node uses TLS");
+        if listeners == 1 && all >= 2 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node's pool and listener sessions: {all} sessions, {listeners} listener"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
+/// The database of `url` (its path).
 fn database_name(url: &str) -> String {
     reqwest::Url::parse(url).unwrap().path()[1..].to_string()
 }
 
+/// `p` as a URL parameter or environment value.
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// A TCP server on loopback that reads a client's first message (the 8-byte question "do you
+/// speak TLS?") and then writes `answer`, if any, and closes. Returns its port.
+async fn fake_server(answer: Option<u8>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut peer, _)) = listener.accept().await {
+            let mut question = [0u8; 8];
+            if peer.read_exact(&mut question).await.is_ok()
+                && let Some(answer) = answer
+            {
+                let _ = peer.write_all(&[answer]).await;
+            }
+        }
+    });
+    port
 }
 
 #[tokio::test]
@@ -79,15 +111,36 @@ async fn a_node_told_to_verify_the_certificate_reaches_postgresql_over_tls_and_s
 
     // Assert
     assert_eq!(node.verify(&token, &[]).await["valid"], true);
-    let (encrypted, all) = sessions_over_tls(&cluster.admin_url, &database_name(&db.url)).await;
-    assert!(all >= 1, "the node is connected");
-    assert_eq!(encrypted, all, "every session of the node uses TLS");
+    assert_every_session_uses_tls(&cluster.admin_url, &database_name(&db.url)).await;
 }
 
 #[tokio::test]
-async fn without_sslrootcert_a_node_trusts_the_authorities_of_the_system_store() {
-    // Arrange: SSL_CERT_FILE stands for the system's store (as it does for OpenSSL).
-    let Some(cluster) = postgres_tls_cluster("without_sslrootcert_a_node_trusts_the_system") else {
+async fn sslrootcert_adds_its_authority_to_those_of_the_system() {
+    // Arrange: SSL_CERT_FILE replaces the system's authorities (here: one that signed nothing).
+    let Some(cluster) = postgres_tls_cluster("sslrootcert_adds_its_authority") else {
+        return;
+    };
+    let db = TestDatabase::create(&cluster.admin_url).await;
+    let url = with_params(
+        &db.url,
+        &[
+            ("sslmode", "verify-full"),
+            ("sslrootcert", path(&cluster.ca)),
+        ],
+    );
+
+    // Act
+    let node = spawn_node_with_env(&url, &[], &[("SSL_CERT_FILE", path(&cluster.other_ca))]).await;
+
+    // Assert
+    assert_eq!(node.verify(&node.admin_token, &[]).await["valid"], true);
+}
+
+#[tokio::test]
+async fn without_sslrootcert_a_node_trusts_the_authorities_in_ssl_cert_file() {
+    // Arrange: SSL_CERT_FILE replaces the system's authorities (as it does for OpenSSL).
+    let Some(cluster) = postgres_tls_cluster("without_sslrootcert_a_node_trusts_ssl_cert_file")
+    else {
         return;
     };
     let db = TestDatabase::create(&cluster.admin_url).await;
@@ -98,9 +151,7 @@ async fn without_sslrootcert_a_node_trusts_the_authorities_of_the_system_store()
 
     // Assert
     assert_eq!(node.verify(&node.admin_token, &[]).await["valid"], true);
-    let (encrypted, all) = sessions_over_tls(&cluster.admin_url, &database_name(&db.url)).await;
-    assert!(all >= 1, "the node is connected");
-    assert_eq!(encrypted, all, "every session of the node uses TLS");
+    assert_every_session_uses_tls(&cluster.admin_url, &database_name(&db.url)).await;
 }
 
 #[tokio::test]
@@ -116,9 +167,7 @@ async fn a_node_with_no_sslmode_uses_tls_where_the_server_offers_it() {
 
     // Assert
     assert_eq!(node.verify(&node.admin_token, &[]).await["valid"], true);
-    let (encrypted, all) = sessions_over_tls(&cluster.admin_url, &database_name(&db.url)).await;
-    assert!(all >= 1, "the node is connected");
-    assert_eq!(encrypted, all, "every session of the node uses TLS");
+    assert_every_session_uses_tls(&cluster.admin_url, &database_name(&db.url)).await;
 }
 
 #[tokio::test]
@@ -164,7 +213,7 @@ async fn a_certificate_from_an_authority_the_node_does_not_trust_stops_it_at_sta
 }
 
 #[tokio::test]
-async fn a_certificate_for_another_host_name_stops_a_node_that_verifies_the_name() {
+async fn a_certificate_for_another_host_name_stops_verify_full_but_not_verify_ca() {
     // Arrange: the certificate names 127.0.0.1 and localhost; the cluster also listens on
     // 127.0.0.2, which it does not name.
     let Some(cluster) = postgres_tls_cluster("a_certificate_for_another_host_name") else {
@@ -198,28 +247,49 @@ async fn a_certificate_for_another_host_name_stops_a_node_that_verifies_the_name
 }
 
 #[tokio::test]
-async fn a_node_that_requires_tls_is_stopped_by_a_postgresql_without_it() {
-    // Arrange: the suite's usual cluster, which serves no TLS.
-    let admin_url = postgres_admin_url("a_node_that_requires_tls_is_stopped");
-    let db = TestDatabase::create(&admin_url).await;
-    if sqlx::PgConnection::connect(&with_params(&db.url, &[("sslmode", "require")]))
-        .await
-        .is_ok()
-    {
-        eprintln!("skipped: this PostgreSQL serves TLS");
-        return;
-    }
+async fn a_node_that_requires_tls_is_stopped_by_a_server_that_does_not_offer_it() {
+    // Arrange: a server that answers "no TLS", as a PostgreSQL with `ssl = off` does.
+    let port = fake_server(Some(b'N')).await;
+    let url =
+        format!("postgres://latchkey:secret-{port}@127.0.0.1:{port}/latchkey?sslmode=require");
 
     // Act
-    let out = serve_until_it_exits(with_params(&db.url, &[("sslmode", "require")])).await;
+    let out = serve_until_it_exits(url).await;
+
+    // Assert
+    assert_eq!(out.status.code(), Some(1), "it stopped by itself");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: connecting to PostgreSQL 127.0.0.1:{port}/latchkey: error occurred while \
+             attempting to establish a TLS connection: server does not support TLS"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_closes_before_answering_stops_a_starting_node_saying_so() {
+    // Arrange: a proxy with no database behind it accepts, then closes.
+    let port = fake_server(None).await;
+    let url = format!("postgres://latchkey:secret-{port}@127.0.0.1:{port}/latchkey");
+
+    // Act
+    let out = serve_until_it_exits(url).await;
 
     // Assert
     assert_eq!(out.status.code(), Some(1), "it stopped by itself");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.starts_with("error: connecting to PostgreSQL "),
+        stderr.starts_with(&format!(
+            "error: connecting to PostgreSQL 127.0.0.1:{port}/latchkey"
+        )),
         "{stderr}"
     );
-    assert!(stderr.to_lowercase().contains("tls"), "{stderr}");
+    assert!(
+        stderr.contains("the server closed the connection before answering"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains(&format!("secret-{port}")), "{stderr}");
 }
