@@ -1,14 +1,16 @@
-//! TLS to PostgreSQL: the URL's `sslmode` and `sslrootcert` decide, as with libpq. These tests run
-//! on a cluster of their own that serves TLS with a certificate for 127.0.0.1 signed by a test
-//! authority (helpers::postgres_tls_cluster); servers that offer no TLS, or close at once, are
-//! played by a few lines of Tokio.
+//! TLS to PostgreSQL: the URL's `sslmode` and `sslrootcert` decide, much as with libpq. These
+//! tests run on a cluster of their own that serves TLS with a certificate for 127.0.0.1 signed by
+//! a test authority (helpers::postgres_tls_cluster); servers that offer no TLS, or close at once,
+//! are played by a few lines of Tokio.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use sqlx::Connection;
 
-use crate::helpers::{BIN, TestDatabase, postgres_tls_cluster, spawn_node, spawn_node_with_env};
+use crate::helpers::{
+    BIN, TestDatabase, TlsCluster, postgres_tls_cluster, spawn_node, spawn_node_with_env,
+};
 
 /// `url` with `params` as its query string.
 fn with_params(url: &str, params: &[(&str, &str)]) -> String {
@@ -61,6 +63,21 @@ async fn assert_every_session_uses_tls(admin_url: &str, database: &str) {
     }
 }
 
+/// The [`TlsCluster`] and a fresh database on it; `None` where no such cluster can be had (the
+/// test then returns: see [`postgres_tls_cluster`]).
+async fn database_on_the_tls_cluster(test: &str) -> Option<(&'static TlsCluster, TestDatabase)> {
+    let cluster = postgres_tls_cluster(test)?;
+    Some((cluster, TestDatabase::create(&cluster.admin_url).await))
+}
+
+/// `url` told to verify the server's certificate and name, trusting `ca` too.
+fn verify_full(url: &str, ca: &Path) -> String {
+    with_params(
+        url,
+        &[("sslmode", "verify-full"), ("sslrootcert", path(ca))],
+    )
+}
+
 /// The database of `url` (its path).
 fn database_name(url: &str) -> String {
     reqwest::Url::parse(url).unwrap().path()[1..].to_string()
@@ -93,17 +110,12 @@ async fn fake_server(answer: Option<u8>) -> u16 {
 #[tokio::test]
 async fn a_node_told_to_verify_the_certificate_reaches_postgresql_over_tls_and_serves() {
     // Arrange
-    let Some(cluster) = postgres_tls_cluster("a_node_told_to_verify_the_certificate") else {
+    let Some((cluster, db)) =
+        database_on_the_tls_cluster("a_node_told_to_verify_the_certificate").await
+    else {
         return;
     };
-    let db = TestDatabase::create(&cluster.admin_url).await;
-    let url = with_params(
-        &db.url,
-        &[
-            ("sslmode", "verify-full"),
-            ("sslrootcert", path(&cluster.ca)),
-        ],
-    );
+    let url = verify_full(&db.url, &cluster.ca);
 
     // Act
     let node = spawn_node(&url, &[]).await;
@@ -117,17 +129,11 @@ async fn a_node_told_to_verify_the_certificate_reaches_postgresql_over_tls_and_s
 #[tokio::test]
 async fn sslrootcert_adds_its_authority_to_those_of_the_system() {
     // Arrange: SSL_CERT_FILE replaces the system's authorities (here: one that signed nothing).
-    let Some(cluster) = postgres_tls_cluster("sslrootcert_adds_its_authority") else {
+    let Some((cluster, db)) = database_on_the_tls_cluster("sslrootcert_adds_its_authority").await
+    else {
         return;
     };
-    let db = TestDatabase::create(&cluster.admin_url).await;
-    let url = with_params(
-        &db.url,
-        &[
-            ("sslmode", "verify-full"),
-            ("sslrootcert", path(&cluster.ca)),
-        ],
-    );
+    let url = verify_full(&db.url, &cluster.ca);
 
     // Act
     let node = spawn_node_with_env(&url, &[], &[("SSL_CERT_FILE", path(&cluster.other_ca))]).await;
@@ -139,11 +145,11 @@ async fn sslrootcert_adds_its_authority_to_those_of_the_system() {
 #[tokio::test]
 async fn without_sslrootcert_a_node_trusts_the_authorities_in_ssl_cert_file() {
     // Arrange: SSL_CERT_FILE replaces the system's authorities (as it does for OpenSSL).
-    let Some(cluster) = postgres_tls_cluster("without_sslrootcert_a_node_trusts_ssl_cert_file")
+    let Some((cluster, db)) =
+        database_on_the_tls_cluster("without_sslrootcert_a_node_trusts_ssl_cert_file").await
     else {
         return;
     };
-    let db = TestDatabase::create(&cluster.admin_url).await;
     let url = with_params(&db.url, &[("sslmode", "verify-full")]);
 
     // Act
@@ -157,10 +163,10 @@ async fn without_sslrootcert_a_node_trusts_the_authorities_in_ssl_cert_file() {
 #[tokio::test]
 async fn a_node_with_no_sslmode_uses_tls_where_the_server_offers_it() {
     // Arrange: the URL says nothing of TLS (libpq's default, `prefer`).
-    let Some(cluster) = postgres_tls_cluster("a_node_with_no_sslmode_uses_tls") else {
+    let Some((cluster, db)) = database_on_the_tls_cluster("a_node_with_no_sslmode_uses_tls").await
+    else {
         return;
     };
-    let db = TestDatabase::create(&cluster.admin_url).await;
 
     // Act
     let node = spawn_node(&db.url, &[]).await;
@@ -173,22 +179,17 @@ async fn a_node_with_no_sslmode_uses_tls_where_the_server_offers_it() {
 #[tokio::test]
 async fn a_certificate_from_an_authority_the_node_does_not_trust_stops_it_at_start_saying_so() {
     // Arrange
-    let Some(cluster) = postgres_tls_cluster("a_certificate_from_an_untrusted_authority") else {
+    let Some((cluster, db)) =
+        database_on_the_tls_cluster("a_certificate_from_an_untrusted_authority").await
+    else {
         return;
     };
-    let db = TestDatabase::create(&cluster.admin_url).await;
     let password = reqwest::Url::parse(&db.url)
         .unwrap()
         .password()
         .unwrap()
         .to_string();
-    let url = with_params(
-        &db.url,
-        &[
-            ("sslmode", "verify-full"),
-            ("sslrootcert", path(&cluster.other_ca)),
-        ],
-    );
+    let url = verify_full(&db.url, &cluster.other_ca);
 
     // Act
     let out = serve_until_it_exits(url).await;
@@ -216,24 +217,21 @@ async fn a_certificate_from_an_authority_the_node_does_not_trust_stops_it_at_sta
 async fn a_certificate_for_another_host_name_stops_verify_full_but_not_verify_ca() {
     // Arrange: the certificate names 127.0.0.1 and localhost; the cluster also listens on
     // 127.0.0.2, which it does not name.
-    let Some(cluster) = postgres_tls_cluster("a_certificate_for_another_host_name") else {
+    let Some((cluster, db)) =
+        database_on_the_tls_cluster("a_certificate_for_another_host_name").await
+    else {
         return;
     };
-    let db = TestDatabase::create(&cluster.admin_url).await;
     let mut elsewhere = reqwest::Url::parse(&db.url).unwrap();
     elsewhere.set_host(Some("127.0.0.2")).unwrap();
-    let ca = path(&cluster.ca);
-    let verify_full = with_params(
-        elsewhere.as_str(),
-        &[("sslmode", "verify-full"), ("sslrootcert", ca)],
-    );
+    let name_checked = verify_full(elsewhere.as_str(), &cluster.ca);
     let verify_ca = with_params(
         elsewhere.as_str(),
-        &[("sslmode", "verify-ca"), ("sslrootcert", ca)],
+        &[("sslmode", "verify-ca"), ("sslrootcert", path(&cluster.ca))],
     );
 
     // Act
-    let out = serve_until_it_exits(verify_full).await;
+    let out = serve_until_it_exits(name_checked).await;
     let node = spawn_node(&verify_ca, &[]).await;
 
     // Assert: the name is wrong; the authority is right, which is all verify-ca checks.
