@@ -67,6 +67,11 @@ pub(crate) fn sqlx_connection_lost(e: &sqlx::Error) -> bool {
     }
 }
 
+/// How sqlx's text begins when a new PostgreSQL connection's first question ("do you speak
+/// TLS?", asked unless `sslmode` is `disable`) gets neither yes nor no: `0x00` when the peer
+/// closed without a byte, `0x45` when the server answered with an error instead.
+pub(crate) const SSL_REQUEST_UNANSWERED: &str = "unexpected response from SSLRequest";
+
 /// Whether `e` means "the database is not available now" rather than a bug or bad data.
 fn sqlx_unavailable(e: &sqlx::Error) -> bool {
     if sqlx_connection_lost(e) {
@@ -78,12 +83,9 @@ fn sqlx_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
-        // A new PostgreSQL connection first asks whether the server speaks TLS (`sslmode`
-        // `prefer`, the default). A peer that closes at once (a proxy or load balancer with no
-        // database behind it) ends that read with no byte, which sqlx reports as the
-        // "unexpected response" 0x00, not as the I/O error that a closed connection is; a
-        // server that cannot start a session answers with an error message instead (0x45).
-        sqlx::Error::Protocol(msg) => msg.starts_with("unexpected response from SSLRequest"),
+        // A peer that closes at once (a proxy or load balancer with no database behind it)
+        // shows as this protocol error, not as the I/O error a closed connection is.
+        sqlx::Error::Protocol(msg) => msg.starts_with(SSL_REQUEST_UNANSWERED),
         sqlx::Error::Database(db) => match db.code() {
             // PostgreSQL: too many connections (53300), disk full (53100), read-only
             // transaction (25006, a standby after a failover).

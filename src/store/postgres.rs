@@ -650,8 +650,8 @@ impl PostgresStore {
 /// An error connecting, for the operator starting a node. sqlx's text of an error the database
 /// returned repeats it and ends with a line of PostgreSQL's C source (`at line 334`), which reads
 /// as if it were in the operator's configuration: this gives its message and SQLSTATE. A peer
-/// that closed before the first answer (sqlx: "unexpected response from SSLRequest: 0x00") is
-/// said so. Other errors stay as they are (`error::one_line` says a repeated cause once).
+/// that closed before the first answer ([`super::SSL_REQUEST_UNANSWERED`] `0x00`) is said so.
+/// Other errors stay as they are (`error::one_line` says a repeated cause once).
 fn connect_error(e: sqlx::Error) -> anyhow::Error {
     match e {
         sqlx::Error::Database(db) => match db.code() {
@@ -659,11 +659,13 @@ fn connect_error(e: sqlx::Error) -> anyhow::Error {
             None => anyhow::anyhow!("{}", db.message()),
         },
         sqlx::Error::Protocol(msg)
-            if msg.starts_with("unexpected response from SSLRequest: 0x00") =>
+            if msg
+                .strip_prefix(super::SSL_REQUEST_UNANSWERED)
+                .is_some_and(|rest| rest.starts_with(": 0x00")) =>
         {
             anyhow::anyhow!(
                 "the server closed the connection before answering (is it PostgreSQL, or a proxy \
-             with no database behind it?)"
+                 with no database behind it?)"
             )
         }
         other => other.into(),

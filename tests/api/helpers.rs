@@ -892,6 +892,20 @@ pub async fn spawn_node(url: &str, extra: &[&str]) -> TestApp {
     spawn_node_with_env(url, extra, &[]).await
 }
 
+/// Runs `latchkey serve` on the database at `url`, with `extra` flags, until it exits: for the
+/// tests of a node that must refuse to start. One that wrongly started would serve forever, so
+/// `timeout` ends it after a minute (status 124).
+pub async fn serve_until_it_exits(url: &str, extra: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("60")
+        .arg(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
+        .args(extra);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run latchkey serve"))
+        .await
+        .expect("the serve thread")
+}
+
 /// [`spawn_node`] with environment variables.
 pub async fn spawn_node_with_env(url: &str, extra: &[&str], env: &[(&str, &str)]) -> TestApp {
     let dir = Arc::new(TempDir::new().expect("temp dir"));

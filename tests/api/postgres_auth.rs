@@ -4,11 +4,9 @@
 //! store their own role's password as MD5 to keep the suite's thousands of logins cheap
 //! (.ci/postgres.sh); these tests use a role of their own whose password is stored as SCRAM.
 
-use std::process::Command;
-
 use sqlx::Connection;
 
-use crate::helpers::{BIN, TestDatabase, postgres_admin_url, spawn_node};
+use crate::helpers::{TestDatabase, postgres_admin_url, serve_until_it_exits, spawn_node};
 
 /// `url` with `password` instead of its own.
 fn with_password(url: &str, password: &str) -> String {
@@ -70,14 +68,7 @@ async fn a_wrong_postgresql_password_stops_the_node_at_start_with_the_cause_and_
     let url = with_password(&db.url, &wrong_password);
 
     // Act
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = serve_until_it_exits(&url, &[]).await;
 
     // Assert
     assert!(!out.status.success());
@@ -108,15 +99,7 @@ async fn a_node_pointed_where_nothing_listens_gives_up_after_the_acquire_timeout
 
     // Act
     let started = std::time::Instant::now();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
-            .args(["--db-acquire-timeout-seconds", "1"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = serve_until_it_exits(&url, &["--db-acquire-timeout-seconds", "1"]).await;
 
     // Assert
     assert!(!out.status.success());

@@ -3,13 +3,12 @@
 //! a test authority (helpers::postgres_tls_cluster); servers that offer no TLS, or close at once,
 //! are played by a few lines of Tokio.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 use sqlx::Connection;
+use std::path::Path;
 
 use crate::helpers::{
-    BIN, TestDatabase, TlsCluster, postgres_tls_cluster, spawn_node, spawn_node_with_env,
+    TestDatabase, TlsCluster, postgres_tls_cluster, serve_until_it_exits, spawn_node,
+    spawn_node_with_env,
 };
 
 /// `url` with `params` as its query string.
@@ -19,21 +18,9 @@ fn with_params(url: &str, params: &[(&str, &str)]) -> String {
     url.to_string()
 }
 
-/// Runs `latchkey serve` on `url` until it exits (or for at most a minute: a node that wrongly
-/// connected would serve forever, and `timeout` then ends it with status 124).
-async fn serve_until_it_exits(url: String) -> Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .arg("60")
-            .arg(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
-            .args(["--db-acquire-timeout-seconds", "2"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
+/// A starting node gives up on the database after this (the default, 5 s, would only slow the
+/// tests).
+const GIVE_UP_SOON: [&str; 2] = ["--db-acquire-timeout-seconds", "2"];
 
 /// Asserts that the node on `database` has sessions there, its notification listener's among
 /// them (it connects in the background: waited for, up to 30 s), and that every one uses TLS.
@@ -192,7 +179,7 @@ async fn a_certificate_from_an_authority_the_node_does_not_trust_stops_it_at_sta
     let url = verify_full(&db.url, &cluster.other_ca);
 
     // Act
-    let out = serve_until_it_exits(url).await;
+    let out = serve_until_it_exits(&url, &GIVE_UP_SOON).await;
 
     // Assert
     assert_eq!(out.status.code(), Some(1), "it stopped by itself");
@@ -231,7 +218,7 @@ async fn a_certificate_for_another_host_name_stops_verify_full_but_not_verify_ca
     );
 
     // Act
-    let out = serve_until_it_exits(name_checked).await;
+    let out = serve_until_it_exits(&name_checked, &GIVE_UP_SOON).await;
     let node = spawn_node(&verify_ca, &[]).await;
 
     // Assert: the name is wrong; the authority is right, which is all verify-ca checks.
@@ -252,7 +239,7 @@ async fn a_node_that_requires_tls_is_stopped_by_a_server_that_does_not_offer_it(
         format!("postgres://latchkey:secret-{port}@127.0.0.1:{port}/latchkey?sslmode=require");
 
     // Act
-    let out = serve_until_it_exits(url).await;
+    let out = serve_until_it_exits(&url, &GIVE_UP_SOON).await;
 
     // Assert
     assert_eq!(out.status.code(), Some(1), "it stopped by itself");
@@ -273,7 +260,7 @@ async fn a_peer_that_closes_before_answering_stops_a_starting_node_saying_so() {
     let url = format!("postgres://latchkey:secret-{port}@127.0.0.1:{port}/latchkey");
 
     // Act
-    let out = serve_until_it_exits(url).await;
+    let out = serve_until_it_exits(&url, &GIVE_UP_SOON).await;
 
     // Assert
     assert_eq!(out.status.code(), Some(1), "it stopped by itself");
