@@ -378,7 +378,7 @@ pub struct ListAuditRequest {
     /// Events before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
     /// 1-500, default 50; 0 is the default, larger values are treated as 500.
-    #[param(minimum = 0, maximum = 4_294_967_295_u64)]
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 4_294_967_295_u64)]
     pub page_size: Option<u32>,
     /// `next_page_token` of the previous page: an opaque cursor (today a token or user id).
     #[param(
@@ -450,7 +450,7 @@ pub struct ListTokensRequest {
     /// Defaults to the caller's org.
     pub org_id: Option<Uuid>,
     /// 1-500, default 50; 0 is the default, larger values are treated as 500.
-    #[param(minimum = 0, maximum = 4_294_967_295_u64)]
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 4_294_967_295_u64)]
     pub page_size: Option<u32>,
     /// `next_page_token` of the previous page: an opaque cursor (today a token or user id).
     #[param(
@@ -879,7 +879,7 @@ pub struct ListUsersRequest {
     /// Defaults to the caller's org.
     pub org_id: Option<Uuid>,
     /// 1-500, default 50; 0 is the default, larger values are treated as 500.
-    #[param(minimum = 0, maximum = 4_294_967_295_u64)]
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 4_294_967_295_u64)]
     pub page_size: Option<u32>,
     /// `next_page_token` of the previous page: an opaque cursor (today a token or user id).
     #[param(

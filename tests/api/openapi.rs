@@ -309,3 +309,59 @@ async fn the_deployment_scopes_are_listed_and_the_permission_bitmap_is_bounded()
     assert_eq!(beyond.status(), StatusCode::BAD_REQUEST);
     assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
 }
+
+/// Every integer schema in the document as (where, schema).
+fn integer_schemas(v: &Value, at: String, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) => {
+            if m.get("type") == Some(&json!("integer")) {
+                out.push((at.clone(), v.clone()));
+            }
+            for (k, child) in m {
+                integer_schemas(child, format!("{at}/{k}"), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter().enumerate() {
+                integer_schemas(child, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_integer_bound_fits_its_format_and_the_page_size_maximum_is_accepted() {
+    // Arrange: schemathesis once sent page_size=2147483648, beyond the `int32` the document
+    // declared though its maximum was u32's, and reported the 200 as a schema violation accepted.
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+    let mut ints = Vec::new();
+    integer_schemas(&doc, String::new(), &mut ints);
+
+    // Act
+    let at_max = app
+        .get("/v1/tokens?page_size=4294967295", &app.admin_token)
+        .await;
+    let above_max = app
+        .get("/v1/tokens?page_size=4294967296", &app.admin_token)
+        .await;
+
+    // Assert
+    assert!(ints.len() > 3, "{ints:?}");
+    for (at, s) in &ints {
+        let (lo, hi) = match s["format"].as_str() {
+            Some("int32") => (i64::from(i32::MIN), i64::from(i32::MAX)),
+            Some("int64") | None => (i64::MIN, i64::MAX),
+            Some(other) => panic!("{at}: unexpected integer format {other}"),
+        };
+        for bound in ["minimum", "maximum"] {
+            if let Some(b) = s.get(bound) {
+                let b = b.as_i64().unwrap_or_else(|| panic!("{at}: {bound} {b}"));
+                assert!((lo..=hi).contains(&b), "{at}: {bound} {b} outside {s}");
+            }
+        }
+    }
+    assert_eq!(at_max.status(), StatusCode::OK);
+    assert_eq!(above_max.status(), StatusCode::BAD_REQUEST);
+}
