@@ -59,6 +59,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
+    // reqwest has no crypto provider of its own in this build (see Cargo.toml).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let hello = |token: String| {
         let (http, url) = (http.clone(), format!("{}/hello", a.service));

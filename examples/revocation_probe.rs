@@ -104,6 +104,8 @@ struct Node {
 
 impl Node {
     fn new(url: &str) -> anyhow::Result<Self> {
+        // reqwest has no crypto provider of its own in this build (see Cargo.toml).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(Self {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))

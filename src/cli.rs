@@ -99,6 +99,11 @@ pub struct ClientArgs {
     )]
     pub url: String,
 
+    /// A PEM file of certificate authorities to trust for an `https://` URL, besides the
+    /// system's (`SSL_CERT_FILE` replaces those).
+    #[arg(long, env = "LATCHKEY_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+
     /// Bearer token to act with.
     #[arg(long, env = "LATCHKEY_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -408,6 +413,11 @@ pub struct LoginArgs {
     /// Base URL of the Latchkey server.
     #[arg(long, env = "LATCHKEY_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+
+    /// A PEM file of certificate authorities to trust for an `https://` URL, besides the
+    /// system's (`SSL_CERT_FILE` replaces those).
+    #[arg(long, env = "LATCHKEY_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 
     /// The email to sign in with.
     #[arg(long)]

@@ -3,6 +3,7 @@
 //! scripts; a failure prints the server's error and exits non-zero.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
@@ -22,6 +23,20 @@ struct Client {
     token: Option<String>,
 }
 
+/// TLS that trusts no authority, for a client of an `http://` server: a redirect to `https://`
+/// fails instead of trusting anything.
+fn no_authorities() -> anyhow::Result<rustls::ClientConfig> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth(),
+    )
+}
+
 /// A server's answer: status, headers and JSON body (`Null` when it was not JSON).
 struct Answer {
     status: StatusCode,
@@ -31,16 +46,42 @@ struct Answer {
 
 impl Client {
     fn new(args: &ClientArgs) -> anyhow::Result<Self> {
-        Self::to(&args.url, args.token.clone())
+        Self::to(&args.url, args.ca_cert.as_deref(), args.token.clone())
     }
 
-    fn to(url: &str, token: Option<String>) -> anyhow::Result<Self> {
+    /// A client of the server at `url` (`http://` or `https://`). An `https://` server's
+    /// certificate must chain to a system authority (`SSL_CERT_FILE` and `SSL_CERT_DIR` name
+    /// others) or to one in the PEM file `ca_cert`.
+    fn to(url: &str, ca_cert: Option<&Path>, token: Option<String>) -> anyhow::Result<Self> {
+        let url = url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("the server URL must start with http:// or https:// (got {url:?})");
+        }
+        let mut http = reqwest::Client::builder().user_agent(USER_AGENT);
+        if url.starts_with("http://") {
+            // reqwest loads the system's authorities into every client, and fails where there
+            // are none (a container without ca-certificates): plain HTTP needs none.
+            http = http.tls_backend_preconfigured(no_authorities()?);
+        } else if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --ca-cert {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .with_context(|| {
+                    format!("--ca-cert {} holds no PEM certificate", path.display())
+                })?;
+            http = http.tls_certs_merge(certs);
+        }
+        let what = if url.starts_with("https://") {
+            "loading the certificate authorities to trust (the system's, or SSL_CERT_FILE's, and \
+             --ca-cert's)"
+        } else {
+            "building the HTTP client"
+        };
         Ok(Self {
-            http: reqwest::Client::builder()
-                .user_agent(USER_AGENT)
-                .build()
-                .context("building the HTTP client")?,
-            url: url.trim_end_matches('/').to_string(),
+            http: http.build().context(what)?,
+            url: url.to_string(),
             token,
         })
     }
@@ -59,10 +100,15 @@ impl Client {
         if let Some(b) = body {
             rb = rb.json(&b);
         }
-        let res = rb
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Latchkey server at {}", self.url))?;
+        let res = rb.send().await.map_err(|e| {
+            let e = anyhow::Error::new(e);
+            let e = if crate::error::one_line(&e).contains("invalid peer certificate") {
+                e.context("its certificate is not trusted (name its authority with --ca-cert)")
+            } else {
+                e
+            };
+            e.context(format!("cannot reach the Latchkey server at {}", self.url))
+        })?;
         let status = res.status();
         let headers = res.headers().clone();
         let text = res.text().await.context("reading the server's answer")?;
@@ -820,7 +866,7 @@ pub async fn login(args: &LoginArgs) -> anyhow::Result<()> {
     if let Some(d) = args.expires_in_days {
         body["expires_in_days"] = json!(d);
     }
-    let c = Client::to(&args.url, None)?;
+    let c = Client::to(&args.url, args.ca_cert.as_deref(), None)?;
     let a = c.send(Method::POST, "/v1/auth/token", Some(body)).await?;
     match a.status {
         s if s.is_success() => {}

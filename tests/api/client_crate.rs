@@ -35,7 +35,7 @@ fn example_binary() -> PathBuf {
 }
 
 /// The example service, running; killed on drop.
-struct Protected {
+pub(crate) struct Protected {
     url: String,
     child: Child,
     client: reqwest::Client,
@@ -50,14 +50,26 @@ impl Drop for Protected {
 
 impl Protected {
     /// Starts the example on a free port against `latchkey`, and waits for its address.
-    fn start(latchkey: &str, watch_token: &str, require: &[&str]) -> Protected {
+    pub(crate) fn start(latchkey: &str, watch_token: &str, require: &[&str]) -> Protected {
         Protected::start_with(latchkey, watch_token, require, &[])
     }
 
     /// [`Protected::start`] with more arguments (`--layer`).
     fn start_with(latchkey: &str, watch_token: &str, require: &[&str], more: &[&str]) -> Protected {
+        Protected::start_with_env(latchkey, watch_token, require, more, &[])
+    }
+
+    /// [`Protected::start_with`] with environment variables (`SSL_CERT_FILE`).
+    pub(crate) fn start_with_env(
+        latchkey: &str,
+        watch_token: &str,
+        require: &[&str],
+        more: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Protected {
         let mut cmd = Command::new(example_binary());
-        cmd.args(["--listen", "127.0.0.1:0", "--latchkey", latchkey])
+        cmd.envs(env.iter().copied())
+            .args(["--listen", "127.0.0.1:0", "--latchkey", latchkey])
             .args(["--watch-token", watch_token])
             .args(more);
         for r in require {
@@ -83,7 +95,7 @@ impl Protected {
         Protected {
             url: format!("http://{addr}"),
             child,
-            client: reqwest::Client::new(),
+            client: crate::helpers::reqwest_builder().build().unwrap(),
         }
     }
 
@@ -95,13 +107,13 @@ impl Protected {
         rb.send().await.expect("the example answers")
     }
 
-    async fn hello_status(&self, token: &str) -> StatusCode {
+    pub(crate) async fn hello_status(&self, token: &str) -> StatusCode {
         self.hello(Some(token)).await.status()
     }
 }
 
 /// A watch token (`tokens:watch`) of the app's default org.
-async fn watch_token(app: &TestApp) -> String {
+pub(crate) async fn watch_token(app: &TestApp) -> String {
     app.token_with(&app.admin_token, "watch", &["tokens:watch"])
         .await
         .0
@@ -123,7 +135,7 @@ async fn server_verifications(app: &TestApp) -> f64 {
 
 /// Calls `/hello` with `token` until three calls in a row reach the server no more: the
 /// example's change stream is up and the answer is cached. Answers how many calls it made.
-async fn wait_until_cached(app: &TestApp, example: &Protected, token: &str) -> u64 {
+pub(crate) async fn wait_until_cached(app: &TestApp, example: &Protected, token: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut calls = 0;
     loop {
@@ -145,7 +157,7 @@ async fn wait_until_cached(app: &TestApp, example: &Protected, token: &str) -> u
 
 /// Calls `/hello` with `token` as fast as it answers until the status is not 200; answers the
 /// time from `since` to that answer, and the status. Gives up after `limit`.
-async fn first_refusal(
+pub(crate) async fn first_refusal(
     example: &Protected,
     token: &str,
     since: Instant,

@@ -23,7 +23,7 @@ impl FormBody for reqwest::RequestBuilder {
 
 /// A client that does not follow redirects, so the tests see them.
 fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::helpers::reqwest_builder()
         .redirect(redirect::Policy::none())
         .build()
         .unwrap()

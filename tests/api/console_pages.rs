@@ -31,7 +31,7 @@ impl FormBody for reqwest::RequestBuilder {
 }
 
 fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::helpers::reqwest_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()

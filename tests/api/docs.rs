@@ -6,7 +6,7 @@ use std::process::Command;
 use crate::helpers::{BIN, spawn_app};
 
 /// The first ```sh block after `heading` in a docs page.
-fn shell_block(page: &str, heading: &str) -> String {
+pub(crate) fn shell_block(page: &str, heading: &str) -> String {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page)).unwrap();
     let after = &text[text
         .find(heading)

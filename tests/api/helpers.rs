@@ -17,11 +17,18 @@ use uuid::Uuid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
 
+/// A builder of reqwest clients. reqwest is built with rustls and no crypto provider of its own
+/// (see Cargo.toml): a client built before one is installed panics, so this installs ring's.
+pub fn reqwest_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// The tests' HTTP client. Its idle connections are dropped after 5 s, before the server's header
 /// timeout (10 s) closes them: a request sent on a connection as the server closes it fails with
 /// `IncompleteMessage` (seen after a walkthrough that ran longer than 10 s on a busy machine).
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    reqwest_builder()
         .pool_idle_timeout(std::time::Duration::from_secs(5))
         .build()
         .expect("building the tests' HTTP client")
@@ -520,7 +527,7 @@ mod throwaway_cluster {
     /// A certificate authority (`ca.crt`), the server's key and certificate signed by it
     /// (`server.key`, `server.crt`: 127.0.0.1 and `localhost`), and a second authority
     /// (`other-ca.crt`), in `dir`, by the `openssl` command. P-256 keys: made in milliseconds.
-    fn make_certificates(dir: &Path) -> Result<(), String> {
+    pub(super) fn make_certificates(dir: &Path) -> Result<(), String> {
         let openssl = |args: &[&str]| {
             run(Command::new("openssl")
                 .current_dir(dir)
@@ -766,6 +773,13 @@ pub fn postgres_tls_cluster(test: &str) -> Option<&'static TlsCluster> {
             None
         }
     }
+}
+
+/// A certificate authority (`ca.crt`), a server key and certificate signed by it (`server.key`,
+/// `server.crt`: 127.0.0.1 and `localhost`), and an authority that signed nothing
+/// (`other-ca.crt`), made in `dir` by the `openssl` command.
+pub fn test_certificates(dir: &std::path::Path) -> Result<(), String> {
+    throwaway_cluster::make_certificates(dir)
 }
 
 /// A fresh, empty PostgreSQL database for one test. Dropped on drop, even after a failed test,

@@ -42,6 +42,7 @@ mod read;
 mod revoke;
 mod security_doc;
 mod store_conformance;
+mod tls_front;
 mod upgrade;
 mod usage;
 mod verify;

@@ -43,7 +43,7 @@ struct Node {
 impl Node {
     fn of(app: &TestApp, admin: &str) -> Self {
         Self {
-            client: reqwest::Client::builder()
+            client: crate::helpers::reqwest_builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client"),

@@ -13,7 +13,7 @@ use crate::helpers::spawn_app_with;
 
 const EXAMPLE: &str = include_str!("../../examples/nginx/latchkey.conf");
 
-fn nginx_binary() -> Option<String> {
+pub(crate) fn nginx_binary() -> Option<String> {
     let found = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -25,7 +25,7 @@ fn nginx_binary() -> Option<String> {
     found
 }
 
-struct Nginx(Child);
+pub(crate) struct Nginx(pub(crate) Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
@@ -119,7 +119,7 @@ async fn requests_through_nginx_reach_the_upstream_only_with_a_valid_token_and_i
     let upstream = echo_upstream().await;
     let (_nginx, base, _dir) =
         start_nginx(&bin, app.address.trim_start_matches("http://"), &upstream).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::reqwest_builder().build().unwrap();
     let get = |path: &str, token: Option<&str>| {
         let mut rb = client.get(format!("{base}{path}"));
         if let Some(t) = token {

@@ -11,7 +11,7 @@ use futures_core::Stream;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode};
@@ -69,13 +69,34 @@ struct ErrorDetail {
     message: String,
 }
 
+/// What [`Client::new`] was doing when no certificate authority could be loaded.
+const NO_AUTHORITIES: &str =
+    "loading the certificate authorities to trust (the system's, or SSL_CERT_FILE's)";
+
+/// The text of the last cause of `e`: reqwest's and tonic's own texts say only "builder error"
+/// and "transport error".
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
+}
+
 impl Client {
-    /// A client of the server at `base_url` (`http://host:port`), without a bearer; calls
-    /// time out after 2 seconds. Connects lazily: this never fails for an unreachable server.
+    /// A client of the server at `base_url` (`http://host:port`, or `https://host` through a
+    /// TLS proxy such as `examples/nginx/latchkey-tls.conf`), without a bearer; calls time out
+    /// after 2 seconds. Connects lazily: this never fails for an unreachable server.
+    ///
+    /// An `https://` server's certificate must chain to an authority of the system's store;
+    /// `SSL_CERT_FILE` (a PEM bundle) or `SSL_CERT_DIR` name other authorities instead. TLS uses
+    /// rustls with the process's default crypto provider; where none is installed, this
+    /// installs ring's.
     ///
     /// # Errors
-    /// [`Error::Config`] for a URL that is not `http://...`, or when called outside a Tokio
-    /// runtime (the gRPC channel runs a task of its own).
+    /// [`Error::Config`] for a URL that is neither `http://...` nor `https://...`, when no
+    /// authority could be loaded for `https://`, or when called outside a Tokio runtime (the
+    /// gRPC channel runs a task of its own).
     pub fn new(base_url: &str) -> Result<Self, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::Config(
@@ -83,14 +104,24 @@ impl Client {
             ));
         }
         let base = base_url.trim_end_matches('/');
-        if !base.starts_with("http://") {
+        let tls = base.starts_with("https://");
+        if !tls && !base.starts_with("http://") {
             return Err(Error::Config(format!(
-                "the base URL must start with http:// (got {base_url:?})"
+                "the base URL must start with http:// or https:// (got {base_url:?})"
             )));
         }
+        // Neither reqwest nor tonic is built with a provider of its own here (aws-lc-rs, their
+        // default, wants cmake): ring. An Err only says that the application installed one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let timeout = Duration::from_secs(2);
-        let endpoint = Endpoint::from_shared(base.to_string())
-            .map_err(|e| Error::Config(format!("base URL {base_url:?}: {e}")))?
+        let mut endpoint = Endpoint::from_shared(base.to_string())
+            .map_err(|e| Error::Config(format!("base URL {base_url:?}: {e}")))?;
+        if tls {
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().with_native_roots())
+                .map_err(|e| Error::Config(format!("{NO_AUTHORITIES}: {}", innermost(&e))))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -99,12 +130,31 @@ impl Client {
         // Latchkey closes an HTTP/1.1 connection that sends no request for its header timeout
         // (10 s by default): an idle connection kept longer may be reused just as it closes, and
         // the request fails.
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(5))
-            .user_agent(concat!("latchkey-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::from_reqwest)?;
+            .user_agent(concat!("latchkey-client/", env!("CARGO_PKG_VERSION")));
+        if !tls {
+            // reqwest loads the system's authorities into every client, and fails where there
+            // are none (a container without ca-certificates): plain HTTP needs none, and a
+            // redirect to https:// then fails instead of trusting anything.
+            let none = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS versions: {e}")))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+            http = http.tls_backend_preconfigured(none);
+        }
+        let http = http.build().map_err(|e| {
+            let what = if tls {
+                NO_AUTHORITIES
+            } else {
+                "building the HTTP client"
+            };
+            Error::Config(format!("{what}: {}", innermost(&e)))
+        })?;
         Ok(Client {
             base: base.into(),
             bearer: None,

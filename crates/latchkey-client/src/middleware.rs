@@ -315,7 +315,7 @@ impl std::fmt::Debug for Latchkey {
 
 impl Latchkey {
     /// A verifier of the Latchkey server at `url` (`http://host:port`, REST and gRPC on one
-    /// port), with the defaults: 10,000 entries, 30 s TTL, 2 s for refusals, 15 s heartbeat
+    /// port, or `https://` through a TLS proxy: see [`Client::new`]), with the defaults: 10,000 entries, 30 s TTL, 2 s for refusals, 15 s heartbeat
     /// timeout, 2 s per verification, usage reported every second.
     pub fn builder(url: impl Into<String>) -> LatchkeyBuilder {
         LatchkeyBuilder {
@@ -933,6 +933,40 @@ mod tests {
             Client::new("http://127.0.0.1:1"),
             Err(Error::Config(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn an_http_url_is_taken_and_one_of_another_scheme_is_a_config_error() {
+        // (https:// is taken in the test below: its authorities come from the environment.)
+        assert!(Client::new("http://127.0.0.1:1/").is_ok());
+        for bad in ["ftp://127.0.0.1:1", "127.0.0.1:8080", "HTTPS//x"] {
+            let e = Client::new(bad).unwrap_err();
+            assert!(
+                matches!(&e, Error::Config(m) if m.contains("http:// or https://")),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn with_no_certificate_authority_at_all_http_works_and_https_says_why_not() {
+        // SAFETY: no other test of this binary reads these variables or makes an https client.
+        unsafe {
+            std::env::set_var("SSL_CERT_FILE", "/nonexistent/ca.pem");
+            std::env::set_var("SSL_CERT_DIR", "/nonexistent");
+        }
+        let http = Client::new("http://127.0.0.1:1");
+        let https = Client::new("https://127.0.0.1:1");
+        unsafe {
+            std::env::remove_var("SSL_CERT_FILE");
+            std::env::remove_var("SSL_CERT_DIR");
+        }
+        assert!(http.is_ok(), "{:?}", http.err());
+        let e = https.unwrap_err();
+        assert!(
+            matches!(&e, Error::Config(m) if m.starts_with("loading the certificate authorities")),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]

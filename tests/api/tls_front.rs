@@ -1,0 +1,363 @@
+//! Latchkey behind the shipped `examples/nginx/latchkey-tls.conf`, run by a real nginx with a
+//! certificate from a test authority (made by `openssl`): the `latchkey` client commands and
+//! `crates/latchkey-client` speak `https://` to it, REST through `proxy_pass` and gRPC (the
+//! change stream) through `grpc_pass`.
+
+use std::ffi::OsStr;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use crate::client_crate::{Protected, first_refusal, wait_until_cached, watch_token};
+use crate::helpers::{BIN, TestApp, spawn_app_with, test_certificates};
+use crate::nginx::{Nginx, nginx_binary};
+
+const EXAMPLE: &str = include_str!("../../examples/nginx/latchkey-tls.conf");
+
+/// nginx serving the example in front of one Latchkey, and the test authority's files.
+struct TlsFront {
+    _nginx: Nginx,
+    /// `https://127.0.0.1:PORT`
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl TlsFront {
+    /// The authority that signed nginx's certificate.
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// An authority that signed nothing here.
+    fn other_ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("other-ca.crt")
+    }
+}
+
+/// The example, with its certificate paths, port and upstream made this test's, run by nginx;
+/// `None` (the test then returns) where nginx or openssl is missing outside CI.
+async fn tls_front(app: &TestApp) -> Option<TlsFront> {
+    let bin = nginx_binary()?;
+    let dir = tempfile::TempDir::new().unwrap();
+    if let Err(why) = test_certificates(dir.path()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have openssl: {why}"
+        );
+        eprintln!("skipping: no test certificates: {why}");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = dir.path().display();
+    let site = EXAMPLE
+        .replace("127.0.0.1:8080", app.address.trim_start_matches("http://"))
+        .replace(
+            "listen 443 ssl http2;",
+            &format!("listen 127.0.0.1:{port} ssl http2;"),
+        )
+        .replace(
+            "/etc/ssl/latchkey/fullchain.pem",
+            &format!("{d}/server.crt"),
+        )
+        .replace("/etc/ssl/latchkey/privkey.pem", &format!("{d}/server.key"));
+    assert!(site.contains(&format!("{d}/server.key")), "{site}");
+    std::fs::write(dir.path().join("site.conf"), site).unwrap();
+    std::fs::write(
+        dir.path().join("nginx.conf"),
+        format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             include {d}/site.conf;\n}}\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let nginx = Nginx(child);
+    let address = format!("127.0.0.1:{port}");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&address).await.is_ok() {
+            return Some(TlsFront {
+                _nginx: nginx,
+                url: format!("https://{address}"),
+                dir,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+    panic!("nginx did not start:\n{log}");
+}
+
+/// Runs `latchkey <args>` with `token` and the environment given, and nothing of the test's
+/// own `LATCHKEY_*` or `SSL_*`.
+fn latchkey(token: &str, args: &[&str], env: &[(&str, &OsStr)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("LATCHKEY_URL")
+        .env_remove("LATCHKEY_CA_CERT")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .env("LATCHKEY_TOKEN", token)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn the_client_commands_speak_https_through_nginx_with_the_authority_given() {
+    // Arrange
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let Some(front) = tls_front(&app).await else {
+        return;
+    };
+    let ca = front.ca();
+
+    // Act: the authority by flag, by LATCHKEY_CA_CERT, and as the only one by SSL_CERT_FILE.
+    let ca_flag = ca.to_str().unwrap();
+    let created = latchkey(
+        &app.admin_token,
+        &[
+            "token",
+            "create",
+            "--name",
+            "over tls",
+            "--json",
+            "--url",
+            &front.url,
+            "--ca-cert",
+            ca_flag,
+        ],
+        &[],
+    );
+    let by_env = latchkey(
+        &app.admin_token,
+        &["token", "list", "--url", &front.url, "--json"],
+        &[("LATCHKEY_CA_CERT", ca.as_os_str())],
+    );
+    let by_ssl_cert_file = latchkey(
+        &app.admin_token,
+        &["audit", "list", "--url", &front.url, "--json"],
+        &[("SSL_CERT_FILE", ca.as_os_str())],
+    );
+
+    // Assert
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let view: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let id = view["token"]["id"].as_str().unwrap().to_string();
+    assert!(by_env.status.success(), "{}", text(&by_env.stderr));
+    assert!(text(&by_env.stdout).contains(&id));
+    assert!(
+        by_ssl_cert_file.status.success(),
+        "{}",
+        text(&by_ssl_cert_file.stderr)
+    );
+    assert!(text(&by_ssl_cert_file.stdout).contains(&id));
+}
+
+#[tokio::test]
+async fn a_server_whose_authority_is_not_trusted_is_refused_with_the_reason_and_no_token() {
+    // Arrange
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let Some(front) = tls_front(&app).await else {
+        return;
+    };
+    let not_pem = front.dir.path().join("server.csr.txt");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let list = |env: &[(&str, &OsStr)], more: &[&str]| {
+        let mut args = vec!["token", "list", "--url", front.url.as_str()];
+        args.extend(more);
+        latchkey(&app.admin_token, &args, env)
+    };
+
+    // Act
+    let other_ca = list(&[], &["--ca-cert", front.other_ca().to_str().unwrap()]);
+    let other_ca_file = front.other_ca();
+    let ssl_cert_file_other = list(&[("SSL_CERT_FILE", other_ca_file.as_os_str())], &[]);
+    let none_at_all: &[(&str, &OsStr)] = &[
+        ("SSL_CERT_FILE", OsStr::new("/nonexistent/ca.pem")),
+        ("SSL_CERT_DIR", OsStr::new("/nonexistent")),
+    ];
+    let https_without_authorities = list(none_at_all, &[]);
+    let http_without_authorities = latchkey(
+        &app.admin_token,
+        &["token", "list", "--url", &app.address],
+        none_at_all,
+    );
+    let not_a_certificate = list(&[], &["--ca-cert", not_pem.to_str().unwrap()]);
+    let missing_file = list(&[], &["--ca-cert", "/nonexistent/ca.pem"]);
+    let other_scheme = latchkey(
+        &app.admin_token,
+        &["token", "list", "--url", "ftp://127.0.0.1:1"],
+        &[],
+    );
+
+    // Assert
+    const TRUST_HINT: &str = "its certificate is not trusted (name its authority with \
+        --ca-cert): error sending request for url";
+    assert!(text(&other_ca.stderr).ends_with("invalid peer certificate: UnknownIssuer\n"));
+    for (out, says) in [
+        (&other_ca, TRUST_HINT),
+        (&ssl_cert_file_other, TRUST_HINT),
+        (
+            &https_without_authorities,
+            "loading the certificate authorities to trust",
+        ),
+        (&not_a_certificate, "holds no PEM certificate"),
+        (&missing_file, "reading --ca-cert /nonexistent/ca.pem"),
+        (&other_scheme, "must start with http:// or https://"),
+    ] {
+        let err = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(says), "{err}");
+        assert!(!err.contains(&app.admin_token));
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // Plain HTTP needs no authority at all (a container without ca-certificates).
+    assert!(
+        http_without_authorities.status.success(),
+        "{}",
+        text(&http_without_authorities.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_client_crate_verifies_over_https_and_hears_a_revocation_through_grpc_pass() {
+    // Arrange: the crate's example service, trusting the test authority by SSL_CERT_FILE.
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let Some(front) = tls_front(&app).await else {
+        return;
+    };
+    let ca = front.ca();
+    let example = Protected::start_with_env(
+        &front.url,
+        &watch_token(&app).await,
+        &["tokens:read"],
+        &[],
+        &[("SSL_CERT_FILE", ca.as_os_str())],
+    );
+    let (token, view) = app
+        .token_with(&app.admin_token, "behind tls", &["tokens:read"])
+        .await;
+    // Cached answers and no more calls to the server: the change stream is up, over TLS.
+    wait_until_cached(&app, &example, &token).await;
+
+    // Act
+    let id = view["id"].as_str().unwrap();
+    let res = app
+        .delete(&format!("/v1/tokens/{id}"), &app.admin_token)
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (_, status) = first_refusal(&example, &token, Instant::now(), Duration::from_secs(2)).await;
+
+    // Assert
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_client_crate_trusting_another_authority_answers_503_never_200() {
+    // Arrange
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let Some(front) = tls_front(&app).await else {
+        return;
+    };
+    let other = front.other_ca();
+    let example = Protected::start_with_env(
+        &front.url,
+        &watch_token(&app).await,
+        &["tokens:read"],
+        &[],
+        &[("SSL_CERT_FILE", other.as_os_str())],
+    );
+    let (token, _) = app
+        .token_with(&app.admin_token, "untrusted path", &["tokens:read"])
+        .await;
+
+    // Act
+    let status = example.hello_status(&token).await;
+
+    // Assert
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_tls_example_serves_health_and_keeps_metrics_to_latchkeys_own_port() {
+    // Arrange
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let Some(front) = tls_front(&app).await else {
+        return;
+    };
+    let pem = std::fs::read(front.ca()).unwrap();
+    let client = crate::helpers::reqwest_builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .build()
+        .unwrap();
+
+    // Act
+    let health = client
+        .get(format!("{}/healthz", front.url))
+        .send()
+        .await
+        .unwrap();
+    let metrics = client
+        .get(format!("{}/metrics", front.url))
+        .send()
+        .await
+        .unwrap();
+    let direct = app
+        .request(reqwest::Method::GET, "/metrics", None, None)
+        .await;
+
+    // Assert
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(metrics.status(), StatusCode::FORBIDDEN);
+    assert_eq!(direct.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_tls_in_front_commands_of_operations_md_run_as_written() {
+    // Arrange: the docs' host and authority file made this test's.
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let Some(front) = tls_front(&app).await else {
+        return;
+    };
+    let script = crate::docs::shell_block("docs/operations.md", "## TLS in front")
+        .replace("https://latchkey.example.com", &front.url)
+        .replace("/etc/ssl/latchkey/ca.pem", front.ca().to_str().unwrap());
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+
+    // Act
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("PATH", path)
+        .env_remove("LATCHKEY_URL")
+        .env_remove("LATCHKEY_CA_CERT")
+        .env_remove("SSL_CERT_FILE")
+        .env("LATCHKEY_TOKEN", &app.admin_token)
+        .output()
+        .unwrap();
+
+    // Assert: the bootstrap token, listed over TLS.
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("bootstrap"),
+        "{}",
+        text(&out.stdout)
+    );
+}
