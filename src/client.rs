@@ -23,6 +23,23 @@ struct Client {
     token: Option<String>,
 }
 
+/// What to do about a server certificate rustls refused, from its error's text.
+fn certificate_hint(error: &str) -> Option<&'static str> {
+    // rustls prints some reasons by name (`UnknownIssuer`, `Expired`), others as sentences.
+    let error = error.to_ascii_lowercase();
+    if !error.contains("invalid peer certificate") {
+        None
+    } else if error.contains("unknownissuer") {
+        Some("its certificate is not trusted (name its authority with --ca-cert)")
+    } else if error.contains("not valid for name") || error.contains("notvalidforname") {
+        Some("its certificate is for another name (use one in --url that it holds)")
+    } else if error.contains("expired") {
+        Some("its certificate has expired")
+    } else {
+        Some("its certificate was refused")
+    }
+}
+
 /// TLS that trusts no authority, for a client of an `http://` server: a redirect to `https://`
 /// fails instead of trusting anything.
 fn no_authorities() -> anyhow::Result<rustls::ClientConfig> {
@@ -102,10 +119,9 @@ impl Client {
         }
         let res = rb.send().await.map_err(|e| {
             let e = anyhow::Error::new(e);
-            let e = if crate::error::one_line(&e).contains("invalid peer certificate") {
-                e.context("its certificate is not trusted (name its authority with --ca-cert)")
-            } else {
-                e
+            let e = match certificate_hint(&crate::error::one_line(&e)) {
+                Some(hint) => e.context(hint),
+                None => e,
             };
             e.context(format!("cannot reach the Latchkey server at {}", self.url))
         })?;
@@ -960,6 +976,36 @@ pub fn read_password(prompt: &str) -> anyhow::Result<Secret<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_certificate_gets_the_hint_of_its_reason_and_other_errors_none() {
+        // The texts rustls 0.23 gives (the first two seen in tests/api/tls_front.rs).
+        let refused = "client error (Connect): invalid peer certificate:";
+        for (error, hint) in [
+            (format!("{refused} UnknownIssuer"), Some("not trusted")),
+            (
+                format!("{refused} certificate not valid for name \"127.0.0.2\"; ..."),
+                Some("for another name"),
+            ),
+            (
+                format!("{refused} certificate expired: verification time 1 (UNIX), ..."),
+                Some("has expired"),
+            ),
+            (format!("{refused} Expired"), Some("has expired")),
+            (
+                format!("{refused} NotValidForName"),
+                Some("for another name"),
+            ),
+            (format!("{refused} BadSignature"), Some("was refused")),
+            ("tcp connect error: Connection refused".to_string(), None),
+        ] {
+            let got = certificate_hint(&error);
+            match hint {
+                Some(h) => assert!(got.is_some_and(|g| g.contains(h)), "{error}: {got:?}"),
+                None => assert_eq!(got, None, "{error}"),
+            }
+        }
+    }
 
     #[test]
     fn relative_times_read_naturally() {

@@ -56,9 +56,10 @@ async fn tls_front(app: &TestApp) -> Option<TlsFront> {
     let d = dir.path().display();
     let site = EXAMPLE
         .replace("127.0.0.1:8080", app.address.trim_start_matches("http://"))
+        // 127.0.0.2 too: an address of this host that the certificate does not name.
         .replace(
             "listen 443 ssl http2;",
-            &format!("listen 127.0.0.1:{port} ssl http2;"),
+            &format!("listen 127.0.0.1:{port} ssl http2;\n    listen 127.0.0.2:{port} ssl http2;"),
         )
         .replace(
             "/etc/ssl/latchkey/fullchain.pem",
@@ -201,6 +202,18 @@ async fn a_server_whose_authority_is_not_trusted_is_refused_with_the_reason_and_
     );
     let not_a_certificate = list(&[], &["--ca-cert", not_pem.to_str().unwrap()]);
     let missing_file = list(&[], &["--ca-cert", "/nonexistent/ca.pem"]);
+    let other_name = latchkey(
+        &app.admin_token,
+        &[
+            "token",
+            "list",
+            "--url",
+            &front.url.replace("127.0.0.1", "127.0.0.2"),
+            "--ca-cert",
+            front.ca().to_str().unwrap(),
+        ],
+        &[],
+    );
     let other_scheme = latchkey(
         &app.admin_token,
         &["token", "list", "--url", "ftp://127.0.0.1:1"],
@@ -217,6 +230,10 @@ async fn a_server_whose_authority_is_not_trusted_is_refused_with_the_reason_and_
         (
             &https_without_authorities,
             "loading the certificate authorities to trust",
+        ),
+        (
+            &other_name,
+            "its certificate is for another name (use one in --url that it holds): error sending",
         ),
         (&not_a_certificate, "holds no PEM certificate"),
         (&missing_file, "reading --ca-cert /nonexistent/ca.pem"),
@@ -270,29 +287,41 @@ async fn the_client_crate_verifies_over_https_and_hears_a_revocation_through_grp
 }
 
 #[tokio::test]
-async fn the_client_crate_trusting_another_authority_answers_503_never_200() {
-    // Arrange
+async fn the_client_crate_facing_an_untrusted_or_misnamed_certificate_answers_503_never_200() {
+    // Arrange: one example trusting another authority, one reaching nginx by an address its
+    // certificate does not name.
     let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
     let Some(front) = tls_front(&app).await else {
         return;
     };
-    let other = front.other_ca();
-    let example = Protected::start_with_env(
+    let (other, ca) = (front.other_ca(), front.ca());
+    let watch = watch_token(&app).await;
+    let untrusted = Protected::start_with_env(
         &front.url,
-        &watch_token(&app).await,
+        &watch,
         &["tokens:read"],
         &[],
         &[("SSL_CERT_FILE", other.as_os_str())],
+    );
+    let misnamed = Protected::start_with_env(
+        &front.url.replace("127.0.0.1", "127.0.0.2"),
+        &watch,
+        &["tokens:read"],
+        &[],
+        &[("SSL_CERT_FILE", ca.as_os_str())],
     );
     let (token, _) = app
         .token_with(&app.admin_token, "untrusted path", &["tokens:read"])
         .await;
 
     // Act
-    let status = example.hello_status(&token).await;
+    let statuses = [
+        untrusted.hello_status(&token).await,
+        misnamed.hello_status(&token).await,
+    ];
 
     // Assert
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(statuses, [StatusCode::SERVICE_UNAVAILABLE; 2]);
 }
 
 #[tokio::test]
