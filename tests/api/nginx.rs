@@ -65,25 +65,43 @@ async fn start_nginx(
     upstream: &str,
 ) -> (Nginx, String, tempfile::TempDir) {
     let dir = tempfile::TempDir::new().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let site = EXAMPLE
         .replace("127.0.0.1:8080", latchkey)
         .replace("127.0.0.1:3000", upstream)
         .replace("listen 8000;", &format!("listen 127.0.0.1:{port};"));
-    let d = dir.path().display();
-    std::fs::write(dir.path().join("latchkey.conf"), site).unwrap();
+    let address = format!("127.0.0.1:{port}");
+    let nginx = run_nginx(bin, dir.path(), &site, &address).await;
+    (nginx, format!("http://{address}"), dir)
+}
+
+/// A free TCP port of 127.0.0.1.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs nginx with `site` (a server block) as its whole `http { }` configuration, its files in
+/// `dir`, and waits until `address` accepts connections.
+pub(crate) async fn run_nginx(
+    bin: &str,
+    dir: &std::path::Path,
+    site: &str,
+    address: &str,
+) -> Nginx {
+    let d = dir.display();
+    std::fs::write(dir.join("site.conf"), site).unwrap();
     std::fs::write(
-        dir.path().join("nginx.conf"),
+        dir.join("nginx.conf"),
         format!(
             "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 64; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             include {d}/latchkey.conf;\n}}\n"
+             include {d}/site.conf;\n}}\n"
         ),
     )
     .unwrap();
@@ -94,14 +112,13 @@ async fn start_nginx(
         .spawn()
         .expect("start nginx");
     let nginx = Nginx(child);
-    let address = format!("127.0.0.1:{port}");
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(&address).await.is_ok() {
-            return (nginx, format!("http://{address}"), dir);
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return nginx;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
     panic!("nginx did not start:\n{log}");
 }
 

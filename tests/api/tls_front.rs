@@ -4,14 +4,14 @@
 //! change stream) through `grpc_pass`.
 
 use std::ffi::OsStr;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
 use crate::client_crate::{Protected, first_refusal, wait_until_cached, watch_token};
 use crate::helpers::{BIN, TestApp, spawn_app_with, test_certificates};
-use crate::nginx::{Nginx, nginx_binary};
+use crate::nginx::{Nginx, free_port, nginx_binary, run_nginx};
 
 const EXAMPLE: &str = include_str!("../../examples/nginx/latchkey-tls.conf");
 
@@ -48,11 +48,7 @@ async fn tls_front(app: &TestApp) -> Option<TlsFront> {
         eprintln!("skipping: no test certificates: {why}");
         return None;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let d = dir.path().display();
     let site = EXAMPLE
         .replace("127.0.0.1:8080", app.address.trim_start_matches("http://"))
@@ -67,38 +63,13 @@ async fn tls_front(app: &TestApp) -> Option<TlsFront> {
         )
         .replace("/etc/ssl/latchkey/privkey.pem", &format!("{d}/server.key"));
     assert!(site.contains(&format!("{d}/server.key")), "{site}");
-    std::fs::write(dir.path().join("site.conf"), site).unwrap();
-    std::fs::write(
-        dir.path().join("nginx.conf"),
-        format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             include {d}/site.conf;\n}}\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let nginx = Nginx(child);
     let address = format!("127.0.0.1:{port}");
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(&address).await.is_ok() {
-            return Some(TlsFront {
-                _nginx: nginx,
-                url: format!("https://{address}"),
-                dir,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-    panic!("nginx did not start:\n{log}");
+    let nginx = run_nginx(&bin, dir.path(), &site, &address).await;
+    Some(TlsFront {
+        _nginx: nginx,
+        url: format!("https://{address}"),
+        dir,
+    })
 }
 
 /// Runs `latchkey <args>` with `token` and the environment given, and nothing of the test's
