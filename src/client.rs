@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -74,7 +74,11 @@ impl Client {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             bail!("the server URL must start with http:// or https:// (got {url:?})");
         }
-        let mut http = reqwest::Client::builder().user_agent(USER_AGENT);
+        // No redirects: the API sends none, and one from https:// to http:// would resend a
+        // password or a token in the clear.
+        let mut http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::none());
         if url.starts_with("http://") {
             // reqwest loads the system's authorities into every client, and fails where there
             // are none (a container without ca-certificates): plain HTTP needs none.
@@ -167,6 +171,14 @@ fn failure(a: &Answer, limit: Limit) -> anyhow::Error {
         _ if status == StatusCode::UNAUTHORIZED => {
             anyhow::anyhow!("unauthenticated: set --token or LATCHKEY_TOKEN")
         }
+        _ if status.is_redirection() => match a.headers.get(LOCATION).map(|l| l.to_str()) {
+            Some(Ok(to)) => anyhow::anyhow!(
+                "the server answered HTTP {} to {to} (redirects are not followed: give --url as \
+                 the server's own address)",
+                status.as_u16()
+            ),
+            _ => anyhow::anyhow!("the server answered HTTP {}", status.as_u16()),
+        },
         _ => anyhow::anyhow!("the server answered HTTP {}", status.as_u16()),
     }
 }

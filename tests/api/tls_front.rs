@@ -122,6 +122,12 @@ async fn the_client_commands_speak_https_through_nginx_with_the_authority_given(
         &["token", "list", "--url", &front.url, "--json"],
         &[("LATCHKEY_CA_CERT", ca.as_os_str())],
     );
+    let other = front.other_ca();
+    let adds_to_ssl_cert_file = latchkey(
+        &app.admin_token,
+        &["token", "list", "--url", &front.url, "--ca-cert", ca_flag],
+        &[("SSL_CERT_FILE", other.as_os_str())],
+    );
     let by_ssl_cert_file = latchkey(
         &app.admin_token,
         &["audit", "list", "--url", &front.url, "--json"],
@@ -134,6 +140,11 @@ async fn the_client_commands_speak_https_through_nginx_with_the_authority_given(
     let id = view["token"]["id"].as_str().unwrap().to_string();
     assert!(by_env.status.success(), "{}", text(&by_env.stderr));
     assert!(text(&by_env.stdout).contains(&id));
+    assert!(
+        adds_to_ssl_cert_file.status.success(),
+        "{}",
+        text(&adds_to_ssl_cert_file.stderr)
+    );
     assert!(
         by_ssl_cert_file.status.success(),
         "{}",
@@ -360,4 +371,133 @@ async fn the_tls_in_front_commands_of_operations_md_run_as_written() {
         "{}",
         text(&out.stdout)
     );
+}
+
+#[tokio::test]
+async fn a_person_signs_in_to_the_console_through_the_tls_front_on_any_port() {
+    // Arrange: a person with a password; a browser-like client that trusts the test authority,
+    // follows no redirect, and sends the Origin a browser would (with the port).
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let Some(front) = tls_front(&app).await else {
+        return;
+    };
+    let password = "front door password 42";
+    let created: serde_json::Value = app
+        .post(
+            "/v1/users",
+            &app.admin_token,
+            serde_json::json!({ "email": "tls@example.com", "name": "Tee", "role": "member" }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let setup = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/auth/setup",
+            None,
+            Some(serde_json::json!({
+                "setup_token": created["setup_token"], "password": password
+            })),
+        )
+        .await;
+    assert_eq!(setup.status(), StatusCode::OK);
+    let pem = std::fs::read(front.ca()).unwrap();
+    let browser = crate::helpers::reqwest_builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = serde_urlencoded::to_string([("email", "tls@example.com"), ("password", password)])
+        .unwrap();
+
+    // Act
+    let login = browser
+        .post(format!("{}/ui/login", front.url))
+        .header("origin", &front.url)
+        .header("sec-fetch-site", "same-origin")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    let status = login.status();
+    let landing = login
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .map(|c| c.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let page = browser
+        .get(format!("{}{landing}", front.url))
+        .header("cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    // Assert: signed in (not "sent from another site"), with a Secure cookie that works.
+    assert_eq!(status, StatusCode::SEE_OTHER, "{cookie}");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("tls@example.com"));
+}
+
+#[tokio::test]
+async fn the_cli_follows_no_redirect_and_says_where_it_was_sent() {
+    // Arrange: a server that redirects every request elsewhere, and that elsewhere.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let to = format!("http://{}/v1/auth/token", elsewhere.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let location = to.clone();
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback(move || {
+            let location = location.clone();
+            async move {
+                (
+                    axum::http::StatusCode::PERMANENT_REDIRECT,
+                    [(axum::http::header::LOCATION, location)],
+                )
+            }
+        });
+        let _ = axum::serve(listener, app).await;
+    });
+
+    // Act: a password sent to the redirecting server.
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(["login", "--url", &url, "--email", "a@example.com"])
+            .env_remove("LATCHKEY_URL")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"secret password 42\n").unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+
+    // Assert
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "the server answered HTTP 308 to {to} (redirects are not followed"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("secret password 42"));
+    let nothing = elsewhere.accept().map(|_| ()).unwrap_err();
+    assert_eq!(nothing.kind(), std::io::ErrorKind::WouldBlock);
 }

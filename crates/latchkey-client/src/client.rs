@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_core::Stream;
 use reqwest::{Method, RequestBuilder, StatusCode};
+use rustls_platform_verifier::BuilderVerifierExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -83,15 +84,40 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     e.to_string()
 }
 
+/// The rustls configuration of the REST half: for `https://`, the system's authorities (as
+/// reqwest's own would, by rustls-platform-verifier); for `http://`, none at all, so that a
+/// machine without ca-certificates can still speak plain HTTP. tonic, for gRPC, takes the same
+/// authorities (`with_native_roots`) and provider by itself.
+fn rest_tls(https: bool) -> Result<rustls::ClientConfig, Error> {
+    // A library installs no process default (rustls's advice): the application's, else ring.
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS versions: {e}")))?;
+    Ok(if https {
+        builder
+            .with_platform_verifier()
+            .map_err(|e| Error::Config(format!("{NO_AUTHORITIES}: {e}")))?
+            .with_no_client_auth()
+    } else {
+        builder
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    })
+}
+
 impl Client {
     /// A client of the server at `base_url` (`http://host:port`, or `https://host` through a
     /// TLS proxy such as `examples/nginx/latchkey-tls.conf`), without a bearer; calls time out
     /// after 2 seconds. Connects lazily: this never fails for an unreachable server.
     ///
-    /// An `https://` server's certificate must chain to an authority of the system's store;
-    /// `SSL_CERT_FILE` (a PEM bundle) or `SSL_CERT_DIR` name other authorities instead. TLS uses
-    /// rustls with the process's default crypto provider; where none is installed, this
-    /// installs ring's.
+    /// An `https://` server's certificate must chain to an authority of the system's store
+    /// (on Linux, `SSL_CERT_FILE`, a PEM bundle, or `SSL_CERT_DIR` name other authorities
+    /// instead). TLS is rustls with the process's default crypto provider, or ring's where the
+    /// application installed none (this installs nothing). Redirects are not followed: the API
+    /// sends none, and one to `http://` would resend a body in the clear.
     ///
     /// # Errors
     /// [`Error::Config`] for a URL that is neither `http://...` nor `https://...`, when no
@@ -110,9 +136,6 @@ impl Client {
                 "the base URL must start with http:// or https:// (got {base_url:?})"
             )));
         }
-        // Neither reqwest nor tonic is built with a provider of its own here (aws-lc-rs, their
-        // default, wants cmake): ring. An Err only says that the application installed one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let timeout = Duration::from_secs(2);
         let mut endpoint = Endpoint::from_shared(base.to_string())
             .map_err(|e| Error::Config(format!("base URL {base_url:?}: {e}")))?;
@@ -130,31 +153,14 @@ impl Client {
         // Latchkey closes an HTTP/1.1 connection that sends no request for its header timeout
         // (10 s by default): an idle connection kept longer may be reused just as it closes, and
         // the request fails.
-        let mut http = reqwest::Client::builder()
+        let http = reqwest::Client::builder()
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(5))
-            .user_agent(concat!("latchkey-client/", env!("CARGO_PKG_VERSION")));
-        if !tls {
-            // reqwest loads the system's authorities into every client, and fails where there
-            // are none (a container without ca-certificates): plain HTTP needs none, and a
-            // redirect to https:// then fails instead of trusting anything.
-            let none = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config(format!("TLS versions: {e}")))?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-            http = http.tls_backend_preconfigured(none);
-        }
-        let http = http.build().map_err(|e| {
-            let what = if tls {
-                NO_AUTHORITIES
-            } else {
-                "building the HTTP client"
-            };
-            Error::Config(format!("{what}: {}", innermost(&e)))
-        })?;
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("latchkey-client/", env!("CARGO_PKG_VERSION")))
+            .tls_backend_preconfigured(rest_tls(tls)?)
+            .build()
+            .map_err(|e| Error::Config(format!("building the HTTP client: {}", innermost(&e))))?;
         Ok(Client {
             base: base.into(),
             bearer: None,
@@ -210,6 +216,14 @@ impl Client {
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
         ) {
             return Err(Error::Unavailable(format!("answered {status}")));
+        }
+        if status.is_redirection() {
+            let to = res.headers().get(reqwest::header::LOCATION);
+            return Err(Error::Protocol(format!(
+                "answered {status} to {:?}: redirects are not followed (give the server's own \
+                 address)",
+                to.and_then(|l| l.to_str().ok()).unwrap_or("")
+            )));
         }
         let retry_after = res
             .headers()
@@ -508,5 +522,52 @@ fn to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_so_the_token_goes_nowhere_else() {
+        // Arrange: a server that redirects every request to another listener (plain HTTP, as a
+        // misconfigured proxy might send an https:// client).
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        elsewhere.set_nonblocking(true).unwrap();
+        let to = format!(
+            "http://{}/v1/tokens/verify",
+            elsewhere.local_addr().unwrap()
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let location = to.clone();
+        tokio::spawn(async move {
+            let app = axum::Router::new().fallback(move || {
+                let location = location.clone();
+                async move {
+                    (
+                        axum::http::StatusCode::PERMANENT_REDIRECT,
+                        [(axum::http::header::LOCATION, location)],
+                    )
+                }
+            });
+            let _ = axum::serve(listener, app).await;
+        });
+
+        // Act
+        let r = Client::new(&base)
+            .unwrap()
+            .verify("lk_pat_secret", &[])
+            .await;
+
+        // Assert
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, Error::Protocol(m) if m.contains("308") && m.contains(&to)),
+            "{e:?}"
+        );
+        let nothing = elsewhere.accept().map(|_| ()).unwrap_err();
+        assert_eq!(nothing.kind(), std::io::ErrorKind::WouldBlock);
     }
 }

@@ -937,7 +937,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_http_url_is_taken_and_one_of_another_scheme_is_a_config_error() {
-        // (https:// is taken in the test below: its authorities come from the environment.)
+        // (https:// is taken in tests/no_authorities.rs: its authorities come from the
+        // environment, which that binary alone changes.)
         assert!(Client::new("http://127.0.0.1:1/").is_ok());
         for bad in ["ftp://127.0.0.1:1", "127.0.0.1:8080", "HTTPS//x"] {
             let e = Client::new(bad).unwrap_err();
@@ -946,27 +947,6 @@ mod tests {
                 "{bad}: {e:?}"
             );
         }
-    }
-
-    #[tokio::test]
-    async fn with_no_certificate_authority_at_all_http_works_and_https_says_why_not() {
-        // SAFETY: no other test of this binary reads these variables or makes an https client.
-        unsafe {
-            std::env::set_var("SSL_CERT_FILE", "/nonexistent/ca.pem");
-            std::env::set_var("SSL_CERT_DIR", "/nonexistent");
-        }
-        let http = Client::new("http://127.0.0.1:1");
-        let https = Client::new("https://127.0.0.1:1");
-        unsafe {
-            std::env::remove_var("SSL_CERT_FILE");
-            std::env::remove_var("SSL_CERT_DIR");
-        }
-        assert!(http.is_ok(), "{:?}", http.err());
-        let e = https.unwrap_err();
-        assert!(
-            matches!(&e, Error::Config(m) if m.starts_with("loading the certificate authorities")),
-            "{e:?}"
-        );
     }
 
     #[tokio::test]
