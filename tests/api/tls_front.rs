@@ -269,6 +269,35 @@ async fn the_client_crate_verifies_over_https_and_hears_a_revocation_through_grp
 }
 
 #[tokio::test]
+async fn the_client_crate_trusts_an_authority_given_in_code_besides_the_systems() {
+    // Arrange: the example given the test authority by --ca-cert (`ca_certificates`), with a
+    // system store (SSL_CERT_FILE) that lacks it.
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let Some(front) = tls_front(&app).await else {
+        return;
+    };
+    let (ca, other) = (front.ca(), front.other_ca());
+    let example = Protected::start_with_env(
+        &front.url,
+        &watch_token(&app).await,
+        &["tokens:read"],
+        &["--ca-cert", ca.to_str().unwrap()],
+        &[("SSL_CERT_FILE", other.as_os_str())],
+    );
+    let (token, _) = app
+        .token_with(&app.admin_token, "given in code", &["tokens:read"])
+        .await;
+
+    // Act: verified over REST (200s), then cached once the change stream (gRPC) is up; this
+    // fails the test if either never happens.
+    wait_until_cached(&app, &example, &token).await;
+    let status = example.hello_status(&token).await;
+
+    // Assert
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn the_client_crate_facing_an_untrusted_or_misnamed_certificate_answers_503_never_200() {
     // Arrange: one example trusting another authority, one reaching nginx by an address its
     // certificate does not name.

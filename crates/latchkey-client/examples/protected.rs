@@ -35,6 +35,10 @@ struct Args {
     /// Guard `/hello` with the layer rather than the extractor.
     #[arg(long)]
     layer: bool,
+    /// A PEM file of certificate authorities to trust for an https:// Latchkey, besides the
+    /// system's.
+    #[arg(long)]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 async fn hello(RequireToken(token): RequireToken) -> String {
@@ -66,9 +70,11 @@ async fn stopped() {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let latchkey = Latchkey::builder(args.latchkey)
-        .watch_token(args.watch_token)
-        .build()?;
+    let mut latchkey = Latchkey::builder(args.latchkey).watch_token(args.watch_token);
+    if let Some(path) = &args.ca_cert {
+        latchkey = latchkey.ca_certificates(std::fs::read(path)?);
+    }
+    let latchkey = latchkey.build()?;
     let hello = if args.layer {
         // The layer on the handler: `route_layer` would box the route once more.
         get(hello_layered.layer(latchkey.require(&args.require)))

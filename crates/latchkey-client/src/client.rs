@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_core::Stream;
 use reqwest::{Method, RequestBuilder, StatusCode};
-use rustls_platform_verifier::BuilderVerifierExt;
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -84,28 +84,76 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     e.to_string()
 }
 
-/// The rustls configuration of the REST half: for `https://`, the system's authorities (as
-/// reqwest's own would, by rustls-platform-verifier); for `http://`, none at all, so that a
-/// machine without ca-certificates can still speak plain HTTP. tonic, for gRPC, takes the same
-/// authorities (`with_native_roots`) and provider by itself.
-fn rest_tls(https: bool) -> Result<rustls::ClientConfig, Error> {
-    // A library installs no process default (rustls's advice): the application's, else ring.
+/// The authorities an `https://` client trusts: the system's (rustls-native-certs: on Linux,
+/// `SSL_CERT_FILE` or `SSL_CERT_DIR` replace them) and `extra`. Both halves, REST and gRPC,
+/// check the server's certificate against this one set.
+fn authorities(extra: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    // An unreadable system certificate is skipped, as reqwest and tonic would.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    for cert in extra {
+        roots.add(cert.clone()).map_err(|e| {
+            Error::Config(format!("a given certificate authority is not usable: {e}"))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(Error::Config(format!(
+            "{NO_AUTHORITIES}: there are none (install the system's, ca-certificates, or give \
+             one with new_with_ca_certificates)"
+        )));
+    }
+    Ok(roots)
+}
+
+/// The REST half (reqwest) and the gRPC half (tonic) of a client of `base`. For `https://`,
+/// both trust [`authorities`]; for `http://`, reqwest gets TLS that trusts nothing, so that a
+/// machine without ca-certificates can still speak plain HTTP (reqwest's own TLS would load the
+/// system's authorities and fail without any). rustls runs with the application's default
+/// crypto provider, else ring's: a library installs no process default (rustls's advice).
+fn connect(
+    base: &str,
+    extra: &[CertificateDer<'static>],
+    timeout: Duration,
+) -> Result<(reqwest::Client, AuthServiceClient<Channel>), Error> {
+    let https = base.starts_with("https://");
+    let roots = if https {
+        authorities(extra)?
+    } else {
+        rustls::RootCertStore::empty()
+    };
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let rest_tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(format!("TLS versions: {e}")))?;
-    Ok(if https {
-        builder
-            .with_platform_verifier()
-            .map_err(|e| Error::Config(format!("{NO_AUTHORITIES}: {e}")))?
-            .with_no_client_auth()
-    } else {
-        builder
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
-    })
+        .map_err(|e| Error::Config(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    let mut endpoint = Endpoint::from_shared(base.to_string())
+        .map_err(|e| Error::Config(format!("base URL {base:?}: {e}")))?;
+    if https {
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().trust_anchors(roots.roots))
+            .map_err(|e| Error::Config(format!("TLS for {base:?}: {}", innermost(&e))))?;
+    }
+    let endpoint = endpoint
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    // Latchkey closes an HTTP/1.1 connection that sends no request for its header timeout
+    // (10 s by default): an idle connection kept longer may be reused just as it closes, and
+    // the request fails.
+    let http = reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("latchkey-client/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(rest_tls)
+        .build()
+        .map_err(|e| Error::Config(format!("building the HTTP client: {}", innermost(&e))))?;
+    Ok((http, AuthServiceClient::new(endpoint.connect_lazy())))
 }
 
 impl Client {
@@ -115,57 +163,58 @@ impl Client {
     ///
     /// An `https://` server's certificate must chain to an authority of the system's store
     /// (on Linux, `SSL_CERT_FILE`, a PEM bundle, or `SSL_CERT_DIR` name other authorities
-    /// instead). TLS is rustls with the process's default crypto provider, or ring's where the
-    /// application installed none (this installs nothing). Redirects are not followed: the API
-    /// sends none, and one to `http://` would resend a body in the clear.
+    /// instead), or to one given to [`Client::new_with_ca_certificates`]. TLS is rustls with the
+    /// process's default crypto provider, or ring's where the application installed none (this
+    /// installs nothing). Redirects are not followed: the API sends none, and one to `http://`
+    /// would resend a body in the clear.
     ///
     /// # Errors
-    /// [`Error::Config`] for a URL that is neither `http://...` nor `https://...`, when no
-    /// authority could be loaded for `https://`, or when called outside a Tokio runtime (the
-    /// gRPC channel runs a task of its own).
+    /// [`Error::Config`] for a URL that is neither `http://...` nor `https://...`, for
+    /// `https://` on a machine with no certificate authority at all, or when called outside a
+    /// Tokio runtime (the gRPC channel runs a task of its own).
     pub fn new(base_url: &str) -> Result<Self, Error> {
+        Self::open(base_url, &[])
+    }
+
+    /// [`Client::new`], trusting also the certificate authorities of `pem` (one or more PEM
+    /// certificates) for an `https://` server: a private authority, without replacing the
+    /// system's for the whole process as `SSL_CERT_FILE` would. For `http://` they are unused.
+    ///
+    /// # Errors
+    /// Those of [`Client::new`] (but not for a machine with no authority of its own), and
+    /// [`Error::Config`] when `pem` holds no certificate, or one that cannot be parsed.
+    pub fn new_with_ca_certificates(base_url: &str, pem: &[u8]) -> Result<Self, Error> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Config(format!("the CA certificates are not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(Error::Config(
+                "the CA certificates hold no PEM certificate".into(),
+            ));
+        }
+        Self::open(base_url, &certs)
+    }
+
+    fn open(base_url: &str, extra: &[CertificateDer<'static>]) -> Result<Self, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::Config(
                 "a Client must be made inside a Tokio runtime".into(),
             ));
         }
         let base = base_url.trim_end_matches('/');
-        let tls = base.starts_with("https://");
-        if !tls && !base.starts_with("http://") {
+        if !base.starts_with("https://") && !base.starts_with("http://") {
             return Err(Error::Config(format!(
                 "the base URL must start with http:// or https:// (got {base_url:?})"
             )));
         }
         let timeout = Duration::from_secs(2);
-        let mut endpoint = Endpoint::from_shared(base.to_string())
-            .map_err(|e| Error::Config(format!("base URL {base_url:?}: {e}")))?;
-        if tls {
-            endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().with_native_roots())
-                .map_err(|e| Error::Config(format!("{NO_AUTHORITIES}: {}", innermost(&e))))?;
-        }
-        let endpoint = endpoint
-            .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        // Latchkey closes an HTTP/1.1 connection that sends no request for its header timeout
-        // (10 s by default): an idle connection kept longer may be reused just as it closes, and
-        // the request fails.
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("latchkey-client/", env!("CARGO_PKG_VERSION")))
-            .tls_backend_preconfigured(rest_tls(tls)?)
-            .build()
-            .map_err(|e| Error::Config(format!("building the HTTP client: {}", innermost(&e))))?;
+        let (http, grpc) = connect(base, extra, timeout)?;
         Ok(Client {
             base: base.into(),
             bearer: None,
             http,
-            grpc: AuthServiceClient::new(endpoint.connect_lazy()),
+            grpc,
             timeout,
         })
     }

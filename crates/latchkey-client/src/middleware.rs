@@ -152,6 +152,7 @@ pub struct LatchkeyBuilder {
     request_timeout: Duration,
     usage_interval: Duration,
     max_backoff: Duration,
+    ca_certificates: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for LatchkeyBuilder {
@@ -168,6 +169,7 @@ impl std::fmt::Debug for LatchkeyBuilder {
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("usage_interval", &self.usage_interval)
+            .field("ca_certificates", &self.ca_certificates.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -178,6 +180,14 @@ impl LatchkeyBuilder {
     /// request asks the server.
     pub fn watch_token(mut self, token: impl Into<String>) -> Self {
         self.watch_token = Some(token.into()).filter(|t: &String| !t.is_empty());
+        self
+    }
+
+    /// Trust also the certificate authorities of `pem` (PEM certificates) for an `https://`
+    /// URL: a private authority, without `SSL_CERT_FILE` replacing the system's for the whole
+    /// process. See [`Client::new_with_ca_certificates`]; a bad `pem` fails [`Self::build`].
+    pub fn ca_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certificates = Some(pem.into());
         self
     }
 
@@ -231,7 +241,11 @@ impl LatchkeyBuilder {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Config("Latchkey::build must be called inside a Tokio runtime".into())
         })?;
-        let client = Client::new(&self.url)?.with_timeout(self.request_timeout);
+        let client = match &self.ca_certificates {
+            Some(pem) => Client::new_with_ca_certificates(&self.url, pem)?,
+            None => Client::new(&self.url)?,
+        }
+        .with_timeout(self.request_timeout);
         let watcher = self
             .watch_token
             .as_ref()
@@ -328,6 +342,7 @@ impl Latchkey {
             request_timeout: Duration::from_secs(2),
             usage_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            ca_certificates: None,
         }
     }
 
