@@ -277,9 +277,10 @@ async fn the_client_crate_trusts_an_authority_given_in_code_besides_the_systems(
         return;
     };
     let (ca, other) = (front.ca(), front.other_ca());
+    let watch = watch_token(&app).await;
     let example = Protected::start_with_env(
         &front.url,
-        &watch_token(&app).await,
+        &watch,
         &["tokens:read"],
         &["--ca-cert", ca.to_str().unwrap()],
         &[("SSL_CERT_FILE", other.as_os_str())],
@@ -288,13 +289,68 @@ async fn the_client_crate_trusts_an_authority_given_in_code_besides_the_systems(
         .token_with(&app.admin_token, "given in code", &["tokens:read"])
         .await;
 
-    // Act: verified over REST (200s), then cached once the change stream (gRPC) is up; this
-    // fails the test if either never happens.
+    // And one given another authority in code while the system's (SSL_CERT_FILE) is the right
+    // one: the given authorities add to the system's, never replace them.
+    let system_has_it = Protected::start_with_env(
+        &front.url,
+        &watch,
+        &["tokens:read"],
+        &["--ca-cert", other.to_str().unwrap()],
+        &[("SSL_CERT_FILE", ca.as_os_str())],
+    );
+
+    // Act: answered 200 and then from the cache, once the change stream (gRPC, over TLS) is
+    // up; wait_until_cached fails the test if either never happens.
     wait_until_cached(&app, &example, &token).await;
-    let status = example.hello_status(&token).await;
+    wait_until_cached(&app, &system_has_it, &token).await;
+    let statuses = [
+        example.hello_status(&token).await,
+        system_has_it.hello_status(&token).await,
+    ];
 
     // Assert
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(statuses, [StatusCode::OK; 2]);
+}
+
+#[tokio::test]
+async fn the_client_crates_rest_calls_check_the_certificate_its_name_and_its_authority() {
+    // Arrange: the example above exercises gRPC; these are latchkey_client::Client's REST calls.
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let Some(front) = tls_front(&app).await else {
+        return;
+    };
+    let (ca, other) = (
+        std::fs::read(front.ca()).unwrap(),
+        std::fs::read(front.other_ca()).unwrap(),
+    );
+    let misnamed_url = front.url.replace("127.0.0.1", "127.0.0.2");
+    let (token, _) = app
+        .token_with(&app.admin_token, "rest over tls", &["tokens:read"])
+        .await;
+    let verify = |url: &str, pem: &[u8]| {
+        let client = latchkey_client::Client::new_with_ca_certificates(url, pem).unwrap();
+        let token = token.clone();
+        async move { client.verify(&token, &["tokens:read"]).await }
+    };
+
+    // Act
+    let trusted = verify(&front.url, &ca).await;
+    let misnamed = verify(&misnamed_url, &ca).await;
+    let untrusted = verify(&front.url, &other).await;
+
+    // Assert
+    assert!(trusted.as_ref().is_ok_and(|v| v.valid), "{trusted:?}");
+    for (refused, why) in [
+        (misnamed, "not valid for name"),
+        (untrusted, "UnknownIssuer"),
+    ] {
+        let e = refused.unwrap_err();
+        assert!(
+            matches!(&e, latchkey_client::Error::Unavailable(m) if m.contains(why)),
+            "{e:?}"
+        );
+        assert!(!format!("{e:?}").contains(&token));
+    }
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use uuid::Uuid;
 
-use crate::error::{Error, ErrorCode};
+use crate::error::{Error, ErrorCode, innermost};
 use crate::pb;
 use crate::pb::auth_service_client::AuthServiceClient;
 use crate::types::{
@@ -27,8 +27,8 @@ use crate::types::{
 pub const MAX_USES_PER_REPORT: usize = 10_000;
 
 /// A client of one Latchkey server: REST and gRPC share its address. Cheap to clone (one
-/// connection pool and one gRPC channel, shared). Plain HTTP only: put it next to Latchkey,
-/// or behind a local TLS proxy.
+/// connection pool and one gRPC channel, shared). `http://`, or `https://` through a TLS proxy
+/// in front of Latchkey (see [`Client::new`]).
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), latchkey_client::Error> {
@@ -74,32 +74,29 @@ struct ErrorDetail {
 const NO_AUTHORITIES: &str =
     "loading the certificate authorities to trust (the system's, or SSL_CERT_FILE's)";
 
-/// The text of the last cause of `e`: reqwest's and tonic's own texts say only "builder error"
-/// and "transport error".
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut e = e;
-    while let Some(source) = e.source() {
-        e = source;
-    }
-    e.to_string()
-}
-
-/// The authorities an `https://` client trusts: the system's (rustls-native-certs: on Linux,
-/// `SSL_CERT_FILE` or `SSL_CERT_DIR` replace them) and `extra`. Both halves, REST and gRPC,
+/// The authorities an `https://` client trusts: the system's (rustls-native-certs, on every
+/// platform: `SSL_CERT_FILE` or `SSL_CERT_DIR` replace them) and `extra`. Both halves, REST and gRPC,
 /// check the server's certificate against this one set.
 fn authorities(extra: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, Error> {
     let mut roots = rustls::RootCertStore::empty();
-    // An unreadable system certificate is skipped, as reqwest and tonic would.
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    // An unreadable system certificate is skipped, as reqwest and tonic would; why, is said
+    // when nothing is left.
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
     for cert in extra {
         roots.add(cert.clone()).map_err(|e| {
             Error::Config(format!("a given certificate authority is not usable: {e}"))
         })?;
     }
     if roots.is_empty() {
+        let why = system
+            .errors
+            .first()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
         return Err(Error::Config(format!(
-            "{NO_AUTHORITIES}: there are none (install the system's, ca-certificates, or give \
-             one with new_with_ca_certificates)"
+            "{NO_AUTHORITIES}: there are none{why}; install the system's (ca-certificates), or \
+             give one (Latchkey::builder(url).ca_certificates, Client::new_with_ca_certificates)"
         )));
     }
     Ok(roots)
@@ -162,8 +159,8 @@ impl Client {
     /// after 2 seconds. Connects lazily: this never fails for an unreachable server.
     ///
     /// An `https://` server's certificate must chain to an authority of the system's store
-    /// (on Linux, `SSL_CERT_FILE`, a PEM bundle, or `SSL_CERT_DIR` name other authorities
-    /// instead), or to one given to [`Client::new_with_ca_certificates`]. TLS is rustls with the
+    /// (`SSL_CERT_FILE`, a PEM bundle, or `SSL_CERT_DIR` name other authorities instead), or to
+    /// one given to [`Client::new_with_ca_certificates`]. TLS is rustls with the
     /// process's default crypto provider, or ring's where the application installed none (this
     /// installs nothing). Redirects are not followed: the API sends none, and one to `http://`
     /// would resend a body in the clear.
@@ -178,7 +175,8 @@ impl Client {
 
     /// [`Client::new`], trusting also the certificate authorities of `pem` (one or more PEM
     /// certificates) for an `https://` server: a private authority, without replacing the
-    /// system's for the whole process as `SSL_CERT_FILE` would. For `http://` they are unused.
+    /// system's for the whole process as `SSL_CERT_FILE` would. `pem` is checked for any URL,
+    /// though an `http://` client never uses it.
     ///
     /// # Errors
     /// Those of [`Client::new`] (but not for a machine with no authority of its own), and

@@ -145,14 +145,30 @@ impl Error {
     }
 
     pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
+        // reqwest's own text names the URL only; the cause says why (a refused certificate,
+        // a refused connection).
+        let text = match std::error::Error::source(&e) {
+            Some(_) => format!("{e}: {}", innermost(&e)),
+            None => e.to_string(),
+        };
         if e.is_decode() {
-            Error::Protocol(e.to_string())
+            Error::Protocol(text)
         } else if e.is_builder() {
-            Error::Config(e.to_string())
+            Error::Config(text)
         } else {
-            Error::Unavailable(e.to_string())
+            Error::Unavailable(text)
         }
     }
+}
+
+/// The text of the last cause of `e`: reqwest's and tonic's own texts say only "builder error"
+/// and "transport error".
+pub(crate) fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
 }
 
 #[cfg(test)]

@@ -236,7 +236,9 @@ impl LatchkeyBuilder {
     /// reports), which end when the last clone of it (layers included) is dropped.
     ///
     /// # Errors
-    /// [`Error::Config`] for a malformed URL, or when called outside a Tokio runtime.
+    /// [`Error::Config`] for a malformed URL, for `https://` with no certificate authority at
+    /// all, for [`Self::ca_certificates`] that are not PEM certificates, or when called outside
+    /// a Tokio runtime.
     pub fn build(self) -> Result<Latchkey, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Config("Latchkey::build must be called inside a Tokio runtime".into())
