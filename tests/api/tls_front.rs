@@ -534,25 +534,8 @@ async fn a_person_signs_in_to_the_console_through_the_tls_front_on_any_port() {
 
 #[tokio::test]
 async fn the_cli_follows_no_redirect_and_says_where_it_was_sent() {
-    // Arrange: a server that redirects every request elsewhere, and that elsewhere.
-    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    elsewhere.set_nonblocking(true).unwrap();
-    let to = format!("http://{}/v1/auth/token", elsewhere.local_addr().unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let location = to.clone();
-    tokio::spawn(async move {
-        let app = axum::Router::new().fallback(move || {
-            let location = location.clone();
-            async move {
-                (
-                    axum::http::StatusCode::PERMANENT_REDIRECT,
-                    [(axum::http::header::LOCATION, location)],
-                )
-            }
-        });
-        let _ = axum::serve(listener, app).await;
-    });
+    // Arrange
+    let (url, elsewhere, to) = redirecting_server("/v1/auth/token").await;
 
     // Act: a password sent to the redirecting server.
     let out = tokio::task::spawn_blocking(move || {
@@ -583,6 +566,56 @@ async fn the_cli_follows_no_redirect_and_says_where_it_was_sent() {
         "{err}"
     );
     assert!(!err.contains("secret password 42"));
-    let nothing = elsewhere.accept().map(|_| ()).unwrap_err();
+    assert_nothing_reached(&elsewhere);
+}
+
+#[tokio::test]
+async fn the_client_crate_follows_no_redirect_so_the_token_goes_nowhere_else() {
+    // Arrange
+    let (url, elsewhere, to) = redirecting_server("/v1/tokens/verify").await;
+
+    // Act
+    let r = latchkey_client::Client::new(&url)
+        .unwrap()
+        .verify("lk_pat_secret", &[])
+        .await;
+
+    // Assert
+    let e = r.unwrap_err();
+    assert!(
+        matches!(&e, latchkey_client::Error::Protocol(m) if m.contains("308") && m.contains(&to)),
+        "{e:?}"
+    );
+    assert_nothing_reached(&elsewhere);
+}
+
+/// A server that answers every request with a 308 to `path` on another listener (plain HTTP,
+/// as a misconfigured proxy might send even an https:// client), and that listener, which
+/// accepts nothing: (the server's URL, the listener, the redirect's target).
+async fn redirecting_server(path: &str) -> (String, std::net::TcpListener, String) {
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let to = format!("http://{}{path}", elsewhere.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let location = to.clone();
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback(move || {
+            let location = location.clone();
+            async move {
+                (
+                    axum::http::StatusCode::PERMANENT_REDIRECT,
+                    [(axum::http::header::LOCATION, location)],
+                )
+            }
+        });
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, elsewhere, to)
+}
+
+/// No connection came to `listener` (it is non-blocking: an accept would find one waiting).
+fn assert_nothing_reached(listener: &std::net::TcpListener) {
+    let nothing = listener.accept().map(|_| ()).unwrap_err();
     assert_eq!(nothing.kind(), std::io::ErrorKind::WouldBlock);
 }
