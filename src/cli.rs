@@ -100,7 +100,7 @@ pub struct ClientArgs {
     pub url: String,
 
     /// A PEM file of certificate authorities to trust for an `https://` URL, besides the
-    /// system's (on Linux, `SSL_CERT_FILE` replaces those).
+    /// system's (`SSL_CERT_FILE` replaces those).
     #[arg(long, env = "LATCHKEY_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
 
@@ -415,7 +415,7 @@ pub struct LoginArgs {
     pub url: String,
 
     /// A PEM file of certificate authorities to trust for an `https://` URL, besides the
-    /// system's (on Linux, `SSL_CERT_FILE` replaces those).
+    /// system's (`SSL_CERT_FILE` replaces those).
     #[arg(long, env = "LATCHKEY_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
 

@@ -40,20 +40,6 @@ fn certificate_hint(error: &str) -> Option<&'static str> {
     }
 }
 
-/// TLS that trusts no authority, for a client of an `http://` server: a redirect to `https://`
-/// fails instead of trusting anything.
-fn no_authorities() -> anyhow::Result<rustls::ClientConfig> {
-    Ok(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth(),
-    )
-}
-
 /// A server's answer: status, headers and JSON body (`Null` when it was not JSON).
 struct Answer {
     status: StatusCode,
@@ -68,40 +54,35 @@ impl Client {
 
     /// A client of the server at `url` (`http://` or `https://`). An `https://` server's
     /// certificate must chain to a system authority (`SSL_CERT_FILE` and `SSL_CERT_DIR` name
-    /// others) or to one in the PEM file `ca_cert`.
+    /// others) or to one in the PEM file `ca_cert`: the TLS of `latchkey_client`.
     fn to(url: &str, ca_cert: Option<&Path>, token: Option<String>) -> anyhow::Result<Self> {
         let url = url.trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        let https = url.starts_with("https://");
+        if !https && !url.starts_with("http://") {
             bail!("the server URL must start with http:// or https:// (got {url:?})");
         }
+        let pem = match ca_cert.filter(|_| https) {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading --ca-cert {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let tls =
+            latchkey_client::tls_config(url, pem.as_deref()).with_context(|| match ca_cert {
+                Some(path) if https => format!("--ca-cert {}", path.display()),
+                _ => "TLS".to_string(),
+            })?;
         // No redirects: the API sends none, and one from https:// to http:// would resend a
         // password or a token in the clear.
-        let mut http = reqwest::Client::builder()
+        let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none());
-        if url.starts_with("http://") {
-            // reqwest loads the system's authorities into every client, and fails where there
-            // are none (a container without ca-certificates): plain HTTP needs none.
-            http = http.tls_backend_preconfigured(no_authorities()?);
-        } else if let Some(path) = ca_cert {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("reading --ca-cert {}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .with_context(|| {
-                    format!("--ca-cert {} holds no PEM certificate", path.display())
-                })?;
-            http = http.tls_certs_merge(certs);
-        }
-        let what = if url.starts_with("https://") {
-            "loading the certificate authorities to trust (the system's, or SSL_CERT_FILE's, and \
-             --ca-cert's)"
-        } else {
-            "building the HTTP client"
-        };
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_backend_preconfigured(tls)
+            .build()
+            .context("building the HTTP client")?;
         Ok(Self {
-            http: http.build().context(what)?,
+            http,
             url: url.to_string(),
             token,
         })

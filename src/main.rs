@@ -16,9 +16,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// a backtrace, whatever `RUST_BACKTRACE` says) and exits with status 1.
 fn main() -> ExitCode {
     latchkey::allocator::tune();
-    // rustls's crypto for https:// URLs of the client commands: reqwest is built without a
-    // provider of its own (aws-lc-rs wants cmake and minutes of build); ring, as sqlx's TLS.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -96,39 +96,80 @@ fn authorities(extra: &[CertificateDer<'static>]) -> Result<rustls::RootCertStor
             .unwrap_or_default();
         return Err(Error::Config(format!(
             "{NO_AUTHORITIES}: there are none{why}; install the system's (ca-certificates), or \
-             give one (Latchkey::builder(url).ca_certificates, Client::new_with_ca_certificates)"
+             give one"
         )));
     }
     Ok(roots)
 }
 
-/// The REST half (reqwest) and the gRPC half (tonic) of a client of `base`. For `https://`,
-/// both trust [`authorities`]; for `http://`, reqwest gets TLS that trusts nothing, so that a
-/// machine without ca-certificates can still speak plain HTTP (reqwest's own TLS would load the
-/// system's authorities and fail without any). rustls runs with the application's default
-/// crypto provider, else ring's: a library installs no process default (rustls's advice).
+/// The certificates of `pem` (text around and other blocks, such as keys, are skipped).
+fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Config(format!("the CA certificates are not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Config(
+            "what was given as CA certificates holds no PEM certificate".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// [`authorities`] for `https://`; none at all for `http://`, so that a machine without
+/// ca-certificates can still speak plain HTTP (reqwest's own TLS would load the system's
+/// authorities and fail without any), and a redirect to `https://` would trust nothing.
+fn roots_for(
+    base: &str,
+    extra: &[CertificateDer<'static>],
+) -> Result<rustls::RootCertStore, Error> {
+    if base.starts_with("https://") {
+        authorities(extra)
+    } else {
+        Ok(rustls::RootCertStore::empty())
+    }
+}
+
+/// rustls trusting `roots`, with the application's default crypto provider, else ring's: a
+/// library installs no process default (rustls's advice).
+fn rustls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, Error> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The TLS a [`Client`] of `base_url` uses for REST, for another HTTP client of Latchkey (the
+/// `latchkey` CLI gives it to reqwest): for `https://`, the system's authorities (or those of
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR`) and those of `ca_pem`; for `http://`, none.
+///
+/// # Errors
+/// [`Error::Config`] for `https://` with no authority at all, or a `ca_pem` that holds no PEM
+/// certificate.
+pub fn tls_config(base_url: &str, ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, Error> {
+    let extra = ca_pem
+        .map(pem_certificates)
+        .transpose()?
+        .unwrap_or_default();
+    rustls_config(roots_for(base_url, &extra)?)
+}
+
+/// The REST half (reqwest) and the gRPC half (tonic) of a client of `base`, both trusting
+/// [`roots_for`] it.
 fn connect(
     base: &str,
     extra: &[CertificateDer<'static>],
     timeout: Duration,
 ) -> Result<(reqwest::Client, AuthServiceClient<Channel>), Error> {
-    let https = base.starts_with("https://");
-    let roots = if https {
-        authorities(extra)?
-    } else {
-        rustls::RootCertStore::empty()
-    };
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-    let rest_tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(format!("TLS versions: {e}")))?
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
+    let roots = roots_for(base, extra)?;
+    let rest_tls = rustls_config(roots.clone())?;
     let mut endpoint = Endpoint::from_shared(base.to_string())
         .map_err(|e| Error::Config(format!("base URL {base:?}: {e}")))?;
-    if https {
+    if base.starts_with("https://") {
         endpoint = endpoint
             .tls_config(ClientTlsConfig::new().trust_anchors(roots.roots))
             .map_err(|e| Error::Config(format!("TLS for {base:?}: {}", innermost(&e))))?;
@@ -182,16 +223,7 @@ impl Client {
     /// Those of [`Client::new`] (but not for a machine with no authority of its own), and
     /// [`Error::Config`] when `pem` holds no certificate, or one that cannot be parsed.
     pub fn new_with_ca_certificates(base_url: &str, pem: &[u8]) -> Result<Self, Error> {
-        use rustls::pki_types::pem::PemObject;
-        let certs = CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Config(format!("the CA certificates are not PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(Error::Config(
-                "the CA certificates hold no PEM certificate".into(),
-            ));
-        }
-        Self::open(base_url, &certs)
+        Self::open(base_url, &pem_certificates(pem)?)
     }
 
     fn open(base_url: &str, extra: &[CertificateDer<'static>]) -> Result<Self, Error> {

@@ -62,7 +62,7 @@ redacted_debug!(
     ChangePasswordRequest
 );
 
-pub use client::{ChangeStream, Client, MAX_USES_PER_REPORT};
+pub use client::{ChangeStream, Client, MAX_USES_PER_REPORT, tls_config};
 pub use error::{Error, ErrorCode};
 pub use middleware::{
     Guard, Latchkey, LatchkeyBuilder, LatchkeyLayer, LatchkeyService, Rejection, RequireToken,
