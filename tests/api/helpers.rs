@@ -461,7 +461,8 @@ pub fn postgres_admin_url(test: &str) -> String {
 /// root (PostgreSQL refuses root), stopped and removed at exit (`atexit`; a process killed by a
 /// signal leaves it behind, in `$TMPDIR/latchkey-test-pg-*`).
 mod throwaway_cluster {
-    use std::path::{Path, PathBuf};
+    use super::run;
+    use std::path::PathBuf;
     use std::process::{Command, Stdio};
     use std::sync::Mutex;
 
@@ -524,81 +525,6 @@ mod throwaway_cluster {
         }
     }
 
-    /// A certificate authority (`ca.crt`), the server's key and certificate signed by it
-    /// (`server.key`, `server.crt`: 127.0.0.1 and `localhost`), and a second authority
-    /// (`other-ca.crt`), in `dir`, by the `openssl` command. P-256 keys: made in milliseconds.
-    pub(super) fn make_certificates(dir: &Path) -> Result<(), String> {
-        let openssl = |args: &[&str]| {
-            run(Command::new("openssl")
-                .current_dir(dir)
-                .args(args)
-                .stdin(Stdio::null()))
-        };
-        let key = [
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ];
-        for (name, cn) in [("ca", "Latchkey test CA"), ("other-ca", "Another test CA")] {
-            let (keyout, out, subj) = (
-                format!("{name}.key"),
-                format!("{name}.crt"),
-                format!("/CN={cn}"),
-            );
-            let mut args = vec!["req", "-x509", "-new"];
-            args.extend(key);
-            args.extend([
-                "-keyout", &keyout, "-out", &out, "-days", "2", "-subj", &subj,
-            ]);
-            args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
-            args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-            openssl(&args)?;
-        }
-        let mut args = vec!["req", "-new"];
-        args.extend(key);
-        args.extend([
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        openssl(&args)?;
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n\
-             basicConstraints=critical,CA:FALSE\n",
-        )
-        .map_err(|e| format!("writing server.ext: {e}"))?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ])?;
-        // PostgreSQL refuses a key others can read.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            dir.join("server.key"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .map_err(|e| format!("chmod server.key: {e}"))
-    }
-
     /// The newest installed version's `bin` directory.
     fn server_binaries() -> Option<PathBuf> {
         let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
@@ -620,7 +546,7 @@ mod throwaway_cluster {
             let pwfile = self.dir.join("password");
             std::fs::write(&pwfile, &password).map_err(|e| format!("writing {pwfile:?}: {e}"))?;
             if self.tls {
-                make_certificates(&self.dir)?;
+                super::test_certificates(&self.dir)?;
             }
             if self.as_postgres {
                 run(Command::new("chown")
@@ -716,20 +642,6 @@ mod throwaway_cluster {
         }
     }
 
-    /// Runs `cmd`; its output becomes the error when it fails.
-    fn run(cmd: &mut Command) -> Result<(), String> {
-        let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        Err(format!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-
     extern "C" fn stop_at_exit() {
         if let Ok(started) = STARTED.try_lock() {
             for c in started.iter() {
@@ -775,11 +687,93 @@ pub fn postgres_tls_cluster(test: &str) -> Option<&'static TlsCluster> {
     }
 }
 
-/// A certificate authority (`ca.crt`), a server key and certificate signed by it (`server.key`,
-/// `server.crt`: 127.0.0.1 and `localhost`), and an authority that signed nothing
-/// (`other-ca.crt`), made in `dir` by the `openssl` command.
-pub fn test_certificates(dir: &std::path::Path) -> Result<(), String> {
-    throwaway_cluster::make_certificates(dir)
+/// Runs `cmd`; its output becomes the error when it fails.
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// A certificate authority (`ca.crt`), the server's key and certificate signed by it
+/// (`server.key`, `server.crt`: 127.0.0.1 and `localhost`), and a second authority
+/// (`other-ca.crt`), in `dir`, by the `openssl` command. P-256 keys: made in milliseconds.
+pub fn test_certificates(dir: &Path) -> Result<(), String> {
+    let openssl = |args: &[&str]| {
+        run(Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .stdin(Stdio::null()))
+    };
+    let key = [
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+    ];
+    for (name, cn) in [("ca", "Latchkey test CA"), ("other-ca", "Another test CA")] {
+        let (keyout, out, subj) = (
+            format!("{name}.key"),
+            format!("{name}.crt"),
+            format!("/CN={cn}"),
+        );
+        let mut args = vec!["req", "-x509", "-new"];
+        args.extend(key);
+        args.extend([
+            "-keyout", &keyout, "-out", &out, "-days", "2", "-subj", &subj,
+        ]);
+        args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        openssl(&args)?;
+    }
+    let mut args = vec!["req", "-new"];
+    args.extend(key);
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&args)?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n\
+         basicConstraints=critical,CA:FALSE\n",
+    )
+    .map_err(|e| format!("writing server.ext: {e}"))?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])?;
+    // PostgreSQL refuses a key others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .map_err(|e| format!("chmod server.key: {e}"))
 }
 
 /// A fresh, empty PostgreSQL database for one test. Dropped on drop, even after a failed test,
